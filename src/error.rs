@@ -1,0 +1,106 @@
+//! The library's error type. Every message is one line; values go in backticks.
+//! `hint()` names the fix where there is an obvious one, and `main` prints it
+//! on a line of its own.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout lensmap.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong between a model file and a figure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- model files -------------------------------------------------------
+    /// The model path does not exist.
+    #[error("model file `{0}` not found")]
+    ModelNotFound(PathBuf),
+    /// A file that should be GGUF is not, or is cut short or corrupt.
+    #[error("`{path}` is not a valid GGUF file: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
+    /// A safetensors file or HF directory is unusable.
+    #[error("`{path}`: {reason}")]
+    BadCheckpoint { path: PathBuf, reason: String },
+    /// The architecture is not one lensmap implements.
+    #[error("unsupported architecture `{arch}` (supported: {supported})")]
+    UnsupportedArch { arch: String, supported: String },
+    /// A tensor's quantisation type cannot be read.
+    #[error("tensor `{tensor}` has unsupported type `{dtype}` (supported: {supported})")]
+    UnsupportedDtype {
+        tensor: String,
+        dtype: String,
+        supported: String,
+    },
+    /// A tensor the architecture needs is absent.
+    #[error("tensor `{tensor}` missing from `{file}`")]
+    MissingTensor { tensor: String, file: String },
+    /// A tensor's shape disagrees with the config.
+    #[error("tensor `{tensor}` has shape {got:?}, expected {expected:?} from the config")]
+    ShapeMismatch {
+        tensor: String,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    /// A metadata key or config field is absent or of the wrong type.
+    #[error("config: {0}")]
+    Config(String),
+
+    // --- tokenizer and template --------------------------------------------
+    /// The tokenizer could not be built or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template failed to parse or render; carries the template's own message.
+    #[error("chat template: {0}")]
+    Template(String),
+
+    // --- run-time limits and options ---------------------------------------
+    /// The prompt does not fit the model's context.
+    #[error("prompt is {tokens} tokens but the model's context is {context}")]
+    PromptTooLong { tokens: usize, context: usize },
+    /// An option is out of range or inconsistent.
+    #[error("{0}")]
+    InvalidOption(String),
+
+    // --- plumbing ------------------------------------------------------------
+    /// File I/O with the path it concerned.
+    #[error("`{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tensor operation failed inside candle.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A figure could not be drawn or written.
+    #[error("render: {0}")]
+    Render(String),
+}
+
+impl Error {
+    /// A suggestion for the user, printed after the error as `hint: ...`.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::ModelNotFound(_) => {
+                Some("run `scripts/fetch-models` to download the default models into `models/`".into())
+            }
+            Error::BadGguf { .. } => Some(
+                "re-download the file (`scripts/fetch-models` checks sha256); a partial download is cut short".into(),
+            ),
+            Error::PromptTooLong { .. } => {
+                Some("shorten the prompt or lower `--dummy`".into())
+            }
+            Error::Template(_) => Some(
+                "pass `--chat-template FILE` to use another template, or `--raw` to skip it".into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Wrap an I/O error with the path it concerned.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

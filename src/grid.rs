@@ -1,0 +1,161 @@
+//! `LensGrid`: the result of one lens run, reduced to statistics per cell.
+//!
+//! This is the contract between the engine and every output (JSON, SVG, PNG,
+//! HTML, the web UI, batch tables). It is exactly what `lensmap run --json`
+//! writes; `docs/json-format.md` documents each field.
+//!
+//! Indexing is always `[row][pos]`. Row 0 is the embedding output, row `i` the
+//! residual after block `i`, and row `n_layers` the model's own final logits,
+//! so there are `n_layers + 1` rows (see `../shared/reference/README.md`).
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the JSON layout; bump when a field changes meaning.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The whole result of `lensmap run`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LensGrid {
+    /// Layout version, [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Version of lensmap that wrote the file.
+    pub lensmap_version: String,
+    /// What model produced the numbers.
+    pub model: ModelInfo,
+    /// Where the chat template came from (`gguf:tokenizer.chat_template`,
+    /// `builtin:gemma3`, `file:...`, `tokenizer_config.json`, or `none` for `--raw`).
+    pub template_source: String,
+    /// The prompt text exactly as tokenised (after the chat template, before dummies).
+    pub prompt_text: String,
+    /// One entry per position.
+    pub tokens: Vec<TokenInfo>,
+    /// How many lens rows: `model.n_layers + 1`.
+    pub n_rows: usize,
+    /// Entropy of the lens distribution in nats, `[row][pos]`.
+    pub entropy: Vec<Vec<f64>>,
+    /// Top-k tokens, most probable first, `[row][pos][k]`.
+    pub topk: Vec<Vec<Vec<TopToken>>>,
+    /// KL(final ‖ row) in nats, `[row][pos]`; the last row is exactly 0.
+    pub kl_to_final: Vec<Vec<f64>>,
+    /// Probability and rank of the actual next input token, `[row][pos]`;
+    /// `None` at the last position, which has no next token.
+    pub next_token: Vec<Vec<Option<ProbRank>>>,
+    /// Tokens tracked in every cell: `--target`, and the answer and distractors.
+    #[serde(default)]
+    pub tracked: Vec<TrackedToken>,
+    /// The greedy continuation, when `--generate N` was given.
+    #[serde(default)]
+    pub answer: Option<Answer>,
+}
+
+/// The model behind a grid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelInfo {
+    /// File name (no directory) or HF id.
+    pub file: String,
+    /// Architecture family, as GGUF `general.architecture` / HF `model_type`.
+    pub arch: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub vocab_size: usize,
+    /// `f32` or `quant`: how the weights were multiplied.
+    #[serde(default)]
+    pub precision: String,
+}
+
+/// What put a token into the prompt.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// Text the user wrote (the prompt or `--system`).
+    Text,
+    /// Special tokens and text the chat template inserted.
+    Template,
+    /// Filler appended after the generation prompt by `--dummy N`.
+    Dummy,
+}
+
+/// One input position.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenInfo {
+    pub id: u32,
+    /// The token decoded on its own (`" capital"`, `"<|im_end|>"`, `"\n"`).
+    pub text: String,
+    pub kind: TokenKind,
+}
+
+/// One entry of a cell's top-k list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TopToken {
+    pub id: u32,
+    /// The token decoded on its own; empty for ids beyond the tokenizer's vocab
+    /// (padded embeddings, as in Qwen).
+    pub text: String,
+    pub prob: f64,
+}
+
+/// Probability of one token in one cell, and its rank (1 = the top token).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ProbRank {
+    pub prob: f64,
+    pub rank: u32,
+}
+
+/// Why a token is tracked.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackedRole {
+    /// `--target TEXT`.
+    Target,
+    /// The expected answer (`--answer`).
+    Answer,
+    /// A distractor (`--answer-alt`).
+    Alt,
+}
+
+/// A fixed token followed through every cell.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrackedToken {
+    /// The text the user gave (`" Canberra"`).
+    pub text: String,
+    /// The id of that text's first token.
+    pub id: u32,
+    /// The first token decoded on its own.
+    pub token_text: String,
+    pub role: TrackedRole,
+    /// `[row][pos]`.
+    pub cells: Vec<Vec<ProbRank>>,
+}
+
+/// The greedy continuation of the whole input (dummies included).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Answer {
+    pub ids: Vec<u32>,
+    pub text: String,
+}
+
+impl LensGrid {
+    /// Number of positions.
+    pub fn n_positions(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The top-1 token of a cell.
+    pub fn top1(&self, row: usize, pos: usize) -> &TopToken {
+        &self.topk[row][pos][0]
+    }
+
+    /// Label of a row: its index, or `output` for the final row.
+    pub fn row_label(&self, row: usize) -> String {
+        if row + 1 == self.n_rows {
+            "output".to_string()
+        } else {
+            row.to_string()
+        }
+    }
+
+    /// Read a grid back from `lensmap run --json` output.
+    pub fn from_json(text: &str) -> serde_json::Result<Self> {
+        serde_json::from_str(text)
+    }
+}

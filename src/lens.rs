@@ -1,0 +1,116 @@
+//! The logit lens: every recorded residual row read through the model's own
+//! final norm and unembedding ([`Model::unembed`]), reduced to [`CellStats`]
+//! a block of cells at a time.
+//!
+//! Memory stays bounded whatever the prompt length: positions go in chunks,
+//! and for each chunk the final row is computed first (every other row's KL
+//! needs it), then the other rows a few at a time. Only one block of logits
+//! (`LOGIT_BUDGET` floats) and one chunk of final distributions exist at once.
+
+use candle_core::{Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::model::{Model, ResidualTrace};
+use crate::stats::{cell_stats, CellQuery, CellStats, FinalDist};
+use crate::{Error, Result};
+
+/// Floats of logits alive at once (64 MiB).
+const LOGIT_BUDGET: usize = 16 << 20;
+/// Floats of final-row probabilities alive at once (32 MiB).
+const FINAL_BUDGET: usize = 8 << 20;
+
+/// What the lens reports for every cell.
+#[derive(Debug, Clone)]
+pub struct LensQuery {
+    /// Top-k size (≥ 1).
+    pub top_k: usize,
+    /// Ids followed through every cell (target, answer, distractors).
+    pub tracked: Vec<u32>,
+}
+
+/// Statistics for every `[row][pos]` cell.
+pub type CellGrid = Vec<Vec<CellStats>>;
+
+/// Apply the lens to a trace of `ids`. Row `n_layers` of the result is the
+/// model's own output distribution.
+pub fn apply_lens(model: &Model, trace: &ResidualTrace, ids: &[u32], q: &LensQuery) -> Result<CellGrid> {
+    if q.top_k == 0 {
+        return Err(Error::InvalidOption("`--top-k` must be at least 1".into()));
+    }
+    let n_rows = trace.rows.len();
+    let t = ids.len();
+    let vocab = model.cfg.vocab_size;
+    if let Some(&bad) = q.tracked.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::InvalidOption(format!("tracked id `{bad}` is outside the vocabulary")));
+    }
+    let last = n_rows - 1;
+    let chunk = (FINAL_BUDGET / vocab).clamp(1, t.max(1));
+    let rows_per_block = (LOGIT_BUDGET / (vocab * chunk)).max(1);
+
+    let mut grid: CellGrid = (0..n_rows).map(|_| Vec::with_capacity(t)).collect();
+    for p0 in (0..t).step_by(chunk) {
+        let c = chunk.min(t - p0);
+        let next_ids: Vec<Option<u32>> = (p0..p0 + c).map(|p| ids.get(p + 1).copied()).collect();
+        fn query<'a>(q: &'a LensQuery, next: Option<u32>, final_dist: Option<&'a FinalDist>) -> CellQuery<'a> {
+            CellQuery {
+                k: q.top_k,
+                final_dist,
+                next_id: next,
+                tracked: &q.tracked,
+            }
+        }
+
+        // The final row first: its distributions are the KL reference.
+        let logits = model.unembed(&trace.rows[last].narrow(0, p0, c)?)?;
+        let (finals, stats): (Vec<FinalDist>, Vec<CellStats>) = with_rows(&logits, vocab, |rows| {
+            rows.par_chunks(vocab)
+                .enumerate()
+                .map(|(i, z)| (FinalDist::of(z), cell_stats(z, &query(q, next_ids[i], None))))
+                .unzip()
+        })?;
+        grid[last].extend(stats);
+
+        // The other rows, several per matmul.
+        for r0 in (0..last).step_by(rows_per_block) {
+            let r1 = (r0 + rows_per_block).min(last);
+            let h: Vec<Tensor> = (r0..r1)
+                .map(|r| trace.rows[r].narrow(0, p0, c))
+                .collect::<candle_core::Result<_>>()?;
+            let logits = model.unembed(&Tensor::cat(&h, 0)?)?;
+            let stats: Vec<CellStats> = with_rows(&logits, vocab, |rows| {
+                rows.par_chunks(vocab)
+                    .enumerate()
+                    .map(|(i, z)| {
+                        let pos = i % c;
+                        cell_stats(z, &query(q, next_ids[pos], Some(&finals[pos])))
+                    })
+                    .collect()
+            })?;
+            for (i, s) in stats.into_iter().enumerate() {
+                grid[r0 + i / c].push(s);
+            }
+        }
+    }
+    Ok(grid)
+}
+
+/// Borrow a contiguous f32 CPU tensor's data without copying it.
+fn with_rows<T>(t: &Tensor, vocab: usize, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => {
+            let data: &[f32] = cpu.as_slice()?;
+            let n = layout.shape().elem_count();
+            let start = layout.start_offset();
+            debug_assert_eq!(n % vocab, 0);
+            Ok(f(&data[start..start + n]))
+        }
+        #[allow(unreachable_patterns)]
+        _ => {
+            drop(storage);
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            Ok(f(&v))
+        }
+    }
+}

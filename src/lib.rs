@@ -1,0 +1,36 @@
+//! lensmap: the logit lens for local language models.
+//!
+//! # Brief overview
+//!
+//! The pipeline runs in this order, one module per stage:
+//!
+//! 1. [`model`] loads a checkpoint (GGUF or an HF safetensors directory) into a
+//!    [`model::Model`]: a resolved [`model::ModelConfig`] plus weights.
+//! 2. [`tokenize`] and [`template`] turn a chat into ids; [`prompt`] labels
+//!    every position `text`, `template` or `dummy` and yields a [`prompt::Prompt`].
+//! 3. [`model::Model::trace`] runs the forward pass and hands the residual
+//!    stream after every block to a [`model::Recorder`]; a
+//!    [`model::ResidualTrace`] keeps them.
+//! 4. [`lens`] reads each recorded row through the model's own final norm and
+//!    unembedding, a block of cells at a time.
+//! 5. [`stats`] reduces each cell's logits at once to entropy, top-k, KL to
+//!    final and the rank and probability of chosen tokens, so the full
+//!    `[rows × positions × vocab]` tensor never exists.
+//! 6. The result is a [`grid::LensGrid`], which [`render`] draws (SVG, PNG,
+//!    HTML) and `serve` puts in a browser.
+//!
+//! [`run::run_lens`] strings the stages together for one prompt.
+
+pub mod error;
+pub mod model;
+pub mod tokenize;
+pub mod template;
+pub mod prompt;
+pub mod lens;
+pub mod stats;
+pub mod grid;
+pub mod render;
+pub mod run;
+
+pub use error::{Error, Result};
+pub use grid::LensGrid;

@@ -1,0 +1,206 @@
+//! `ModelConfig`: every architectural fact the forward pass needs, resolved
+//! once from GGUF metadata or `config.json`, so forward code never fills in
+//! defaults. Arch files (`arch/*.rs`) build it; `layers.rs` only reads it.
+
+/// Architecture families lensmap implements. Names follow HF `model_type`
+/// / GGUF `general.architecture`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Gemma3,
+    Gpt2,
+    Phi3,
+}
+
+impl Family {
+    /// Every family, for error messages.
+    pub const ALL: [Family; 7] = [
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Gemma3,
+        Family::Gpt2,
+        Family::Phi3,
+    ];
+
+    /// The canonical name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma3 => "gemma3",
+            Family::Gpt2 => "gpt2",
+            Family::Phi3 => "phi3",
+        }
+    }
+
+    /// Comma-separated list of supported names.
+    pub fn supported() -> String {
+        Self::ALL.map(Family::name).join(", ")
+    }
+}
+
+/// Which normalisation the blocks use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NormKind {
+    /// `x · rsqrt(mean(x²) + eps) · (w + offset)`.
+    Rms,
+    /// LayerNorm with weight and bias (GPT-2).
+    Layer,
+}
+
+/// How RoPE pairs dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// HF "rotate-half": dimension j pairs with j + d/2.
+    NeoX,
+    /// Adjacent pairs (2j, 2j+1). llama.cpp permutes Llama's q/k rows into
+    /// this order when it writes GGUF, so GGUF Llama files need it.
+    Interleaved,
+}
+
+/// Llama 3 frequency scaling (`rope_scaling.rope_type = "llama3"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+/// Rotary position embedding parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    /// Base θ of global (or all) layers.
+    pub theta: f64,
+    /// Base θ of sliding-window layers where it differs (Gemma 3).
+    pub local_theta: Option<f64>,
+    /// Rotated dimensions per head (≤ head_dim).
+    pub dim: usize,
+    pub style: RopeStyle,
+    pub llama3: Option<Llama3Scaling>,
+}
+
+/// MLP activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU, tanh approximation (`gelu_pytorch_tanh`, `gelu_new`).
+    GeluTanh,
+}
+
+/// How the MLP's input projections are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpLayout {
+    /// `down(act(gate(x)) * up(x))` with separate gate and up.
+    Gated,
+    /// Gated, but gate and up fused in one matrix, gate first (Phi-3).
+    GatedFused,
+    /// `down(act(up(x)))` (GPT-2).
+    Plain,
+}
+
+/// How q, k and v projections are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvLayout {
+    Separate,
+    /// One matrix whose output is `[q | k | v]` (Phi-3, GPT-2).
+    Fused,
+}
+
+/// Everything the forward pass and the lens need to know about a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub family: Family,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub d_ff: usize,
+    /// Rows of the unembedding (may exceed the tokenizer's vocabulary).
+    pub vocab_size: usize,
+    /// Longest sequence the model supports.
+    pub context_len: usize,
+    pub norm: NormKind,
+    pub norm_eps: f64,
+    /// Added to every norm weight at load: 1 for Gemma's `(1 + w)` in HF files,
+    /// 0 for GGUF, where llama.cpp stored `1 + w` already.
+    pub norm_weight_offset: f32,
+    /// `None` for learned absolute positions (GPT-2).
+    pub rope: Option<RopeConfig>,
+    /// Multiplies q·k: `head_dim^-0.5`, or `query_pre_attn_scalar^-0.5` for Gemma.
+    pub attn_scale: f64,
+    pub qkv_layout: QkvLayout,
+    pub qkv_bias: bool,
+    /// Bias on the attention output and MLP projections (GPT-2).
+    pub out_bias: bool,
+    /// Per-head RMSNorm on q and k before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Window W: a query at q sees keys q−W < k ≤ q on sliding layers.
+    pub sliding_window: Option<usize>,
+    /// Per layer: does it use the sliding window (and the local RoPE base)?
+    pub sliding_layers: Vec<bool>,
+    pub act: Activation,
+    pub mlp: MlpLayout,
+    /// Gemma's sandwich norms: a norm after attention and after the MLP, before each residual add.
+    pub post_norms: bool,
+    /// Multiplies the embedding lookup (Gemma: √d_model). The tied head uses the unscaled matrix.
+    pub embed_scale: Option<f64>,
+    /// `tanh(x / c) · c` on the final logits (and so on every lens row).
+    pub final_softcap: Option<f64>,
+    pub tied_embeddings: bool,
+    /// Learned absolute position embeddings added to row 0 (GPT-2).
+    pub learned_pos: bool,
+}
+
+impl ModelConfig {
+    /// Query heads that share one kv head.
+    pub fn group_size(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+
+    /// Whether layer `i` uses the sliding window.
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        self.sliding_window.is_some() && self.sliding_layers.get(layer).copied().unwrap_or(false)
+    }
+
+    /// Check internal consistency; arch files call this after building a config.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::Error::Config(m));
+        if self.n_layers == 0 || self.d_model == 0 || self.vocab_size == 0 {
+            return bad(format!(
+                "n_layers `{}`, d_model `{}` and vocab `{}` must be positive",
+                self.n_layers, self.d_model, self.vocab_size
+            ));
+        }
+        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!(
+                "`{}` query heads cannot share `{}` kv heads",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if let Some(rope) = &self.rope {
+            if rope.dim == 0 || rope.dim > self.head_dim || rope.dim % 2 != 0 {
+                return bad(format!(
+                    "rope dimension `{}` does not fit head_dim `{}`",
+                    rope.dim, self.head_dim
+                ));
+            }
+        }
+        if self.sliding_layers.len() != self.n_layers {
+            return bad(format!(
+                "`{}` layer types for `{}` layers",
+                self.sliding_layers.len(),
+                self.n_layers
+            ));
+        }
+        Ok(())
+    }
+}

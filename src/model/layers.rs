@@ -1,0 +1,477 @@
+//! The parts of a transformer block, one copy each: `Linear`, `Norm`, `Rope`,
+//! `Attention`, `Mlp` and `Block`. Architectures differ only in the
+//! `ModelConfig` they build and the tensor names they map; a model that seems
+//! to need its own forward gets an option here instead.
+//!
+//! Every activation is `[T, d]` for one sequence of T positions (no batch).
+
+use candle_core::{Device, Module, Tensor, D};
+
+use super::arch::{Part, TensorNames};
+use super::config::{Activation, MlpLayout, ModelConfig, NormKind, QkvLayout, RopeConfig, RopeStyle};
+use super::weights::{MatWeight, Precision, WeightSource};
+use crate::{Error, Result};
+
+/// Queries per attention block: bounds the score matrix to
+/// `[heads, QUERY_BLOCK, T]` so a 4096-token prompt does not need a
+/// `[heads, 4096, 4096]` tensor.
+const QUERY_BLOCK: usize = 512;
+
+/// Reads a block's tensors by logical part, checking shapes against the config.
+pub struct Loader<'a> {
+    pub src: &'a dyn WeightSource,
+    pub names: &'a dyn TensorNames,
+    pub cfg: &'a ModelConfig,
+    pub precision: Precision,
+}
+
+impl Loader<'_> {
+    /// The file name of a part.
+    pub fn name(&self, part: Part, layer: Option<usize>, bias: bool) -> String {
+        self.names.name(part, layer, bias)
+    }
+
+    /// Whether a part exists in the checkpoint.
+    pub fn has(&self, part: Part, layer: Option<usize>) -> bool {
+        self.src.contains(&self.name(part, layer, false))
+    }
+
+    /// A tensor in f32, which must have `shape`.
+    pub fn f32(&self, part: Part, layer: Option<usize>, bias: bool, shape: &[usize]) -> Result<Tensor> {
+        let name = self.name(part, layer, bias);
+        self.check_shape(&name, shape)?;
+        Ok(self.src.f32(&name)?.reshape(shape)?)
+    }
+
+    fn check_shape(&self, name: &str, expected: &[usize]) -> Result<()> {
+        let got = self.src.shape(name).ok_or_else(|| Error::MissingTensor {
+            tensor: name.to_string(),
+            file: self.src.label(),
+        })?;
+        // A vector may be stored as [n] or [1, n]; compare element layouts.
+        let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+        if squeeze(&got) != squeeze(expected) {
+            return Err(Error::ShapeMismatch {
+                tensor: name.to_string(),
+                got,
+                expected: expected.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A projection `[out, in]`, with its bias if `bias`.
+    pub fn linear(&self, part: Part, layer: usize, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let name = self.name(part, Some(layer), false);
+        self.check_shape(&name, &[out, inp])?;
+        let weight = self.src.mat(&name, self.precision)?;
+        let bias = if bias {
+            Some(self.f32(part, Some(layer), true, &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// A norm over `dim` features.
+    pub fn norm(&self, part: Part, layer: Option<usize>, dim: usize) -> Result<Norm> {
+        let weight = self.f32(part, layer, false, &[dim])?;
+        let offset = self.cfg.norm_weight_offset;
+        let weight = if offset != 0.0 {
+            (weight + offset as f64)?
+        } else {
+            weight
+        };
+        let bias = match self.cfg.norm {
+            NormKind::Layer => Some(self.f32(part, layer, true, &[dim])?),
+            NormKind::Rms => None,
+        };
+        Ok(Norm {
+            kind: self.cfg.norm,
+            eps: self.cfg.norm_eps as f32,
+            weight,
+            bias,
+        })
+    }
+}
+
+/// `y = x Wᵀ + b`, with W dense f32 or quantised.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`.
+    weight: MatWeight,
+    /// `[out]`.
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// `x`: `[T, in]` → `[T, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            MatWeight::Dense(w) => x.matmul(&w.t()?)?,
+            MatWeight::Quant(q) => q.forward(x)?,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// RMSNorm or LayerNorm over the last dimension.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    kind: NormKind,
+    eps: f32,
+    /// `[d]`, with Gemma's `+1` already folded in.
+    weight: Tensor,
+    /// `[d]`, LayerNorm only.
+    bias: Option<Tensor>,
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        Ok(match (self.kind, &self.bias) {
+            (NormKind::Layer, Some(b)) => candle_nn::ops::layer_norm(&x, &self.weight, b, self.eps)?,
+            _ => candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?,
+        })
+    }
+}
+
+/// Inverse frequencies of one RoPE base, and the rotation style.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// `[dim / 2]`, f32 as transformers computes them.
+    inv_freq: Vec<f32>,
+    dim: usize,
+    style: RopeStyle,
+}
+
+impl Rope {
+    /// Frequencies for base `theta`, with Llama 3 scaling if configured.
+    pub fn new(cfg: &RopeConfig, theta: f64) -> Self {
+        let dim = cfg.dim;
+        let mut inv_freq: Vec<f32> = (0..dim / 2)
+            .map(|i| (1.0 / theta.powf((2 * i) as f64 / dim as f64)) as f32)
+            .collect();
+        if let Some(s) = &cfg.llama3 {
+            // transformers `_compute_llama3_parameters`: long wavelengths are
+            // divided by `factor`, short ones kept, the band between blended.
+            let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+            let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+            for f in inv_freq.iter_mut() {
+                let freq = *f as f64;
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                let scaled = if wavelen > low_wavelen { freq / s.factor } else { freq };
+                let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                let out = if medium {
+                    let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 - smooth) * scaled / s.factor + smooth * scaled
+                } else {
+                    scaled
+                };
+                *f = out as f32;
+            }
+        }
+        Self {
+            inv_freq,
+            dim,
+            style: cfg.style,
+        }
+    }
+
+    /// cos and sin tables `[t, dim/2]` for positions `start..start + t`.
+    fn tables(&self, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in start..start + t {
+            for &f in &self.inv_freq {
+                // The angle is an f32 product, as in transformers.
+                let angle = (p as f32 * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (t, half), &Device::Cpu)?,
+            Tensor::from_vec(sin, (t, half), &Device::Cpu)?,
+        ))
+    }
+
+    /// Rotate `x`: `[heads, t, head_dim]` at positions `start..`.
+    fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        let (_h, t, head_dim) = x.dims3()?;
+        let (cos, sin) = self.tables(start, t)?;
+        let rotate = |x: &Tensor| -> Result<Tensor> {
+            let x = x.unsqueeze(0)?.contiguous()?;
+            let y = match self.style {
+                RopeStyle::NeoX => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+            };
+            Ok(y.squeeze(0)?)
+        };
+        if self.dim == head_dim {
+            rotate(x)
+        } else {
+            // Partial rotary: only the first `dim` features turn.
+            let rot = rotate(&x.narrow(D::Minus1, 0, self.dim)?)?;
+            let pass = x.narrow(D::Minus1, self.dim, head_dim - self.dim)?;
+            Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?)
+        }
+    }
+}
+
+/// Keys and values seen so far by one layer, for generation.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    /// `[n_kv_heads, T, head_dim]`, after RoPE.
+    k: Option<Tensor>,
+    /// `[n_kv_heads, T, head_dim]`.
+    v: Option<Tensor>,
+}
+
+/// The q, k, v projections as stored.
+#[derive(Debug, Clone)]
+enum QkvProj {
+    Separate { q: Linear, k: Linear, v: Linear },
+    /// One `[q | k | v]` projection (Phi-3, GPT-2).
+    Fused(Linear),
+}
+
+/// Multi-head attention with grouped kv heads, optional sliding window.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: QkvProj,
+    o: Linear,
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
+    rope: Option<Rope>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    window: Option<usize>,
+}
+
+impl Attention {
+    pub fn load(ld: &Loader, layer: usize, rope: Option<Rope>) -> Result<Self> {
+        let cfg = ld.cfg;
+        let (d, hd) = (cfg.d_model, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let bias = cfg.qkv_bias;
+        let qkv = match cfg.qkv_layout {
+            QkvLayout::Separate => QkvProj::Separate {
+                q: ld.linear(Part::AttnQ, layer, q_out, d, bias)?,
+                k: ld.linear(Part::AttnK, layer, kv_out, d, bias)?,
+                v: ld.linear(Part::AttnV, layer, kv_out, d, bias)?,
+            },
+            QkvLayout::Fused => QkvProj::Fused(ld.linear(Part::AttnQkv, layer, q_out + 2 * kv_out, d, bias)?),
+        };
+        let qk_norm = |part| -> Result<Option<Norm>> {
+            if cfg.qk_norm {
+                Ok(Some(ld.norm(part, Some(layer), hd)?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            qkv,
+            o: ld.linear(Part::AttnOut, layer, d, q_out, cfg.out_bias)?,
+            q_norm: qk_norm(Part::AttnQNorm)?,
+            k_norm: qk_norm(Part::AttnKNorm)?,
+            rope,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: hd,
+            scale: cfg.attn_scale,
+            window: if cfg.is_sliding(layer) { cfg.sliding_window } else { None },
+        })
+    }
+
+    /// `x`: `[T, d]` at positions `start..start+T` → `[T, d]`. Appends to `cache`.
+    pub fn forward(&self, x: &Tensor, start: usize, cache: &mut LayerCache) -> Result<Tensor> {
+        let (t, _) = x.dims2()?;
+        let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let (q, k, v) = match &self.qkv {
+            QkvProj::Fused(qkv) => {
+                let y = qkv.forward(x)?;
+                (y.narrow(1, 0, h * hd)?, y.narrow(1, h * hd, kvh * hd)?, y.narrow(1, (h + kvh) * hd, kvh * hd)?)
+            }
+            QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+        };
+        // [T, heads*hd] -> [T, heads, hd]; q/k norm is per head, before RoPE.
+        let mut q = q.reshape((t, h, hd))?;
+        let mut k = k.reshape((t, kvh, hd))?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let mut q = q.transpose(0, 1)?.contiguous()?; // [h, T, hd]
+        let mut k = k.transpose(0, 1)?.contiguous()?; // [kvh, T, hd]
+        let v = v.reshape((t, kvh, hd))?.transpose(0, 1)?.contiguous()?;
+        if let Some(rope) = &self.rope {
+            q = rope.apply(&q, start)?;
+            k = rope.apply(&k, start)?;
+        }
+        let (k, v) = match (&cache.k, &cache.v) {
+            (Some(ck), Some(cv)) => (Tensor::cat(&[ck, &k], 1)?, Tensor::cat(&[cv, &v], 1)?),
+            _ => (k, v),
+        };
+        cache.k = Some(k.clone());
+        cache.v = Some(v.clone());
+
+        // Query head i reads kv head i / group (transformers' repeat_kv), which
+        // is what viewing [h, T, hd] as [kvh, group, T, hd] gives.
+        let group = h / kvh;
+        let q = q.reshape((kvh, group, t, hd))?;
+        let mut out = Vec::new();
+        for a in (0..t).step_by(QUERY_BLOCK) {
+            let b = (a + QUERY_BLOCK).min(t);
+            out.push(self.attend(&q.narrow(2, a, b - a)?, &k, &v, start + a)?);
+        }
+        let y = Tensor::cat(&out, 2)?; // [kvh, group, T, hd]
+        let y = y.reshape((h, t, hd))?.transpose(0, 1)?.reshape((t, h * hd))?;
+        self.o.forward(&y)
+    }
+
+    /// Queries `[kvh, group, n, hd]` at positions `p0..p0+n` against all keys.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, p0: usize) -> Result<Tensor> {
+        let (kvh, group, n, hd) = q.dims4()?;
+        // Keys beyond the last query are masked anyway, and keys before the
+        // first query's window too: narrow them away instead of computing them.
+        let k_end = p0 + n;
+        let k_start = match self.window {
+            Some(w) => (p0 + 1).saturating_sub(w),
+            None => 0,
+        };
+        let nk = k_end - k_start;
+        let k = k.narrow(1, k_start, nk)?;
+        let v = v.narrow(1, k_start, nk)?;
+        let q = q.contiguous()?.reshape((kvh, group * n, hd))?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?; // [kvh, group*n, nk]
+        let mut mask = vec![0f32; n * nk];
+        for i in 0..n {
+            let p = p0 + i;
+            for j in 0..nk {
+                let kp = k_start + j;
+                let hidden = kp > p || self.window.is_some_and(|w| kp + w <= p);
+                if hidden {
+                    mask[i * nk + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (n, nk), &Device::Cpu)?;
+        let scores = scores.reshape((kvh, group, n, nk))?.broadcast_add(&mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = probs.reshape((kvh, group * n, nk))?;
+        Ok(probs.matmul(&v.contiguous()?)?.reshape((kvh, group, n, hd))?)
+    }
+}
+
+/// The feed-forward part of a block.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    layout: MlpLayout,
+    /// Gate (or fused gate|up) projection; unused for `Plain`.
+    gate: Option<Linear>,
+    up: Option<Linear>,
+    down: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn load(ld: &Loader, layer: usize) -> Result<Self> {
+        let cfg = ld.cfg;
+        let (d, f, b) = (cfg.d_model, cfg.d_ff, cfg.out_bias);
+        let (gate, up) = match cfg.mlp {
+            MlpLayout::Gated => (
+                Some(ld.linear(Part::FfnGate, layer, f, d, b)?),
+                Some(ld.linear(Part::FfnUp, layer, f, d, b)?),
+            ),
+            MlpLayout::GatedFused => (Some(ld.linear(Part::FfnGateUp, layer, 2 * f, d, b)?), None),
+            MlpLayout::Plain => (None, Some(ld.linear(Part::FfnUp, layer, f, d, b)?)),
+        };
+        Ok(Self {
+            layout: cfg.mlp,
+            gate,
+            up,
+            down: ld.linear(Part::FfnDown, layer, d, f, b)?,
+            act: cfg.act,
+        })
+    }
+
+    fn act(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.act {
+            Activation::Silu => candle_nn::ops::silu(x)?,
+            Activation::GeluTanh => x.gelu()?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let missing = || Error::Config("MLP weights missing for its layout".into());
+        let h = match self.layout {
+            MlpLayout::Gated => {
+                let gate = self.gate.as_ref().ok_or_else(missing)?.forward(x)?;
+                let up = self.up.as_ref().ok_or_else(missing)?.forward(x)?;
+                (self.act(&gate)? * up)?
+            }
+            MlpLayout::GatedFused => {
+                let gu = self.gate.as_ref().ok_or_else(missing)?.forward(x)?;
+                let f = gu.dim(1)? / 2;
+                (self.act(&gu.narrow(1, 0, f)?)? * gu.narrow(1, f, f)?)?
+            }
+            MlpLayout::Plain => self.act(&self.up.as_ref().ok_or_else(missing)?.forward(x)?)?,
+        };
+        self.down.forward(&h)
+    }
+}
+
+/// One transformer block: pre-norm attention and MLP, each added back into
+/// the residual stream, with Gemma's optional post-norms.
+#[derive(Debug, Clone)]
+pub struct Block {
+    attn_norm: Norm,
+    attn: Attention,
+    post_attn_norm: Option<Norm>,
+    ffn_norm: Norm,
+    mlp: Mlp,
+    post_ffn_norm: Option<Norm>,
+}
+
+impl Block {
+    pub fn load(ld: &Loader, layer: usize, rope: Option<Rope>) -> Result<Self> {
+        let d = ld.cfg.d_model;
+        let post = |part| -> Result<Option<Norm>> {
+            if ld.cfg.post_norms {
+                Ok(Some(ld.norm(part, Some(layer), d)?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            attn_norm: ld.norm(Part::AttnNorm, Some(layer), d)?,
+            attn: Attention::load(ld, layer, rope)?,
+            post_attn_norm: post(Part::PostAttnNorm)?,
+            ffn_norm: ld.norm(Part::FfnNorm, Some(layer), d)?,
+            mlp: Mlp::load(ld, layer)?,
+            post_ffn_norm: post(Part::PostFfnNorm)?,
+        })
+    }
+
+    /// `x`: the residual stream `[T, d]` → the residual stream after this block.
+    pub fn forward(&self, x: &Tensor, start: usize, cache: &mut LayerCache) -> Result<Tensor> {
+        let mut h = self.attn.forward(&self.attn_norm.forward(x)?, start, cache)?;
+        if let Some(n) = &self.post_attn_norm {
+            h = n.forward(&h)?;
+        }
+        let x = (x + h)?; // residual add after attention
+        let mut h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
+        if let Some(n) = &self.post_ffn_norm {
+            h = n.forward(&h)?;
+        }
+        Ok((x + h)?) // residual add after the MLP
+    }
+}

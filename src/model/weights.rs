@@ -1,0 +1,227 @@
+//! Where weights come from: a `WeightSource` (GGUF here, safetensors in
+//! `safetensors.rs`) hands out tensors by their file name, dequantised to f32
+//! or kept quantised as the [`Precision`] asks.
+
+use std::fs::File;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::{Error, Result};
+
+/// How matmul weights are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// The fastest exact choice for this device. On CPU that is f32 for
+    /// every tensor: candle's quantised kernels run at 9–44 GFLOP/s here while
+    /// f32 gemm reaches ~335 GFLOP/s, and a lens run is prefill-shaped (many
+    /// rows per matmul), where the dequantised path wins for every quant type.
+    #[default]
+    Auto,
+    /// Dequantise everything to f32: the reference computation.
+    F32,
+    /// Keep quantised matmul weights quantised (less memory, llama.cpp-like
+    /// arithmetic with q8 activations). Norms, embeddings and the unembedding
+    /// are still f32, because the lens reads them at every row.
+    Quant,
+}
+
+impl Precision {
+    /// Whether a tensor of this type stays quantised under this precision.
+    pub fn keep_quantized(self, dtype: GgmlDType) -> bool {
+        match self {
+            Precision::Auto | Precision::F32 => false,
+            Precision::Quant => !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16),
+        }
+    }
+
+    /// The name used in JSON and on the terminal.
+    pub fn label(self) -> &'static str {
+        match self {
+            Precision::Auto | Precision::F32 => "f32",
+            Precision::Quant => "quant",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Precision::Auto),
+            "f32" => Ok(Precision::F32),
+            "quant" => Ok(Precision::Quant),
+            _ => Err(Error::InvalidOption(format!(
+                "unknown precision `{s}` (expected auto, f32 or quant)"
+            ))),
+        }
+    }
+}
+
+/// A matmul weight `[out, in]`, dense or quantised.
+#[derive(Debug, Clone)]
+pub enum MatWeight {
+    Dense(Tensor),
+    Quant(QMatMul),
+}
+
+/// A source of named tensors: one checkpoint.
+pub trait WeightSource: Send + Sync {
+    /// The file (or directory) name, for messages.
+    fn label(&self) -> String;
+    /// Shape of a tensor (outermost first), or `None` if absent.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The tensor in f32.
+    fn f32(&self, name: &str) -> Result<Tensor>;
+    /// A matmul weight, kept quantised where `precision` says so.
+    fn mat(&self, name: &str, precision: Precision) -> Result<MatWeight> {
+        let _ = precision;
+        Ok(MatWeight::Dense(self.f32(name)?))
+    }
+    /// Whether a tensor exists.
+    fn contains(&self, name: &str) -> bool {
+        self.shape(name).is_some()
+    }
+}
+
+/// Quant types candle can read, for error messages.
+pub const SUPPORTED_GGML: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
+
+/// A memory-mapped GGUF file.
+pub struct GgufFile {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+    /// Header: metadata and tensor index.
+    pub content: Content,
+}
+
+impl GgufFile {
+    /// Map the file and parse its header. Every tensor's byte range is checked
+    /// against the file length here, so a truncated download fails at once with
+    /// one line rather than deep inside a tensor read.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::ModelNotFound(path.to_path_buf()));
+        }
+        let bad = |reason: String| Error::BadGguf {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only and lensmap never writes model files; a
+        // file changed underneath a run is outside what we can defend against.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        if mmap.len() < 4 || &mmap[..4] != b"GGUF" {
+            return Err(bad("no `GGUF` magic at the start".into()));
+        }
+        let content = Content::read(&mut Cursor::new(&mmap[..]))
+            .map_err(|e| bad(format!("header: {}", first_line(&e.to_string()))))?;
+        for (name, info) in &content.tensor_infos {
+            let dtype = info.ggml_dtype;
+            let elems = info.shape.elem_count();
+            if elems % dtype.block_size() != 0 {
+                return Err(bad(format!(
+                    "tensor `{name}` has {elems} elements, not a multiple of the {dtype:?} block"
+                )));
+            }
+            let bytes = elems / dtype.block_size() * dtype.type_size();
+            let start = content.tensor_data_offset + info.offset;
+            let end = start.checked_add(bytes as u64);
+            if end.is_none_or(|end| end > mmap.len() as u64) {
+                return Err(bad(format!(
+                    "tensor `{name}` ends past the end of the file ({} bytes): the file is truncated",
+                    mmap.len()
+                )));
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            content,
+        })
+    }
+
+    /// A metadata value.
+    pub fn meta(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    /// A required metadata value as u64.
+    pub fn meta_u64(&self, key: &str) -> Result<u64> {
+        match self.meta(key) {
+            Some(v) => v
+                .to_u64()
+                .or_else(|_| v.to_u32().map(u64::from))
+                .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
+                .map_err(|_| Error::Config(format!("GGUF key `{key}` is not an integer"))),
+            None => Err(Error::Config(format!("GGUF key `{key}` is missing"))),
+        }
+    }
+
+    /// An optional metadata value as f64.
+    pub fn meta_f64(&self, key: &str) -> Option<f64> {
+        let v = self.meta(key)?;
+        v.to_f32()
+            .map(f64::from)
+            .or_else(|_| v.to_f64())
+            .ok()
+    }
+
+    /// An optional metadata string.
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.meta(key).and_then(|v| v.to_string().ok()).map(String::as_str)
+    }
+
+    fn qtensor(&self, name: &str) -> Result<QTensor> {
+        let info = self.content.tensor_infos.get(name).ok_or_else(|| Error::MissingTensor {
+            tensor: name.to_string(),
+            file: self.label(),
+        })?;
+        let mut cursor = Cursor::new(&self.mmap[..]);
+        info.read(&mut cursor, self.content.tensor_data_offset, &Device::Cpu)
+            .map_err(|e| Error::UnsupportedDtype {
+                tensor: name.to_string(),
+                dtype: format!("{:?} ({})", info.ggml_dtype, first_line(&e.to_string())),
+                supported: SUPPORTED_GGML.to_string(),
+            })
+    }
+}
+
+impl WeightSource for GgufFile {
+    fn label(&self) -> String {
+        file_name(&self.path)
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.content.tensor_infos.get(name).map(|i| i.shape.dims().to_vec())
+    }
+
+    fn f32(&self, name: &str) -> Result<Tensor> {
+        Ok(self.qtensor(name)?.dequantize(&Device::Cpu)?)
+    }
+
+    fn mat(&self, name: &str, precision: Precision) -> Result<MatWeight> {
+        let q = self.qtensor(name)?;
+        if precision.keep_quantized(q.dtype()) {
+            Ok(MatWeight::Quant(QMatMul::from_qtensor(q)?))
+        } else {
+            Ok(MatWeight::Dense(q.dequantize(&Device::Cpu)?))
+        }
+    }
+}
+
+/// The last component of a path, for messages.
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The first line of a multi-line message: our errors are one line.
+pub fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}

@@ -1,0 +1,73 @@
+//! Shared helpers for integration tests: where the fixtures are, and reading
+//! the reference JSON written by HF transformers (`../shared/reference`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// `../shared/reference` next to the repository.
+pub fn reference_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
+}
+
+/// `models/`, filled by `scripts/fetch-models`.
+pub fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// A real model file; fails with the fix if it has not been fetched.
+pub fn model_file(name: &str) -> PathBuf {
+    let p = models_dir().join(name);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-models first", p.display());
+    p
+}
+
+/// Parse a reference file.
+pub fn reference(name: &str) -> Value {
+    let p = reference_dir().join(name);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `[row][pos]` array of numbers.
+pub fn grid_f64(v: &Value) -> Vec<Vec<f64>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect())
+        .collect()
+}
+
+/// An array of ids.
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// Largest |a − b| over a grid, with where it happens (for failure messages).
+pub fn max_abs_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> (f64, usize, usize) {
+    let mut worst = (0.0, 0, 0);
+    for (r, (ra, rb)) in a.iter().zip(b).enumerate() {
+        assert_eq!(ra.len(), rb.len(), "row {r} length");
+        for (p, (x, y)) in ra.iter().zip(rb).enumerate() {
+            let d = (x - y).abs();
+            if d > worst.0 || d.is_nan() {
+                worst = (d, r, p);
+            }
+        }
+    }
+    worst
+}
+
+/// Per-row maximum |a − b|, printed so a failure says where the numbers part.
+pub fn report_rows(what: &str, a: &[Vec<f64>], b: &[Vec<f64>]) {
+    let per_row: Vec<String> = a
+        .iter()
+        .zip(b)
+        .map(|(ra, rb)| {
+            let m = ra.iter().zip(rb).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            format!("{m:.1e}")
+        })
+        .collect();
+    eprintln!("{what} max |Δ| per row: {}", per_row.join(" "));
+}

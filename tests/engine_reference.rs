@@ -1,0 +1,66 @@
+//! The engine alone (forward pass + lens + stats) against HF transformers,
+//! fed the reference's own input ids so tokenizer errors cannot hide here.
+
+mod common;
+
+use common::*;
+use lensmap::lens::{apply_lens, LensQuery};
+use lensmap::model::{KvCache, Model, Precision, ResidualTrace};
+
+struct Compared {
+    max_entropy: f64,
+    max_kl: f64,
+    top1_agree: f64,
+    top1_disagree_clear: usize,
+}
+
+fn compare(model_name: &str, reference_name: &str, precision: Precision) -> Compared {
+    let reference = reference(reference_name);
+    let ids = ids(&reference["input_ids"]);
+    let (model, _file) = Model::from_gguf(&model_file(model_name), precision).unwrap();
+    let mut trace = ResidualTrace::default();
+    model.forward(&ids, &mut KvCache::default(), Some(&mut trace)).unwrap();
+    let grid = apply_lens(&model, &trace, &ids, &LensQuery { top_k: 5, tracked: vec![] }).unwrap();
+
+    let ref_h = grid_f64(&reference["entropy"]);
+    let ref_kl = grid_f64(&reference["kl_to_final"]);
+    let got_h: Vec<Vec<f64>> = grid.iter().map(|r| r.iter().map(|c| c.entropy).collect()).collect();
+    let got_kl: Vec<Vec<f64>> = grid.iter().map(|r| r.iter().map(|c| c.kl_to_final).collect()).collect();
+    assert_eq!(got_h.len(), ref_h.len(), "rows");
+    report_rows("entropy", &got_h, &ref_h);
+    let (max_entropy, r, p) = max_abs_diff(&got_h, &ref_h);
+    eprintln!("max |Δentropy| = {max_entropy:.2e} at row {r} pos {p}");
+    let (max_kl, r, p) = max_abs_diff(&got_kl, &ref_kl);
+    eprintln!("max |ΔKL| = {max_kl:.2e} at row {r} pos {p}");
+
+    let (mut agree, mut total, mut clear_disagree) = (0usize, 0usize, 0usize);
+    for (r, row) in grid.iter().enumerate() {
+        for (p, cell) in row.iter().enumerate() {
+            let ref_id = reference["top5_ids"][r][p][0].as_u64().unwrap() as u32;
+            let gap = reference["top5_probs"][r][p][0].as_f64().unwrap()
+                - reference["top5_probs"][r][p][1].as_f64().unwrap();
+            total += 1;
+            if cell.topk[0].0 == ref_id {
+                agree += 1;
+            } else if gap > 1e-3 {
+                clear_disagree += 1;
+                eprintln!("top-1 differs at row {r} pos {p}: {} vs {ref_id} (gap {gap:.2e})", cell.topk[0].0);
+            }
+        }
+    }
+    Compared {
+        max_entropy,
+        max_kl,
+        top1_agree: agree as f64 / total as f64,
+        top1_disagree_clear: clear_disagree,
+    }
+}
+
+#[test]
+fn smollm2_filler_f32_matches_transformers() {
+    let c = compare("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2_filler.json", Precision::F32);
+    assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
+    assert!(c.max_kl <= 0.01, "max |ΔKL| {}", c.max_kl);
+    assert_eq!(c.top1_disagree_clear, 0);
+    assert!(c.top1_agree > 0.99);
+}

@@ -64,3 +64,10 @@ fn smollm2_filler_f32_matches_transformers() {
     assert_eq!(c.top1_disagree_clear, 0);
     assert!(c.top1_agree > 0.99);
 }
+
+#[test]
+fn gemma3_filler_f32_matches_transformers() {
+    let c = compare("gemma-3-270m-q4_k_m.gguf", "gemma3_filler.json", Precision::F32);
+    assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
+    assert_eq!(c.top1_disagree_clear, 0);
+}

@@ -64,7 +64,13 @@ impl Loader<'_> {
     pub fn linear(&self, part: Part, layer: usize, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         let name = self.name(part, Some(layer), false);
         self.check_shape(&name, &[out, inp])?;
-        let weight = self.src.mat(&name, self.precision)?;
+        // Dense weights are stored transposed, `[in, out]` row-major: gemm
+        // then reads them without re-packing on every call, which cost more
+        // than the multiply itself at prompt-sized M.
+        let weight = match self.src.mat(&name, self.precision)? {
+            MatWeight::Dense(w) => MatWeight::Dense(w.t()?.contiguous()?),
+            q => q,
+        };
         let bias = if bias {
             Some(self.f32(part, Some(layer), true, &[out])?)
         } else {
@@ -98,7 +104,7 @@ impl Loader<'_> {
 /// `y = x Wᵀ + b`, with W dense f32 or quantised.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `[out, in]`.
+    /// Dense: `[in, out]` (transposed at load); quantised: `[out, in]`.
     weight: MatWeight,
     /// `[out]`.
     bias: Option<Tensor>,
@@ -108,7 +114,7 @@ impl Linear {
     /// `x`: `[T, in]` → `[T, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            MatWeight::Dense(w) => x.matmul(&w.t()?)?,
+            MatWeight::Dense(w) => x.matmul(w)?,
             MatWeight::Quant(q) => q.forward(x)?,
         };
         Ok(match &self.bias {

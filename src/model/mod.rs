@@ -77,8 +77,10 @@ pub struct Model {
     pos_embed: Option<Tensor>,
     blocks: Vec<Block>,
     final_norm: Norm,
-    /// `[vocab, d]` f32: the embedding itself when tied. Always dense, because
-    /// the lens multiplies by it at every row.
+    /// `[vocab, d]` f32: the embedding itself when tied (one copy). Always
+    /// dense, because the lens multiplies by it at every row. Unlike block
+    /// weights it is not stored transposed: at lens sizes gemm is compute-bound
+    /// either way (measured ~350 GFLOP/s both), and transposing costs load time.
     head: Tensor,
 }
 
@@ -98,17 +100,17 @@ impl Model {
         };
         let (v, d) = (cfg.vocab_size, cfg.d_model);
         let embed = ld.f32(Part::TokenEmbd, None, false, &[v, d])?;
+        let head = if cfg.tied_embeddings {
+            embed.clone()
+        } else {
+            ld.f32(Part::Output, None, false, &[v, d])?
+        };
         let pos_embed = if cfg.learned_pos {
             let name = names.name(Part::PositionEmbd, None, false);
             let n = src.shape(&name).map(|s| s[0]).unwrap_or(cfg.context_len);
             Some(ld.f32(Part::PositionEmbd, None, false, &[n, d])?)
         } else {
             None
-        };
-        let head = if cfg.tied_embeddings {
-            embed.clone()
-        } else {
-            ld.f32(Part::Output, None, false, &[v, d])?
         };
         let ropes = cfg.rope.as_ref().map(|r| {
             let global = Rope::new(r, r.theta);

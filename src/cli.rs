@@ -1,0 +1,343 @@
+//! Command-line arguments (clap derive) and what each subcommand does with
+//! them. Flags are grouped under help headings; the first paragraph of each
+//! doc comment is its `-h` text.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use lensmap::grid::{LensGrid, TokenKind, TrackedRole};
+use lensmap::model::Precision;
+use lensmap::prompt::PromptSpec;
+use lensmap::render::{self, FigureOptions, OutputFormat, Stat};
+use lensmap::run::{LensRequest, Session, TrackSpec};
+
+/// The logit lens for local language models: what every layer would predict,
+/// at every token, and how sure it is.
+#[derive(Debug, Parser)]
+#[command(name = "lensmap", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the lens on one prompt and write JSON and figures
+    Run(RunArgs),
+    /// Redraw figures from a saved JSON file, without the model
+    Plot(PlotArgs),
+    /// Describe a model: architecture, sizes, template, special tokens
+    Info(InfoArgs),
+}
+
+/// Which model and how to hold its weights.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A `.gguf` file, an HF model directory, or `org/name` in the HF cache
+    #[arg(long, short = 'm', help_heading = "Model")]
+    pub model: String,
+    /// `auto` (fastest exact: f32 on CPU), `f32`, or `quant` (keep quantised weights)
+    #[arg(long, default_value = "auto", help_heading = "Model")]
+    pub precision: Precision,
+}
+
+/// What to feed the model.
+#[derive(Debug, Args)]
+pub struct PromptArgs {
+    /// The user message (or the whole text with `--raw`)
+    #[arg(long, short = 'p', help_heading = "Prompt")]
+    pub prompt: String,
+    /// A system message
+    #[arg(long, help_heading = "Prompt")]
+    pub system: Option<String>,
+    /// Feed the prompt as is, without the chat template
+    #[arg(long, help_heading = "Prompt")]
+    pub raw: bool,
+    /// Use this Jinja chat template instead of the model's own
+    #[arg(long, value_name = "FILE", help_heading = "Prompt")]
+    pub chat_template: Option<PathBuf>,
+    /// Append N filler ("dummy") tokens after the generation prompt
+    #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Prompt")]
+    pub dummy: usize,
+    /// The filler text; must be a single token
+    #[arg(long, default_value = ".", value_name = "TEXT", help_heading = "Prompt")]
+    pub dummy_text: String,
+}
+
+/// What to measure in every cell.
+#[derive(Debug, Args)]
+pub struct LensArgs {
+    /// Tokens listed per cell
+    #[arg(long, default_value_t = 5, value_name = "K", help_heading = "Lens")]
+    pub top_k: usize,
+    /// Track the probability and rank of this text's first token in every cell
+    #[arg(long, value_name = "TEXT", help_heading = "Lens")]
+    pub target: Option<String>,
+    /// Greedily generate N tokens after the prompt and record the answer
+    #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Lens")]
+    pub generate: usize,
+}
+
+/// How the figure looks.
+#[derive(Debug, Args)]
+pub struct FigureArgs {
+    /// Colour cells by `entropy`, `kl`, `target-prob`, `target-rank` or `next-token-prob`
+    #[arg(long, default_value = "entropy", help_heading = "Figure")]
+    pub stat: Stat,
+    /// Positions of the magnified window, `START..END` (END exclusive)
+    #[arg(long, value_name = "START..END", value_parser = parse_window, help_heading = "Figure")]
+    pub window: Option<(usize, usize)>,
+    /// The position whose column is listed in the zoom panel
+    #[arg(long, value_name = "POS", help_heading = "Figure")]
+    pub zoom: Option<usize>,
+    /// Figure title
+    #[arg(long, help_heading = "Figure")]
+    pub title: Option<String>,
+    /// Formats to write with `--out`, comma-separated: json,svg,png,html
+    #[arg(long, value_delimiter = ',', default_value = "json,svg,png,html", help_heading = "Output")]
+    pub format: Vec<OutputFormat>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub lens: LensArgs,
+    #[command(flatten)]
+    pub figure: FigureArgs,
+    /// Write the JSON result to FILE
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub json: Option<PathBuf>,
+    /// Write BASE.{json,svg,png,html} (see `--format`)
+    #[arg(long, value_name = "BASE", help_heading = "Output")]
+    pub out: Option<PathBuf>,
+    /// Print nothing but errors
+    #[arg(long, short = 'q', help_heading = "Output")]
+    pub quiet: bool,
+    /// Print the wall time of each stage to stderr
+    #[arg(long, help_heading = "Output")]
+    pub timings: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A JSON file written by `lensmap run`
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub figure: FigureArgs,
+    /// Write BASE.{svg,png,html}; defaults to the input path without `.json`
+    #[arg(long, value_name = "BASE", help_heading = "Output")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// A `.gguf` file, an HF model directory, or `org/name` in the HF cache
+    #[arg(long, short = 'm')]
+    pub model: String,
+}
+
+fn parse_window(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("expected START..END, got `{s}`"))?;
+    let a: usize = a.trim().parse().map_err(|_| format!("bad START in `{s}`"))?;
+    let b: usize = b.trim().parse().map_err(|_| format!("bad END in `{s}`"))?;
+    if b <= a {
+        return Err(format!("END must be greater than START in `{s}`"));
+    }
+    Ok((a, b))
+}
+
+impl FigureArgs {
+    fn options(&self, grid: &LensGrid) -> FigureOptions {
+        FigureOptions {
+            title: self.title.clone(),
+            stat: self.stat,
+            window: self.window,
+            zoom: self.zoom,
+            model_label: grid.model.file.clone(),
+            prompt_label: prompt_label(grid),
+        }
+    }
+}
+
+/// The user's words for the subtitle: the text tokens, joined.
+fn prompt_label(grid: &LensGrid) -> String {
+    let text: String = grid
+        .tokens
+        .iter()
+        .filter(|t| t.kind == TokenKind::Text)
+        .map(|t| t.text.as_str())
+        .collect();
+    text.trim().to_string()
+}
+
+/// Run the parsed command.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Plot(args) => plot(args),
+        Command::Info(args) => info(args),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.lens.top_k == 0 {
+        bail!("`--top-k` must be at least 1");
+    }
+    let clock = std::time::Instant::now();
+    let session = Session::open(&args.model.model, args.model.precision, args.prompt.chat_template.as_deref())?;
+    let load = clock.elapsed();
+    let mut track = Vec::new();
+    if let Some(t) = &args.lens.target {
+        track.push(TrackSpec {
+            text: t.clone(),
+            role: TrackedRole::Target,
+        });
+    }
+    let req = LensRequest {
+        prompt: PromptSpec {
+            user: args.prompt.prompt.clone(),
+            system: args.prompt.system.clone(),
+            raw: args.prompt.raw,
+            dummy: args.prompt.dummy,
+            dummy_text: Some(args.prompt.dummy_text.clone()),
+        },
+        top_k: args.lens.top_k,
+        track,
+        generate: args.lens.generate,
+    };
+    let (grid, times) = session.run_timed(&req)?;
+    let clock = std::time::Instant::now();
+    if let Some(path) = &args.json {
+        write_json(&grid, path)?;
+    }
+    if let Some(base) = &args.out {
+        let opts = args.figure.options(&grid);
+        let written = render::write_outputs(&grid, base, &args.figure.format, &opts)?;
+        if !args.quiet {
+            for p in written {
+                eprintln!("wrote {}", p.display());
+            }
+        }
+    }
+    if args.timings {
+        eprintln!(
+            "timings: load {:.3}s, prompt {:.3}s, forward {:.3}s, lens {:.3}s, generate {:.3}s, output {:.3}s",
+            load.as_secs_f64(),
+            times.prompt.as_secs_f64(),
+            times.forward.as_secs_f64(),
+            times.lens.as_secs_f64(),
+            times.generate.as_secs_f64(),
+            clock.elapsed().as_secs_f64()
+        );
+    }
+    if !args.quiet {
+        let mut out = std::io::stdout().lock();
+        print_summary(&mut out, &grid, session.template.as_ref().map(|t| t.source.as_str()))?;
+    }
+    Ok(())
+}
+
+fn write_json(grid: &LensGrid, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating `{}`", dir.display()))?;
+    }
+    let text = serde_json::to_string(grid)?;
+    std::fs::write(path, text).with_context(|| format!("writing `{}`", path.display()))?;
+    Ok(())
+}
+
+fn plot(args: PlotArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading `{}`", args.input.display()))?;
+    let grid = LensGrid::from_json(&text)
+        .with_context(|| format!("`{}` is not a lensmap JSON file", args.input.display()))?;
+    let base = args.out.clone().unwrap_or_else(|| args.input.with_extension(""));
+    let formats: Vec<OutputFormat> = args
+        .figure
+        .format
+        .iter()
+        .copied()
+        .filter(|f| *f != OutputFormat::Json)
+        .collect();
+    for p in render::write_outputs(&grid, &base, &formats, &args.figure.options(&grid))? {
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> anyhow::Result<()> {
+    let _ = args;
+    bail!("`lensmap info` is not available yet")
+}
+
+/// Show a label on the terminal: visible newlines, cut to `width` characters.
+fn show(text: &str, width: usize) -> String {
+    let s = text.replace('\n', "\\n");
+    if s.chars().count() > width {
+        let cut: String = s.chars().take(width - 1).collect();
+        format!("{cut}…")
+    } else {
+        s
+    }
+}
+
+/// The terminal summary: model, tokens, answer, and for every template and
+/// dummy position after the user's text, the top-1 token of every 5th row.
+pub fn print_summary(out: &mut impl Write, grid: &LensGrid, template: Option<&str>) -> std::io::Result<()> {
+    let m = &grid.model;
+    writeln!(
+        out,
+        "model     {} ({}, {} layers, d={}, vocab {}, {})",
+        m.file, m.arch, m.n_layers, m.d_model, m.vocab_size, m.precision
+    )?;
+    writeln!(out, "template  {}", template.unwrap_or("none"))?;
+    let toks: Vec<String> = grid
+        .tokens
+        .iter()
+        .map(|t| match t.kind {
+            TokenKind::Text => show(&t.text, 16),
+            TokenKind::Template => format!("[{}]", show(&t.text, 16)),
+            TokenKind::Dummy => format!("{{{}}}", show(&t.text, 16)),
+        })
+        .collect();
+    writeln!(out, "tokens    {} ([template] {{dummy}})", grid.tokens.len())?;
+    writeln!(out, "          {}", toks.join(" "))?;
+    if let Some(a) = &grid.answer {
+        writeln!(out, "answer    {:?}", a.text)?;
+    }
+    // Positions after the last text token: the chat template's tail and dummies.
+    let last_text = grid.tokens.iter().rposition(|t| t.kind == TokenKind::Text);
+    let start = last_text.map_or(0, |i| i + 1);
+    if start >= grid.tokens.len() {
+        return Ok(());
+    }
+    let rows: Vec<usize> = (0..grid.n_rows).step_by(5).chain(std::iter::once(grid.n_rows - 1)).collect();
+    let mut rows = rows;
+    rows.dedup();
+    writeln!(out)?;
+    write!(out, "{:>4} {:<12}", "pos", "token")?;
+    for &r in &rows {
+        write!(out, " {:>16}", grid.row_label(r))?;
+    }
+    writeln!(out)?;
+    for pos in start..grid.tokens.len() {
+        let t = &grid.tokens[pos];
+        write!(out, "{:>4} {:<12}", pos, show(&t.text, 12))?;
+        for &r in &rows {
+            let top = grid.top1(r, pos);
+            let cell = format!("{} {:.1}", show(&top.text, 10), grid.entropy[r][pos]);
+            write!(out, " {:>16}", cell)?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(out, "\n(each cell: top-1 token and entropy in nats, by lens row)")?;
+    Ok(())
+}

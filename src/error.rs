@@ -24,7 +24,7 @@ pub enum Error {
     #[error("unsupported architecture `{arch}` (supported: {supported})")]
     UnsupportedArch { arch: String, supported: String },
     /// A tensor's quantisation type cannot be read.
-    #[error("tensor `{tensor}` has unsupported type `{dtype}` (supported: {supported})")]
+    #[error("unsupported quantisation type `{dtype}` for tensor `{tensor}` (supported: {supported})")]
     UnsupportedDtype {
         tensor: String,
         dtype: String,

@@ -5,7 +5,7 @@
 //!
 //! Every activation is `[T, d]` for one sequence of T positions (no batch).
 
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::arch::{Part, TensorNames};
 use super::config::{Activation, MlpLayout, ModelConfig, NormKind, QkvLayout, RopeConfig, RopeStyle};
@@ -67,12 +67,13 @@ impl Loader<'_> {
         // Dense weights are stored transposed, `[in, out]` row-major: gemm
         // then reads them without re-packing on every call, which cost more
         // than the multiply itself at prompt-sized M.
+        let dtype = self.precision.activation_dtype();
         let weight = match self.src.mat(&name, self.precision)? {
-            MatWeight::Dense(w) => MatWeight::Dense(w.t()?.contiguous()?),
+            MatWeight::Dense(w) => MatWeight::Dense(w.t()?.contiguous()?.to_dtype(dtype)?),
             q => q,
         };
         let bias = if bias {
-            Some(self.f32(part, Some(layer), true, &[out])?)
+            Some(self.f32(part, Some(layer), true, &[out])?.to_dtype(dtype)?)
         } else {
             None
         };
@@ -92,6 +93,10 @@ impl Loader<'_> {
             NormKind::Layer => Some(self.f32(part, layer, true, &[dim])?),
             NormKind::Rms => None,
         };
+        // Norm weights match the activations they scale.
+        let dtype = self.precision.activation_dtype();
+        let weight = weight.to_dtype(dtype)?;
+        let bias = bias.map(|b| b.to_dtype(dtype)).transpose()?;
         Ok(Norm {
             kind: self.cfg.norm,
             eps: self.cfg.norm_eps as f32,
@@ -136,12 +141,28 @@ pub struct Norm {
 }
 
 impl Norm {
+    /// Normalise `x` (f32 or f64); the result has `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.contiguous()?;
-        Ok(match (self.kind, &self.bias) {
-            (NormKind::Layer, Some(b)) => candle_nn::ops::layer_norm(&x, &self.weight, b, self.eps)?,
-            _ => candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?,
-        })
+        // Statistics in f64, like an exact reference: candle's fused kernels
+        // sum squares in f32 one element at a time, while residual streams
+        // carry outlier features (|x| ≈ 4400 in SmolLM2).
+        let dtype = x.dtype();
+        let x64 = x.to_dtype(DType::F64)?;
+        let eps = self.eps as f64;
+        let y = match (self.kind, &self.bias) {
+            (NormKind::Layer, Some(b)) => {
+                let centred = x64.broadcast_sub(&x64.mean_keepdim(D::Minus1)?)?;
+                let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+                let y = centred.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
+                y.broadcast_mul(&self.weight)?.broadcast_add(b)?
+            }
+            _ => {
+                let ms = x64.sqr()?.mean_keepdim(D::Minus1)?;
+                let y = x64.broadcast_div(&(ms + eps)?.sqrt()?)?.to_dtype(dtype)?;
+                y.broadcast_mul(&self.weight)?
+            }
+        };
+        Ok(y)
     }
 }
 
@@ -189,7 +210,7 @@ impl Rope {
     }
 
     /// cos and sin tables `[t, dim/2]` for positions `start..start + t`.
-    fn tables(&self, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
+    fn tables(&self, start: usize, t: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
@@ -202,15 +223,15 @@ impl Rope {
             }
         }
         Ok((
-            Tensor::from_vec(cos, (t, half), &Device::Cpu)?,
-            Tensor::from_vec(sin, (t, half), &Device::Cpu)?,
+            Tensor::from_vec(cos, (t, half), &Device::Cpu)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (t, half), &Device::Cpu)?.to_dtype(dtype)?,
         ))
     }
 
     /// Rotate `x`: `[heads, t, head_dim]` at positions `start..`.
     fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let (_h, t, head_dim) = x.dims3()?;
-        let (cos, sin) = self.tables(start, t)?;
+        let (cos, sin) = self.tables(start, t, x.dtype())?;
         let rotate = |x: &Tensor| -> Result<Tensor> {
             let x = x.unsqueeze(0)?.contiguous()?;
             let y = match self.style {
@@ -369,7 +390,7 @@ impl Attention {
                 }
             }
         }
-        let mask = Tensor::from_vec(mask, (n, nk), &Device::Cpu)?;
+        let mask = Tensor::from_vec(mask, (n, nk), &Device::Cpu)?.to_dtype(scores.dtype())?;
         let scores = scores.reshape((kvh, group, n, nk))?.broadcast_add(&mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let probs = probs.reshape((kvh, group * n, nk))?;

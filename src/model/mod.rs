@@ -182,6 +182,7 @@ impl Model {
         if let Some(pe) = &self.pos_embed {
             x = (x + pe.narrow(0, start, ids.len())?)?;
         }
+        let mut x = x.to_dtype(self.precision.activation_dtype())?;
         if let Some(r) = recorder.as_deref_mut() {
             r.record(0, &x)?;
         }
@@ -199,17 +200,13 @@ impl Model {
     /// soft-cap. `h`: `[M, d]` → logits `[M, vocab]`. The lens calls this
     /// for every row, so lens row `n_layers` is exactly the model's output.
     pub fn unembed(&self, h: &Tensor) -> Result<Tensor> {
-        let normed = self.final_norm.forward(h)?;
+        // The head stays f32 whatever the forward dtype: it is the lens's cost.
+        let normed = self.final_norm.forward(h)?.to_dtype(candle_core::DType::F32)?;
         let logits = normed.matmul(&self.head.t()?)?;
         Ok(match self.cfg.final_softcap {
             Some(c) => ((logits / c)?.tanh()? * c)?,
             None => logits,
         })
-    }
-
-    /// Apply only the final norm: `[M, d]` → `[M, d]`.
-    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
-        self.final_norm.forward(h)
     }
 
     /// The unembedding matrix `[vocab, d]` (f32).

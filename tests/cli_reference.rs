@@ -1,0 +1,233 @@
+//! `lensmap run --json` end to end (template, tokenizer, forward, lens,
+//! stats, generation, JSON) against HF transformers' numbers in
+//! `../shared/reference/smollm2_{chat,filler}.json`.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const QUESTION: &str = "What is the capital of Australia?";
+
+/// Run the binary and parse its JSON output.
+fn run_json(model: &str, extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_lensmap"))
+        .args(["run", "--model"])
+        .arg(model_file(model))
+        .args(["--prompt", QUESTION, "--json"])
+        .arg(&out)
+        .args(extra)
+        .arg("--quiet")
+        .status()
+        .unwrap();
+    assert!(status.success(), "lensmap run failed");
+    serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+}
+
+fn field_grid(got: &Value, key: &str) -> Vec<Vec<f64>> {
+    grid_f64(&got[key])
+}
+
+struct Agreement {
+    max_entropy: f64,
+    max_kl: f64,
+    top1_rate: f64,
+    top1_clear_misses: usize,
+}
+
+fn agreement(got: &Value, reference: &Value) -> Agreement {
+    let (h, ref_h) = (field_grid(got, "entropy"), grid_f64(&reference["entropy"]));
+    let (kl, ref_kl) = (field_grid(got, "kl_to_final"), grid_f64(&reference["kl_to_final"]));
+    report_rows("entropy", &h, &ref_h);
+    let (max_entropy, r, p) = max_abs_diff(&h, &ref_h);
+    eprintln!("max |Δentropy| {max_entropy:.2e} at row {r} pos {p}");
+    let (max_kl, r, p) = max_abs_diff(&kl, &ref_kl);
+    eprintln!("max |ΔKL| {max_kl:.2e} at row {r} pos {p}");
+    let (mut same, mut total, mut clear_misses) = (0, 0, 0);
+    for (r, row) in got["topk"].as_array().unwrap().iter().enumerate() {
+        for (p, cell) in row.as_array().unwrap().iter().enumerate() {
+            let ours = cell[0]["id"].as_u64().unwrap();
+            let theirs = reference["top5_ids"][r][p][0].as_u64().unwrap();
+            let gap = reference["top5_probs"][r][p][0].as_f64().unwrap()
+                - reference["top5_probs"][r][p][1].as_f64().unwrap();
+            total += 1;
+            if ours == theirs {
+                same += 1;
+            } else if gap > 1e-3 {
+                clear_misses += 1;
+            }
+        }
+    }
+    Agreement {
+        max_entropy,
+        max_kl,
+        top1_rate: same as f64 / total as f64,
+        top1_clear_misses: clear_misses,
+    }
+}
+
+fn input_ids(got: &Value) -> Vec<u32> {
+    got["tokens"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap() as u32).collect()
+}
+
+/// Relative probability tolerance per precision. Two f32 implementations that
+/// sum in different orders drift apart by up to ~1.2e-4 in log p over
+/// SmolLM2's 30 layers (measured); lensmap's f64 forward removes its share,
+/// leaving the reference's own f32 noise (measured ≤ 6e-5).
+const PROB_REL_F32: f64 = 2e-4;
+const PROB_REL_F64: f64 = 1e-4;
+
+/// prob within `tol` relative and rank equal where the reference rank ≤ 1000.
+/// In f32 a near-tie may flip one place (895 vs 896 at one SmolLM2 cell,
+/// neighbours within 1e-4 in log p): at most `NEAR_TIES_F32` such cells pass.
+fn check_prob_rank(what: &str, got: &[Vec<Value>], ref_prob: &Value, ref_rank: &Value, n_pos: usize, tol: f64) {
+    const NEAR_TIES_F32: usize = 2;
+    let allowed_ties = if tol > PROB_REL_F64 { NEAR_TIES_F32 } else { 0 };
+    let mut near_ties = 0;
+    let mut worst_rel: f64 = 0.0;
+    let mut checked = 0;
+    for (r, row) in got.iter().enumerate() {
+        for p in 0..n_pos {
+            let want_p = ref_prob[r][p].as_f64().unwrap();
+            let want_r = ref_rank[r][p].as_u64().unwrap();
+            let cell = &row[p];
+            let (prob, rank) = (cell["prob"].as_f64().unwrap(), cell["rank"].as_u64().unwrap());
+            let rel = (prob - want_p).abs() / want_p.max(1e-30);
+            worst_rel = worst_rel.max(rel);
+            assert!(rel <= tol, "{what} prob at row {r} pos {p}: {prob} vs {want_p}");
+            if want_r <= 1000 && rank != want_r {
+                near_ties += 1;
+                assert!(
+                    rank.abs_diff(want_r) == 1 && near_ties <= allowed_ties,
+                    "{what} rank at row {r} pos {p}: {rank} vs {want_r} ({near_ties} mismatches)"
+                );
+            }
+            checked += 1;
+        }
+    }
+    eprintln!("{what}: {checked} cells, worst relative prob error {worst_rel:.1e}, {near_ties} near-tie ranks");
+}
+
+fn check_variant(reference_name: &str, dummy: &str, precision: &str) {
+    let reference = reference(reference_name);
+    let tol = if precision == "f64" { PROB_REL_F64 } else { PROB_REL_F32 };
+    let got = run_json(
+        SMOLLM2,
+        &["--dummy", dummy, "--generate", "8", "--precision", precision, "--target", " Canberra"],
+    );
+    // Same prompt, same answer.
+    assert_eq!(input_ids(&got), ids(&reference["input_ids"]));
+    assert_eq!(got["prompt_text"], reference["prompt_text"]);
+    assert_eq!(ids(&got["answer"]["ids"]), ids(&reference["greedy"]["manual_greedy_ids"]));
+    assert_eq!(got["answer"]["text"], reference["greedy"]["manual_greedy_text"]);
+
+    let a = agreement(&got, &reference);
+    assert!(a.max_entropy <= 0.005, "max |Δentropy| {}", a.max_entropy);
+    assert!(a.max_kl <= 0.01, "max |ΔKL| {}", a.max_kl);
+    assert_eq!(a.top1_clear_misses, 0, "top-1 differs where the reference gap > 1e-3");
+
+    // Next-token probability and rank: positions 0 … n−2.
+    let n = input_ids(&got).len();
+    let next: Vec<Vec<Value>> = got["next_token"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row.as_array().unwrap().clone())
+        .collect();
+    for row in &next {
+        assert!(row[n - 1].is_null(), "the last position has no next token");
+    }
+    check_prob_rank("next token", &next, &reference["next_token_prob"], &reference["next_token_rank"], n - 1, tol);
+
+    // --target " Canberra" against tracked[" Canberra"].
+    let tracked = &got["tracked"][0];
+    assert_eq!(tracked["role"], "target");
+    assert_eq!(tracked["id"], reference["tracked"][" Canberra"]["id"]);
+    let cells: Vec<Vec<Value>> = tracked["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row.as_array().unwrap().clone())
+        .collect();
+    let t = &reference["tracked"][" Canberra"];
+    check_prob_rank("target \" Canberra\"", &cells, &t["prob"], &t["rank"], n, tol);
+}
+
+#[test]
+fn smollm2_chat_f32_matches_reference() {
+    check_variant("smollm2_chat.json", "0", "f32");
+}
+
+#[test]
+fn smollm2_filler_f32_matches_reference() {
+    check_variant("smollm2_filler.json", "8", "f32");
+}
+
+/// The f64 forward holds probabilities to 1e-4 relative in every cell.
+#[test]
+fn smollm2_filler_f64_matches_reference_to_1e4() {
+    check_variant("smollm2_filler.json", "8", "f64");
+}
+
+/// The default precision (`auto`, f32 on CPU) keeps within the issue's
+/// default tolerance: max |Δentropy| ≤ 0.05 nats, top-1 agreement ≥ 98%.
+#[test]
+fn smollm2_default_precision_within_tolerance() {
+    let reference = reference("smollm2_filler.json");
+    let got = run_json(SMOLLM2, &["--dummy", "8"]);
+    assert_eq!(got["model"]["precision"], "f32");
+    let a = agreement(&got, &reference);
+    assert!(a.max_entropy <= 0.05, "max |Δentropy| {}", a.max_entropy);
+    assert!(a.top1_rate >= 0.98, "top-1 agreement {}", a.top1_rate);
+}
+
+/// `--precision quant` multiplies with candle's quantised kernels, which
+/// round activations to 8 bits as llama.cpp does. Measured against the f32
+/// reference: median |Δentropy| 0.018, max 0.47 nats, top-1 agreement 97.1%.
+/// These bounds guard against regressions in that path.
+#[test]
+fn smollm2_quant_precision_within_measured_bounds() {
+    let reference = reference("smollm2_filler.json");
+    let got = run_json(SMOLLM2, &["--dummy", "8", "--precision", "quant"]);
+    assert_eq!(got["model"]["precision"], "quant");
+    let (h, ref_h) = (field_grid(&got, "entropy"), grid_f64(&reference["entropy"]));
+    let mut d: Vec<f64> = h.iter().flatten().zip(ref_h.iter().flatten()).map(|(a, b)| (a - b).abs()).collect();
+    d.sort_by(f64::total_cmp);
+    let a = agreement(&got, &reference);
+    eprintln!("quant: median |Δentropy| {:.3}, max {:.3}, top-1 {:.3}", d[d.len() / 2], a.max_entropy, a.top1_rate);
+    assert!(d[d.len() / 2] <= 0.03, "median |Δentropy| {}", d[d.len() / 2]);
+    assert!(a.max_entropy <= 0.6, "max |Δentropy| {}", a.max_entropy);
+    assert!(a.top1_rate >= 0.95, "top-1 agreement {}", a.top1_rate);
+}
+
+/// The JSON carries every field `docs/json-format.md` promises, with
+/// consistent sizes.
+#[test]
+fn json_has_documented_fields_and_shapes() {
+    let got = run_json(SMOLLM2, &["--dummy", "2", "--top-k", "3"]);
+    let n = got["tokens"].as_array().unwrap().len();
+    let rows = got["n_rows"].as_u64().unwrap() as usize;
+    assert_eq!(got["model"]["file"], SMOLLM2);
+    assert_eq!(got["model"]["arch"], "llama");
+    assert_eq!(got["model"]["n_layers"], 30);
+    assert_eq!(got["model"]["d_model"], 576);
+    assert_eq!(got["model"]["vocab_size"], 49152);
+    assert_eq!(rows, 31);
+    assert_eq!(got["template_source"], "gguf:tokenizer.chat_template");
+    for key in ["entropy", "kl_to_final", "topk", "next_token"] {
+        let grid = got[key].as_array().unwrap();
+        assert_eq!(grid.len(), rows, "{key} rows");
+        assert!(grid.iter().all(|r| r.as_array().unwrap().len() == n), "{key} positions");
+    }
+    assert_eq!(got["topk"][3][4].as_array().unwrap().len(), 3);
+    let kinds: Vec<&str> = got["tokens"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    assert_eq!(&kinds[n - 2..], ["dummy", "dummy"]);
+    assert_eq!(kinds.iter().filter(|k| **k == "text").count(), 7, "What is the capital of Australia ?");
+    // The last row is the model's own output: KL 0.
+    assert!(got["kl_to_final"][rows - 1].as_array().unwrap().iter().all(|x| x.as_f64() == Some(0.0)));
+}

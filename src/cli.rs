@@ -31,6 +31,10 @@ pub enum Command {
     Plot(PlotArgs),
     /// Describe a model: architecture, sizes, template, special tokens
     Info(InfoArgs),
+    /// Run the lens over a JSONL file of prompts and measure rehearsal
+    Batch(lensmap::batch::BatchArgs),
+    /// Explore prompts live in a local web app
+    Serve(lensmap::serve::ServeArgs),
 }
 
 /// Which model and how to hold its weights.
@@ -185,6 +189,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run(args),
         Command::Plot(args) => plot(args),
         Command::Info(args) => info(args),
+        Command::Batch(args) => Ok(lensmap::batch::run(args)?),
+        Command::Serve(args) => Ok(lensmap::serve::run(args)?),
     }
 }
 

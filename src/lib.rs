@@ -31,6 +31,8 @@ pub mod stats;
 pub mod grid;
 pub mod render;
 pub mod run;
+pub mod batch;
+pub mod serve;
 
 pub use error::{Error, Result};
 pub use grid::LensGrid;

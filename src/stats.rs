@@ -49,7 +49,7 @@ fn exp_neg(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5; // Cephes' 5.0000001201e-1 rounds to 0.5 in f32
     let y = p * r2 + r + 1.0;
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
@@ -216,8 +216,8 @@ fn cell_stats_portable(logits: &[f32], q: &CellQuery) -> CellStats {
                 }
             }
             let n = f.p.len() / 4 * 4;
-            for i in n..f.p.len() {
-                acc[0] += f.p[i] as f64 * (logits[i] - sm.max) as f64;
+            for (p, z) in f.p[n..].iter().zip(&logits[n..]) {
+                acc[0] += *p as f64 * (z - sm.max) as f64;
             }
             let cross: f64 = acc.iter().sum();
             (f.neg_entropy - cross + ls).max(0.0)

@@ -191,7 +191,7 @@ impl Rope {
                 let freq = *f as f64;
                 let wavelen = 2.0 * std::f64::consts::PI / freq;
                 let scaled = if wavelen > low_wavelen { freq / s.factor } else { freq };
-                let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                 let out = if medium {
                     let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
                         / (s.high_freq_factor - s.low_freq_factor);

@@ -1,0 +1,329 @@
+//! The interactive HTML page in a real browser: headless Chromium loads the
+//! file via file://, and we check what its JavaScript drew.
+//!
+//! Needs Debian's `chromium` package (`/usr/bin/chromium`, or set `CHROMIUM`).
+//! Without it the test fails: CI installs it.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lensmap::render::{self, colormap::StatScale, sample, FigureOptions, Rgb, Stat};
+use lensmap::LensGrid;
+
+const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference");
+
+fn seed_grid() -> LensGrid {
+    let path = format!("{REFERENCE}/smollm2_filler.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    sample::grid_from_reference_json(&text).expect("convert reference")
+}
+
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for p in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "headless Chromium not found (looked for $CHROMIUM, /usr/bin/chromium, /usr/bin/chromium-browser, \
+         /usr/bin/google-chrome); install it with `apt-get install -y chromium`"
+    );
+}
+
+/// Run Chromium headless on a file with extra arguments; returns stdout.
+fn run_chromium(page: &Path, extra: &[String], profile: &Path) -> String {
+    let url = format!("file://{}", page.display());
+    let mut cmd = Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        "--virtual-time-budget=5000",
+        "--window-size=1600,1200",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(extra)
+    .arg(&url)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // Its own process group, so a hung browser can be ended with all its children.
+    cmd.process_group(0);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start Chromium: {e}"));
+    // Drain both pipes while waiting: --dump-dom output is larger than a pipe buffer.
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait().expect("wait for Chromium") {
+            Some(status) => break status,
+            None if start.elapsed() > Duration::from_secs(120) => {
+                let group = format!("-{}", child.id());
+                let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+                let _ = child.wait();
+                panic!("Chromium did not finish within 120 s");
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let stdout = t_out.join().unwrap();
+    let stderr = t_err.join().unwrap();
+    assert!(
+        status.success(),
+        "Chromium failed ({status}): {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    String::from_utf8_lossy(&stdout).into_owned()
+}
+
+/// Script added to a copy of the page: exercises the view like a user
+/// (hover, click, statistic switch) and writes what it saw into `<pre id="selftest">`.
+const SELF_TEST: &str = r#"
+<script>
+(function () {
+  var out = { errors: window.__lvErrors };
+  function cell(r, p) { return document.querySelector('rect.lv-cell[data-row="' + r + '"][data-pos="' + p + '"]'); }
+  out.cells = document.querySelectorAll('rect.lv-cell').length;
+  out.fills = {};
+  out.rects = {};
+  out.top1 = {};
+  [[0, 27], [15, 37], [30, 44], [30, 37]].forEach(function (rp) {
+    var c = cell(rp[0], rp[1]), k = rp[0] + ',' + rp[1];
+    if (!c) return;
+    out.fills[k] = c.getAttribute('fill');
+    out.top1[k] = c.getAttribute('data-top1');
+    var b = c.getBoundingClientRect();
+    out.rects[k] = [b.left + window.scrollX, b.top + window.scrollY, b.width, b.height];
+  });
+  out.kindBoxes = Array.prototype.map.call(document.querySelectorAll('rect.lv-kind'), function (b) {
+    return [+b.getAttribute('data-pos'), b.getAttribute('class')];
+  });
+  var c = cell(30, 37);
+  c.dispatchEvent(new MouseEvent('mouseover', { bubbles: true, clientX: 200, clientY: 200 }));
+  var tip = document.querySelector('.lv-tooltip');
+  out.tip = tip.textContent;
+  out.tipShown = tip.style.display;
+  cell(3, 40).dispatchEvent(new MouseEvent('click', { bubbles: true }));
+  out.zoomTitle = document.querySelector('.lv-zoomtitle').textContent;
+  out.counts = Array.prototype.map.call(document.querySelectorAll('.lv-zoomcount'), function (g) {
+    return [+g.getAttribute('data-token-id'), +g.getAttribute('data-count')];
+  });
+  var sel = document.querySelector('select.lv-stat');
+  out.stats = Array.prototype.map.call(sel.options, function (o) { return o.value; });
+  sel.value = 'kl';
+  sel.dispatchEvent(new Event('change'));
+  out.klFill = cell(15, 37).getAttribute('fill');
+  var slider = document.querySelector('input.lv-slider');
+  slider.value = 0;
+  slider.dispatchEvent(new Event('input'));
+  out.afterSlide = Array.prototype.map.call(document.querySelectorAll('rect.lv-cell[data-row="0"]'), function (e) {
+    return +e.getAttribute('data-pos');
+  });
+  var pre = document.createElement('pre');
+  pre.id = 'selftest';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script>
+"#;
+
+const ERROR_HOOK: &str = "<script>window.__lvErrors = []; window.addEventListener('error', function (e) { window.__lvErrors.push(String(e.message)); });</script>\n";
+
+fn unescape_html(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
+}
+
+fn hex(s: &str) -> Rgb {
+    Rgb::parse(s).unwrap_or_else(|| panic!("not a colour: {s}"))
+}
+
+#[test]
+fn html_page_renders_and_reacts_in_chromium() {
+    let grid = seed_grid();
+    let opts = FigureOptions::default();
+    let html = render::render_html(&grid, &opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("seed.html");
+    std::fs::write(&page, &html).unwrap();
+    let test_page = dir.path().join("seed_selftest.html");
+    let with_hook = html.replacen("<head>\n", &format!("<head>\n{ERROR_HOOK}"), 1);
+    std::fs::write(
+        &test_page,
+        with_hook.replace("</body>", &format!("{SELF_TEST}</body>")),
+    )
+    .unwrap();
+
+    let dom = run_chromium(
+        &test_page,
+        &["--dump-dom".into()],
+        &dir.path().join("profile1"),
+    );
+    let start = dom.find("<pre id=\"selftest\">").unwrap_or_else(|| {
+        panic!(
+            "self-test output missing: the page's script did not run\n{}",
+            &dom[..dom.len().min(2000)]
+        )
+    }) + "<pre id=\"selftest\">".len();
+    let end = start + dom[start..].find("</pre>").unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&unescape_html(&dom[start..end])).expect("self-test JSON");
+
+    assert_eq!(out["errors"], serde_json::json!([]), "JavaScript errors");
+    // B drew every cell of the default window (27..45) with the entropy colours.
+    assert_eq!(out["cells"], 31 * 18);
+    let scale = StatScale::new(Stat::Entropy, &grid);
+    for (r, p) in [(0, 27), (15, 37), (30, 44)] {
+        let got = hex(out["fills"][format!("{r},{p}")].as_str().unwrap());
+        let want = scale.color(Some(grid.entropy[r][p]));
+        assert!(
+            got.max_diff(want) <= 1,
+            "cell ({r},{p}): browser {got:?}, figure {want:?}"
+        );
+    }
+    // Hover data: the cell carries its top-1 token and the tooltip lists it with its probability.
+    let top = grid.top1(30, 37);
+    assert_eq!(
+        out["top1"]["30,37"],
+        render::labels::token_display(&top.text)
+    );
+    let tip = out["tip"].as_str().unwrap();
+    assert_eq!(out["tipShown"], "block");
+    assert!(
+        tip.contains("layer output") && tip.contains("pos 37"),
+        "tooltip: {tip}"
+    );
+    assert!(
+        tip.contains(&format!(
+            "1. {}  {:.3}",
+            render::labels::token_display(&top.text),
+            top.prob
+        )),
+        "tooltip: {tip}"
+    );
+    assert!(
+        tip.contains(&format!("entropy {:.3} nats", grid.entropy[30][37])),
+        "tooltip: {tip}"
+    );
+    assert!(
+        tip.contains(&format!("KL {:.3} nats", grid.kl_to_final[30][37])),
+        "tooltip: {tip}"
+    );
+    let nt = grid.next_token[30][37].unwrap();
+    assert!(tip.contains(&format!("rank {}", nt.rank)), "tooltip: {tip}");
+    // Clicking column 40 opened the zoom panel on it, with the right counts.
+    assert!(
+        out["zoomTitle"].as_str().unwrap().contains("pos 40"),
+        "{}",
+        out["zoomTitle"]
+    );
+    let mut want: HashMap<u64, u64> = HashMap::new();
+    for r in 0..grid.n_rows {
+        *want.entry(grid.top1(r, 40).id as u64).or_default() += 1;
+    }
+    let counts = out["counts"].as_array().unwrap();
+    assert!(!counts.is_empty());
+    for c in counts {
+        assert_eq!(
+            want[&c[0].as_u64().unwrap()],
+            c[1].as_u64().unwrap(),
+            "count of {c}"
+        );
+    }
+    // Template and dummy columns are marked.
+    let kinds: Vec<(u64, String)> = out["kindBoxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k[0].as_u64().unwrap(), k[1].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(kinds.len(), 14);
+    assert!(kinds
+        .iter()
+        .filter(|k| k.1.contains("lv-kind-dummy"))
+        .map(|k| k.0)
+        .eq(37..45));
+    // The statistic switch recolours with the KL scale; target stats are offered (a target is tracked).
+    assert_eq!(
+        out["stats"],
+        serde_json::json!([
+            "entropy",
+            "kl",
+            "target-prob",
+            "target-rank",
+            "next-token-prob"
+        ])
+    );
+    let kl = StatScale::new(Stat::Kl, &grid).color(Some(grid.kl_to_final[15][37]));
+    assert!(hex(out["klFill"].as_str().unwrap()).max_diff(kl) <= 1);
+    // The window slider moved B to the start of the sequence.
+    let after: Vec<u64> = out["afterSlide"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(after, (0..18).collect::<Vec<u64>>());
+
+    // Painted pixels: a screenshot of the unmodified page has the cell colours
+    // where the DOM put the cells.
+    let shot = dir.path().join("shot.png");
+    run_chromium(
+        &page,
+        &[format!("--screenshot={}", shot.display())],
+        &dir.path().join("profile2"),
+    );
+    let pix = tiny_skia::Pixmap::load_png(&shot).expect("screenshot PNG");
+    for (r, p) in [(0, 27), (15, 37), (30, 44)] {
+        let rect = &out["rects"][format!("{r},{p}")];
+        let (x, y, w) = (
+            rect[0].as_f64().unwrap(),
+            rect[1].as_f64().unwrap(),
+            rect[2].as_f64().unwrap(),
+        );
+        let (px, py) = ((x + w / 2.0) as u32, (y + 2.5) as u32);
+        let c = pix
+            .pixel(px, py)
+            .unwrap_or_else(|| panic!("({px},{py}) outside the screenshot"))
+            .demultiply();
+        let got = Rgb(c.red(), c.green(), c.blue());
+        let want = scale.color(Some(grid.entropy[r][p]));
+        assert!(
+            got.max_diff(want) <= 2,
+            "screenshot pixel of ({r},{p}) at ({px},{py}): {got:?}, want {want:?}"
+        );
+    }
+}

@@ -33,6 +33,8 @@ pub mod render;
 pub mod run;
 pub mod batch;
 pub mod serve;
+pub mod convert;
+pub mod info;
 
 pub use error::{Error, Result};
 pub use grid::LensGrid;

@@ -8,7 +8,10 @@
 
 pub mod arch;
 pub mod config;
+pub mod hf;
 pub mod layers;
+pub mod locate;
+pub mod safetensors;
 pub mod weights;
 
 use std::path::Path;

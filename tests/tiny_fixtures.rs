@@ -1,0 +1,194 @@
+//! The eight tiny random HF models in `../shared/reference/tiny/` (llama,
+//! llama3_rope, qwen2, qwen3, mistral, gemma3, gpt2, phi3), each loaded from
+//! its directory with `Model::from_hf_dir`, fed the reference's own input ids,
+//! and read through the lens. Every cell must match transformers: entropy and
+//! KL within 1e-4 nats, the same top-1, and the same top-5 except where the
+//! reference's neighbouring log-probs are closer than 1e-4.
+//! See: `../shared/reference/tiny/README.md` for what each fixture traps.
+
+mod common;
+
+use common::*;
+use lensmap::lens::{apply_lens, LensQuery};
+use lensmap::model::{KvCache, Model, Precision, ResidualTrace};
+use serde_json::Value;
+
+/// Entropy and KL tolerance, nats.
+const TOL: f64 = 1e-4;
+/// Log-prob gap under which two neighbours in the top-5 may swap.
+const TIE: f64 = 1e-4;
+
+fn fixture_dir(name: &str) -> std::path::PathBuf {
+    reference_dir().join("tiny").join(name)
+}
+
+/// The config facts the reference records must be what we resolved.
+fn check_config(model: &Model, summary: &Value) {
+    let cfg = &model.cfg;
+    let n = |k: &str| {
+        summary[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("config_summary.{k}")) as usize
+    };
+    assert_eq!(cfg.n_layers, n("n_layers"), "n_layers");
+    assert_eq!(cfg.d_model, n("hidden_size"), "d_model");
+    assert_eq!(cfg.n_heads, n("num_attention_heads"), "heads");
+    assert_eq!(cfg.n_kv_heads, n("num_key_value_heads"), "kv heads");
+    assert_eq!(cfg.head_dim, n("head_dim"), "head_dim");
+    assert_eq!(cfg.d_ff, n("intermediate_size"), "d_ff");
+    assert_eq!(cfg.vocab_size, n("vocab_size_model"), "vocab");
+    assert_eq!(
+        cfg.tied_embeddings,
+        summary["tied_embeddings"].as_bool().unwrap(),
+        "tied"
+    );
+    assert_eq!(
+        cfg.final_softcap,
+        summary["final_logit_softcapping"].as_f64(),
+        "soft-cap"
+    );
+    assert_eq!(
+        cfg.embed_scale.unwrap_or(1.0),
+        summary["embed_scale"].as_f64().unwrap(),
+        "embed scale"
+    );
+    // The window transformers applies (null for qwen2, whose file says 8).
+    let window = summary["sliding_window"].as_u64().map(|w| w as usize);
+    let effective = (0..cfg.n_layers)
+        .any(|i| cfg.is_sliding(i))
+        .then_some(cfg.sliding_window)
+        .flatten();
+    assert_eq!(effective, window, "effective sliding window");
+    if let Some(types) = summary["layer_types"].as_array() {
+        let sliding: Vec<bool> = types.iter().map(|t| t == "sliding_attention").collect();
+        let ours: Vec<bool> = (0..cfg.n_layers).map(|i| cfg.is_sliding(i)).collect();
+        assert_eq!(ours, sliding, "layer types");
+    }
+}
+
+/// Whether a top-5 differs from the reference only by near-ties.
+fn top5_mismatch(got: &[(u32, f64)], ref_ids: &[u32], ref_p: &[f64]) -> Option<String> {
+    let near = |a: f64, b: f64| (a.ln() - b.ln()).abs() < TIE;
+    for i in 0..ref_ids.len() {
+        if got[i].0 == ref_ids[i] {
+            continue;
+        }
+        let tie_prev = i > 0 && near(ref_p[i - 1], ref_p[i]);
+        let tie_next = i + 1 < ref_ids.len() && near(ref_p[i], ref_p[i + 1]);
+        // Rank 5 against the unlisted rank 6: both sides see the same probability.
+        let tie_sixth = i + 1 == ref_ids.len() && near(got[i].1, ref_p[i]);
+        if !(tie_prev || tie_next || tie_sixth) {
+            return Some(format!(
+                "rank {} is {} (p {:.3e}), reference {} (p {:.3e})",
+                i + 1,
+                got[i].0,
+                got[i].1,
+                ref_ids[i],
+                ref_p[i]
+            ));
+        }
+    }
+    None
+}
+
+fn check_fixture(name: &str) {
+    let dir = fixture_dir(name);
+    let reference: Value = {
+        let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let ids = ids(&reference["input_ids"]);
+    let model = Model::from_hf_dir(&dir, Precision::F32).unwrap_or_else(|e| panic!("{name}: {e}"));
+    check_config(&model, &reference["config_summary"]);
+
+    let mut trace = ResidualTrace::default();
+    model
+        .forward(&ids, &mut KvCache::default(), Some(&mut trace))
+        .unwrap();
+    let grid = apply_lens(
+        &model,
+        &trace,
+        &ids,
+        &LensQuery {
+            top_k: 5,
+            tracked: vec![],
+        },
+    )
+    .unwrap();
+
+    let ref_h = grid_f64(&reference["entropy"]);
+    let ref_kl = grid_f64(&reference["kl_to_final"]);
+    let got_h: Vec<Vec<f64>> = grid
+        .iter()
+        .map(|r| r.iter().map(|c| c.entropy).collect())
+        .collect();
+    let got_kl: Vec<Vec<f64>> = grid
+        .iter()
+        .map(|r| r.iter().map(|c| c.kl_to_final).collect())
+        .collect();
+    assert_eq!(got_h.len(), ref_h.len(), "{name}: rows");
+    eprintln!("== {name}: {} rows x {} positions", got_h.len(), ids.len());
+    report_rows("entropy", &got_h, &ref_h);
+    report_rows("KL", &got_kl, &ref_kl);
+    let (max_h, hr, hp) = max_abs_diff(&got_h, &ref_h);
+    let (max_kl, kr, kp) = max_abs_diff(&got_kl, &ref_kl);
+    eprintln!("{name}: max |Δentropy| {max_h:.2e} (row {hr} pos {hp}), max |ΔKL| {max_kl:.2e} (row {kr} pos {kp})");
+
+    let mut failures = Vec::new();
+    for (r, row) in grid.iter().enumerate() {
+        for (p, cell) in row.iter().enumerate() {
+            let ref_ids = common::ids(&reference["top5_ids"][r][p]);
+            let ref_p: Vec<f64> = reference["top5_probs"][r][p]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            if cell.topk[0].0 != ref_ids[0] {
+                failures.push(format!(
+                    "row {r} pos {p}: top-1 {} vs reference {}",
+                    cell.topk[0].0, ref_ids[0]
+                ));
+            } else if let Some(m) = top5_mismatch(&cell.topk, &ref_ids, &ref_p) {
+                failures.push(format!("row {r} pos {p}: {m}"));
+            }
+        }
+    }
+    for f in failures.iter().take(10) {
+        eprintln!("{name}: {f}");
+    }
+    assert!(
+        max_h <= TOL,
+        "{name}: max |Δentropy| {max_h:.2e} at row {hr} pos {hp}"
+    );
+    assert!(
+        max_kl <= TOL,
+        "{name}: max |ΔKL| {max_kl:.2e} at row {kr} pos {kp}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{name}: {} top-k cells differ, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+macro_rules! fixture_tests {
+    ($($name:ident),*) => {$(
+        #[test]
+        fn $name() {
+            check_fixture(stringify!($name));
+        }
+    )*};
+}
+
+fixture_tests!(
+    llama,
+    llama3_rope,
+    qwen2,
+    qwen3,
+    mistral,
+    gemma3,
+    gpt2,
+    phi3
+);

@@ -14,6 +14,9 @@ pub enum Error {
     /// The model path does not exist.
     #[error("model file `{0}` not found")]
     ModelNotFound(PathBuf),
+    /// A model spec that names no file, directory or HF cache entry.
+    #[error("model `{spec}` not found; looked at {looked}")]
+    ModelNotFoundIn { spec: String, looked: String },
     /// A file that should be GGUF is not, or is cut short or corrupt.
     #[error("`{path}` is not a valid GGUF file: {reason}")]
     BadGguf { path: PathBuf, reason: String },
@@ -80,7 +83,7 @@ impl Error {
     /// A suggestion for the user, printed after the error as `hint: ...`.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::ModelNotFound(_) => {
+            Error::ModelNotFound(_) | Error::ModelNotFoundIn { .. } => {
                 Some("run `scripts/fetch-models` to download the default models into `models/`".into())
             }
             Error::BadGguf { .. } => Some(

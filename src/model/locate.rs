@@ -100,9 +100,9 @@ pub fn resolve_in(spec: &str, cache_roots: &[PathBuf]) -> Result<ModelLocation> 
             looked.push("no Hugging Face cache (set `HF_HOME`)".into());
         }
     }
-    Err(Error::BadCheckpoint {
-        path: spec.into(),
-        reason: format!("model not found; looked at {}", looked.join(", ")),
+    Err(Error::ModelNotFoundIn {
+        spec: spec.to_string(),
+        looked: looked.join(", "),
     })
 }
 

@@ -10,6 +10,7 @@ use common::*;
 use serde_json::Value;
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 const QUESTION: &str = "What is the capital of Australia?";
 
 /// Run the binary and parse its JSON output.
@@ -114,10 +115,14 @@ fn check_prob_rank(what: &str, got: &[Vec<Value>], ref_prob: &Value, ref_rank: &
 }
 
 fn check_variant(reference_name: &str, dummy: &str, precision: &str) {
+    check_model_variant(SMOLLM2, reference_name, dummy, precision);
+}
+
+fn check_model_variant(model: &str, reference_name: &str, dummy: &str, precision: &str) {
     let reference = reference(reference_name);
     let tol = if precision == "f64" { PROB_REL_F64 } else { PROB_REL_F32 };
     let got = run_json(
-        SMOLLM2,
+        model,
         &["--dummy", dummy, "--generate", "8", "--precision", precision, "--target", " Canberra"],
     );
     // Same prompt, same answer.
@@ -166,6 +171,20 @@ fn smollm2_chat_f32_matches_reference() {
 #[test]
 fn smollm2_filler_f32_matches_reference() {
     check_variant("smollm2_filler.json", "8", "f32");
+}
+
+/// Gemma 3's GGUF has no chat template: the built-in one is used, said so
+/// in the JSON, and gives the reference's ids (one `<bos>`).
+#[test]
+fn gemma3_chat_f32_matches_reference() {
+    check_model_variant(GEMMA3, "gemma3_chat.json", "0", "f32");
+}
+
+#[test]
+fn gemma3_filler_f32_matches_reference() {
+    check_model_variant(GEMMA3, "gemma3_filler.json", "8", "f32");
+    let got = run_json(GEMMA3, &["--dummy", "1"]);
+    assert_eq!(got["template_source"], "builtin:gemma3");
 }
 
 /// The f64 forward holds probabilities to 1e-4 relative in every cell.

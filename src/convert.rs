@@ -47,6 +47,13 @@ pub struct Converted {
 pub fn to_safetensors(gguf: &Path, out_dir: &Path) -> Result<Converted> {
     let file = GgufFile::open(gguf)?;
     let cfg = arch::config_from_gguf(&file)?;
+    if cfg.rope.as_ref().is_some_and(|r| r.freq_factors.is_some()) {
+        // HF describes this scaling by parameters (`rope_scaling`), which the
+        // factors alone do not determine; refuse rather than drop it.
+        return Err(Error::Config(
+            "cannot convert a GGUF with `rope_freqs.weight` (Llama 3.1+ RoPE scaling) to safetensors".into(),
+        ));
+    }
     let tokenizer = TextTokenizer::from_gguf(&file.content.metadata)?;
     write_hf_dir(&file, &cfg, &tokenizer, out_dir)
 }

@@ -716,8 +716,53 @@ fn corrupt_safetensors_headers_are_refused() {
 
 // --- GGUF readers for the llama kin ------------------------------------------------------
 
+/// llama.cpp's `permute`: rows of each head reordered so adjacent pairs
+/// rotate together (what its converter does to Llama's q and k).
+fn permute_rows(t: &candle_core::Tensor, heads: usize) -> candle_core::Tensor {
+    let (rows, cols) = t.dims2().unwrap();
+    t.reshape((heads, 2, rows / heads / 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
+}
+
+/// llama.cpp's `rope_freqs` for a Llama 3 scaling: one divisor per frequency.
+fn llama3_rope_freqs(rope: &lensmap::model::config::RopeConfig) -> Vec<f32> {
+    let s = rope.llama3.as_ref().unwrap();
+    let (low, high) = (
+        s.original_max_position_embeddings / s.low_freq_factor,
+        s.original_max_position_embeddings / s.high_freq_factor,
+    );
+    (0..rope.dim / 2)
+        .map(|i| {
+            let freq = 1.0 / rope.theta.powf((2 * i) as f64 / rope.dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let factor = if wavelen < high {
+                1.0
+            } else if wavelen > low {
+                s.factor
+            } else {
+                let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
+                1.0 / ((1.0 - smooth) / s.factor + smooth)
+            };
+            factor as f32
+        })
+        .collect()
+}
+
 /// A GGUF file with llama.cpp's names and keys, written from a fixture (f32).
 fn write_gguf(name: &str, arch: &str, path: &Path) {
+    write_gguf_with(name, arch, path, false)
+}
+
+/// As `write_gguf`; with `llama_cpp_rope`, also what llama.cpp's converter
+/// does to a Llama: q/k rows permuted, Llama 3 scaling as `rope_freqs.weight`.
+fn write_gguf_with(name: &str, arch: &str, path: &Path, llama_cpp_rope: bool) {
     use candle_core::quantized::gguf_file::{self, Value};
     use candle_core::quantized::{GgmlDType, QTensor};
     use lensmap::model::arch::{all_names, GgufNames, Part, TensorNames};
@@ -733,12 +778,23 @@ fn write_gguf(name: &str, arch: &str, path: &Path) {
                 .weights
                 .contains(&ckpt.name(Part::FfnGateUp, layer, bias));
         if ckpt.weights.contains(&hf_name) && !clash {
-            let t = ckpt.weights.f32(&hf_name).unwrap();
+            let mut t = ckpt.weights.f32(&hf_name).unwrap();
+            if llama_cpp_rope && part == Part::AttnQ {
+                t = permute_rows(&t, cfg.n_heads);
+            } else if llama_cpp_rope && part == Part::AttnK {
+                t = permute_rows(&t, cfg.n_kv_heads);
+            }
             let q = QTensor::quantize(&t, GgmlDType::F32).unwrap();
             tensors.push((GgufNames.name(part, layer, bias), q));
         }
     }
     let rope = cfg.rope.as_ref().unwrap();
+    if llama_cpp_rope && rope.llama3.is_some() {
+        let factors = llama3_rope_freqs(rope);
+        let n = factors.len();
+        let t = candle_core::Tensor::from_vec(factors, n, &candle_core::Device::Cpu).unwrap();
+        tensors.push(("rope_freqs.weight".into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+    }
     let k = |s: &str| format!("{arch}.{s}");
     let u = |v: usize| Value::U32(v as u32);
     let meta: Vec<(String, Value)> = vec![
@@ -785,4 +841,26 @@ fn gguf_readers_match_hf() {
         );
         assert!(h <= 1e-5 && kl <= 1e-5, "{name}");
     }
+}
+
+/// A Llama 3.1-style GGUF (q/k permuted, scaling stored as `rope_freqs`)
+/// gives transformers' numbers for the `llama3_rope` fixture; without the
+/// factors the logits would move by up to 5.4 (tiny/README.md).
+#[test]
+fn llama3_rope_freqs_gguf_matches_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama3_rope.gguf");
+    write_gguf_with("llama3_rope", "llama", &path, true);
+    let (model, _file) = Model::from_gguf(&path, Precision::F32).unwrap();
+    let rope = model.cfg.rope.as_ref().unwrap();
+    assert!(rope.freq_factors.is_some() && rope.llama3.is_none());
+    let reference = common::reference("tiny/llama3_rope/reference.json");
+    let got = lens(&model, &tiny_ids("llama3_rope"));
+    let want = common::grid_f64(&reference["entropy"]);
+    let (max, r, p) = common::max_abs_diff(&got.entropy, &want);
+    eprintln!("llama3_rope via GGUF rope_freqs: max |Δentropy| {max:.2e} at row {r} pos {p}");
+    assert!(max <= 1e-4, "max |Δentropy| {max}");
+    // Conversion back to safetensors refuses rather than dropping the scaling.
+    let err = lensmap::convert::to_safetensors(&path, &dir.path().join("out")).unwrap_err();
+    assert!(err.to_string().contains("rope_freqs"), "{err}");
 }

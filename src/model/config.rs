@@ -85,6 +85,10 @@ pub struct RopeConfig {
     pub dim: usize,
     pub style: RopeStyle,
     pub llama3: Option<Llama3Scaling>,
+    /// Per-frequency divisors `[dim / 2]` (GGUF `rope_freqs.weight`): how
+    /// llama.cpp stores Llama 3.1+ frequency scaling. Each inverse frequency
+    /// is divided by its factor.
+    pub freq_factors: Option<Vec<f32>>,
 }
 
 /// MLP activation.

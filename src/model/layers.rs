@@ -202,6 +202,11 @@ impl Rope {
                 *f = out as f32;
             }
         }
+        if let Some(factors) = &cfg.freq_factors {
+            for (f, factor) in inv_freq.iter_mut().zip(factors) {
+                *f /= factor;
+            }
+        }
         Self {
             inv_freq,
             dim,

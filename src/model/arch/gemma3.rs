@@ -46,6 +46,7 @@ fn build(h: Hyper, v: Variant) -> ModelConfig {
             dim: h.head_dim,
             style: RopeStyle::NeoX,
             llama3: None,
+            freq_factors: None,
         }),
         attn_scale: 1.0 / v.query_pre_attn_scalar.sqrt(),
         qk_norm: true,

@@ -16,7 +16,7 @@ use crate::model::config::{
     Activation, Family, Llama3Scaling, MlpLayout, ModelConfig, QkvLayout, RopeConfig, RopeStyle,
 };
 use crate::model::hf::HfConfig;
-use crate::model::weights::GgufFile;
+use crate::model::weights::{GgufFile, WeightSource};
 use crate::{Error, Result};
 
 /// What sets one llama-like checkpoint apart once its file is read.
@@ -88,6 +88,7 @@ pub fn from_gguf(file: &GgufFile, family: Family) -> Result<ModelConfig> {
             dim: rope_dim,
             style,
             llama3: None,
+            freq_factors: rope_freq_factors(file, rope_dim)?,
         },
         sliding_window,
         sliding_layers: vec![sliding_window.is_some(); h.n_layers],
@@ -139,6 +140,7 @@ pub fn from_hf(raw: &HfConfig, family: Family, has_lm_head: bool) -> Result<Mode
             dim: rope_dim,
             style: RopeStyle::NeoX,
             llama3,
+            freq_factors: None,
         },
         sliding_window,
         sliding_layers,
@@ -220,4 +222,22 @@ pub fn to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
         "hidden_act": "silu",
     });
     Ok(with_fields(hf_common(cfg, model_type, class), extra))
+}
+
+/// Llama 3.1+ GGUF files store their RoPE frequency scaling as a tensor of
+/// per-frequency divisors; ignoring it would give wrong numbers silently.
+fn rope_freq_factors(file: &GgufFile, rope_dim: usize) -> Result<Option<Vec<f32>>> {
+    const NAME: &str = "rope_freqs.weight";
+    if !file.content.tensor_infos.contains_key(NAME) {
+        return Ok(None);
+    }
+    let factors = file.f32(NAME)?.flatten_all()?.to_vec1::<f32>()?;
+    if factors.len() != rope_dim / 2 || factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+        return Err(Error::Config(format!(
+            "`{NAME}` has {} entries, expected {} positive factors",
+            factors.len(),
+            rope_dim / 2
+        )));
+    }
+    Ok(Some(factors))
 }

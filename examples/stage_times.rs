@@ -6,6 +6,7 @@ use lensmap::lens::{apply_lens, LensQuery};
 use lensmap::model::{KvCache, Model, Precision, ResidualTrace};
 
 fn main() -> lensmap::Result<()> {
+    lensmap::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).map(String::as_str).unwrap_or("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(45);
@@ -23,6 +24,10 @@ fn main() -> lensmap::Result<()> {
         trace = ResidualTrace::default();
         model.forward(&ids, &mut KvCache::default(), Some(&mut trace))?;
         fwd = fwd.min(t.elapsed());
+    }
+    if std::env::var("NO_LENS").is_ok() {
+        println!("{path} n={n}: forward {:.3}s ({:.0} tok/s)", fwd.as_secs_f64(), n as f64 / fwd.as_secs_f64());
+        return Ok(());
     }
     let t = Instant::now();
     let grid = apply_lens(&model, &trace, &ids, &LensQuery { top_k: 5, tracked: vec![] })?;

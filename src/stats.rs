@@ -7,6 +7,7 @@
 //! `verify_independent.py`: f32 statistics move them ≤ 8.3e-7).
 
 use crate::grid::ProbRank;
+use crate::kernels::exp_neg;
 
 /// The reduced statistics of one (row, position) cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,27 +32,6 @@ pub struct FinalDist {
     pub p: Vec<f32>,
     /// Σ p log p (= −entropy), f64.
     pub neg_entropy: f64,
-}
-
-/// `e^x` for `x ≤ 0` in f32 (relative error ≈ 1e-7), written so the compiler
-/// vectorises it: libm's `expf` is a call per element and was a third of the
-/// lens time. Cephes' `expf` polynomial; rounding by the 1.5·2²³ trick because
-/// baseline x86-64 has no vector floor. Below −87 the result is ≤ 2⁻¹²⁶, which
-/// is 0 for every sum here.
-#[inline(always)]
-fn exp_neg(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
-    let x = x.max(-87.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5; // Cephes' 5.0000001201e-1 rounds to 0.5 in f32
-    let y = p * r2 + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// The log-sum-exp pieces of one logit vector.
@@ -169,32 +149,7 @@ pub struct CellQuery<'a> {
 
 /// Reduce one cell's logits `[vocab]` to its statistics.
 pub fn cell_stats(logits: &[f32], q: &CellQuery) -> CellStats {
-    // The same code compiled for wider vectors where the CPU has them; the
-    // binary itself targets baseline x86-64.
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected on this CPU.
-            return unsafe { cell_stats_avx512(logits, q) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { cell_stats_avx2(logits, q) };
-        }
-    }
-    cell_stats_portable(logits, q)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn cell_stats_avx512(logits: &[f32], q: &CellQuery) -> CellStats {
-    cell_stats_portable(logits, q)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn cell_stats_avx2(logits: &[f32], q: &CellQuery) -> CellStats {
-    cell_stats_portable(logits, q)
+    crate::kernels::dispatch!(cell_stats_portable(logits, q))
 }
 
 #[inline(always)]
@@ -269,22 +224,6 @@ mod tests {
         // KL of a distribution with itself is 0.
         let same = cell_stats(&a, &CellQuery { k: 1, final_dist: Some(&f), next_id: None, tracked: &[] });
         assert!(same.kl_to_final < 1e-6);
-    }
-
-    #[test]
-    fn fast_exp_is_accurate() {
-        let mut worst = 0f64;
-        for i in 0..200_000 {
-            let x = -(i as f32) * 4.4e-4; // 0 … −88
-            let exact = (x as f64).exp();
-            let rel = ((exp_neg(x) as f64) - exact).abs() / exact.max(1e-300);
-            if exact > 1e-37 {
-                worst = worst.max(rel);
-            }
-        }
-        assert!(worst < 3e-7, "worst relative error {worst:e}");
-        assert_eq!(exp_neg(0.0), 1.0);
-        assert!(exp_neg(-1000.0) < 1e-37);
     }
 
     #[test]

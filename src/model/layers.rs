@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use super::arch::{Part, TensorNames};
 use super::config::{Activation, MlpLayout, ModelConfig, NormKind, QkvLayout, RopeConfig, RopeStyle};
 use super::weights::{MatWeight, Precision, WeightSource};
+use crate::kernels::masked_softmax;
 use crate::{Error, Result};
 
 /// Queries per attention block: bounds the score matrix to
@@ -384,21 +385,26 @@ impl Attention {
         let v = v.narrow(1, k_start, nk)?;
         let q = q.contiguous()?.reshape((kvh, group * n, hd))?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?; // [kvh, group*n, nk]
-        let mut mask = vec![0f32; n * nk];
-        for i in 0..n {
-            let p = p0 + i;
-            for j in 0..nk {
-                let kp = k_start + j;
-                let hidden = kp > p || self.window.is_some_and(|w| kp + w <= p);
-                if hidden {
-                    mask[i * nk + j] = f32::NEG_INFINITY;
-                }
+        // Softmax over each query's visible keys only: causal (key ≤ query)
+        // and inside the window (key > query − W); no mask tensor is built.
+        let window = self.window;
+        let visible = move |row: usize| {
+            let p = p0 + row % n; // rows are (head, query) pairs
+            let lo = window.map_or(0, |w| (p + 1).saturating_sub(w).max(k_start) - k_start);
+            (lo, p + 1 - k_start)
+        };
+        let probs = match scores.dtype() {
+            DType::F64 => {
+                let mut x = scores.flatten_all()?.to_vec1::<f64>()?;
+                masked_softmax(&mut x, nk, visible);
+                Tensor::from_vec(x, (kvh, group * n, nk), &Device::Cpu)?
             }
-        }
-        let mask = Tensor::from_vec(mask, (n, nk), &Device::Cpu)?.to_dtype(scores.dtype())?;
-        let scores = scores.reshape((kvh, group, n, nk))?.broadcast_add(&mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let probs = probs.reshape((kvh, group * n, nk))?;
+            _ => {
+                let mut x = scores.flatten_all()?.to_vec1::<f32>()?;
+                masked_softmax(&mut x, nk, visible);
+                Tensor::from_vec(x, (kvh, group * n, nk), &Device::Cpu)?
+            }
+        };
         Ok(probs.matmul(&v.contiguous()?)?.reshape((kvh, group, n, hd))?)
     }
 }

@@ -12,7 +12,7 @@ use lensmap::grid::{LensGrid, TokenKind, TrackedRole};
 use lensmap::model::Precision;
 use lensmap::prompt::PromptSpec;
 use lensmap::render::{self, FigureOptions, OutputFormat, Stat};
-use lensmap::run::{LensRequest, Session, TrackSpec};
+use lensmap::run::{AnswerSpec, LensRequest, Session, TrackSpec};
 
 /// The logit lens for local language models: what every layer would predict,
 /// at every token, and how sure it is.
@@ -31,6 +31,8 @@ pub enum Command {
     Plot(PlotArgs),
     /// Describe a model: architecture, sizes, template, special tokens
     Info(InfoArgs),
+    /// Dequantise a GGUF model into an HF safetensors directory
+    Convert(ConvertArgs),
     /// Run the lens over a JSONL file of prompts and measure rehearsal
     Batch(lensmap::batch::BatchArgs),
     /// Explore prompts live in a local web app
@@ -83,6 +85,26 @@ pub struct LensArgs {
     /// Greedily generate N tokens after the prompt and record the answer
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Lens")]
     pub generate: usize,
+    /// Track the answer in every cell and summarise its rehearsal: `auto` or a TEXT
+    ///
+    /// `auto` (the default when `--generate` is given) takes the model's greedy
+    /// answer; TEXT names it (`--answer " Canberra"`, with the leading space the
+    /// model writes after "is"); its first token is tracked. The terminal summary
+    /// and the JSON (`rehearsal`) then give, for every template and dummy
+    /// position, the row where the answer enters the top-k, its best row and rank,
+    /// and whether it is still in the top-k at the output row.
+    #[arg(long, value_name = "auto|TEXT", help_heading = "Answer")]
+    pub answer: Option<String>,
+    /// A distractor to track next to the answer (repeatable): `--answer-alt " Sydney"`
+    #[arg(long, value_name = "TEXT", help_heading = "Answer")]
+    pub answer_alt: Vec<String>,
+    /// With `--answer auto`, track token N+1 of the greedy answer instead of the first
+    ///
+    /// Greedy answers often open with a generic token (" The"). SmolLM2 answers
+    /// the seed question with " The capital of Australia is Canberra.", where
+    /// " Canberra" is token 6: `--answer auto --answer-skip 5` tracks it.
+    #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Answer")]
+    pub answer_skip: usize,
 }
 
 /// How the figure looks.
@@ -147,6 +169,19 @@ pub struct InfoArgs {
     pub model: String,
 }
 
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The GGUF file to convert
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// Target format; only `safetensors` (an HF directory in f32)
+    #[arg(long, default_value = "safetensors", value_parser = ["safetensors"])]
+    pub to: String,
+    /// The directory to write (created if needed)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
 fn parse_window(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s
         .split_once("..")
@@ -189,6 +224,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run(args),
         Command::Plot(args) => plot(args),
         Command::Info(args) => info(args),
+        Command::Convert(args) => convert(args),
         Command::Batch(args) => Ok(lensmap::batch::run(args)?),
         Command::Serve(args) => Ok(lensmap::serve::run(args)?),
     }
@@ -201,6 +237,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let clock = std::time::Instant::now();
     let session = Session::open(&args.model.model, args.model.precision, args.prompt.chat_template.as_deref())?;
     let load = clock.elapsed();
+    let answer = match args.lens.answer.as_deref() {
+        Some("auto") => AnswerSpec::Auto { skip: args.lens.answer_skip },
+        Some(text) => AnswerSpec::Text(text.to_string()),
+        None if args.lens.generate > 0 => AnswerSpec::Auto { skip: args.lens.answer_skip },
+        None => AnswerSpec::None,
+    };
+    if args.lens.answer_skip > 0 && !matches!(answer, AnswerSpec::Auto { .. }) {
+        bail!("`--answer-skip` applies to `--answer auto` (with `--generate N`) only");
+    }
     let mut track = Vec::new();
     if let Some(t) = &args.lens.target {
         track.push(TrackSpec {
@@ -219,6 +264,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         top_k: args.lens.top_k,
         track,
         generate: args.lens.generate,
+        answer,
+        alts: args.lens.answer_alt.clone(),
     };
     let (grid, times) = session.run_timed(&req)?;
     let clock = std::time::Instant::now();
@@ -280,8 +327,25 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
 }
 
 fn info(args: InfoArgs) -> anyhow::Result<()> {
-    let _ = args;
-    bail!("`lensmap info` is not available yet")
+    let location = lensmap::model::locate::resolve(&args.model)?;
+    let summary = lensmap::info::describe(&location)?;
+    // Through a handle, not println!, so a closed pipe is an error, not a panic.
+    writeln!(std::io::stdout().lock(), "{summary}")?;
+    Ok(())
+}
+
+fn convert(args: ConvertArgs) -> anyhow::Result<()> {
+    let done = lensmap::convert::to_safetensors(&args.model, &args.out)?;
+    eprintln!(
+        "wrote {} ({} tensors, {:.1} MB)",
+        done.out_dir.display(),
+        done.tensors,
+        done.bytes as f64 / 1e6
+    );
+    if !done.skipped.is_empty() {
+        eprintln!("skipped (no HF counterpart): {}", done.skipped.join(", "));
+    }
+    Ok(())
 }
 
 /// Show a label on the terminal: visible newlines, cut to `width` characters.
@@ -345,5 +409,9 @@ pub fn print_summary(out: &mut impl Write, grid: &LensGrid, template: Option<&st
         writeln!(out)?;
     }
     writeln!(out, "\n(each cell: top-1 token and entropy in nats, by lens row)")?;
+    if let Some(r) = &grid.rehearsal {
+        writeln!(out)?;
+        write!(out, "{}", lensmap::rehearsal::format_table(r))?;
+    }
     Ok(())
 }

@@ -46,6 +46,10 @@ pub struct LensGrid {
     /// The greedy continuation, when `--generate N` was given.
     #[serde(default)]
     pub answer: Option<Answer>,
+    /// Where the answer token enters the top-k at each position after the
+    /// user's text, when an answer is tracked (`--answer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rehearsal: Option<crate::rehearsal::RehearsalSummary>,
 }
 
 /// The model behind a grid.

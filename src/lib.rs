@@ -30,6 +30,7 @@ pub mod lens;
 pub mod stats;
 pub mod kernels;
 pub mod grid;
+pub mod rehearsal;
 pub mod render;
 pub mod run;
 pub mod batch;

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::grid::{Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION};
 use crate::lens::{apply_lens, LensQuery};
-use crate::model::weights::file_name;
+use crate::model::locate::{self, ModelLocation};
 use crate::model::{GgufFile, KvCache, Model, Precision, ResidualTrace};
 use crate::prompt::{build_prompt, Prompt, PromptSpec};
+use crate::rehearsal::{self, AnswerSource};
 use crate::template::ChatTemplate;
 use crate::tokenize::TextTokenizer;
 use crate::{Error, Result};
@@ -40,16 +41,33 @@ pub struct TrackSpec {
     pub role: TrackedRole,
 }
 
+/// Which token is "the answer" whose rehearsal is measured (`--answer`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AnswerSpec {
+    /// No answer tracked, no rehearsal summary.
+    #[default]
+    None,
+    /// The model's greedy answer (needs `generate > 0`): its token `skip`
+    /// (0-based), since greedy answers often open with a generic token (` The`).
+    Auto { skip: usize },
+    /// A named answer; its first token is tracked.
+    Text(String),
+}
+
 /// One prompt's worth of work.
 #[derive(Debug, Clone)]
 pub struct LensRequest {
     pub prompt: PromptSpec,
     /// `--top-k`, at least 1.
     pub top_k: usize,
-    /// `--target`, `--answer`, `--answer-alt`.
+    /// `--target` (tracked first, in order).
     pub track: Vec<TrackSpec>,
     /// `--generate N`: greedy tokens to append after the prompt (0 = none).
     pub generate: usize,
+    /// `--answer`: tracked after `track` with role `Answer`.
+    pub answer: AnswerSpec,
+    /// `--answer-alt`: distractors, tracked after the answer with role `Alt`.
+    pub alts: Vec<String>,
 }
 
 impl Default for LensRequest {
@@ -59,6 +77,8 @@ impl Default for LensRequest {
             top_k: 5,
             track: Vec::new(),
             generate: 0,
+            answer: AnswerSpec::None,
+            alts: Vec::new(),
         }
     }
 }
@@ -67,15 +87,16 @@ impl Session {
     /// Open a model: a `.gguf` file, an HF directory, or an `org/name` in the HF cache.
     /// `chat_template` overrides the model's own template.
     pub fn open(spec: &str, precision: Precision, chat_template: Option<&Path>) -> Result<Self> {
-        let path = Path::new(spec);
-        let (model, tokenizer) = if path.is_dir() || !spec.ends_with(".gguf") && !path.exists() {
-            open_hf(spec, precision)?
-        } else {
-            let file = GgufFile::open(path)?;
-            let cfg = crate::model::arch::config_from_gguf(&file)?;
-            let tokenizer = TextTokenizer::from_gguf(&file.content.metadata)?;
-            let model = Model::load(cfg, &file, &crate::model::arch::GgufNames, precision)?;
-            (model, tokenizer)
+        let location = locate::resolve(spec)?;
+        let (model, tokenizer) = match &location {
+            ModelLocation::Gguf(path) => {
+                let file = GgufFile::open(path)?;
+                let cfg = crate::model::arch::config_from_gguf(&file)?;
+                let tokenizer = TextTokenizer::from_gguf(&file.content.metadata)?;
+                let model = Model::load(cfg, &file, &crate::model::arch::GgufNames, precision)?;
+                (model, tokenizer)
+            }
+            ModelLocation::HfDir(dir) => (Model::from_hf_dir(dir, precision)?, TextTokenizer::from_hf_dir(dir)?),
         };
         let template = match chat_template {
             Some(p) => Some(ChatTemplate::from_file(p)?),
@@ -88,7 +109,7 @@ impl Session {
             },
         };
         Ok(Self {
-            label: file_name(path),
+            label: location.label(),
             model,
             tokenizer,
             template,
@@ -146,9 +167,27 @@ impl Session {
                 req.top_k
             )));
         }
+        if matches!(req.answer, AnswerSpec::Auto { .. }) && req.generate == 0 {
+            return Err(Error::InvalidOption(
+                "`--answer auto` takes the greedy answer, so it needs `--generate N`".into(),
+            ));
+        }
         let prompt = self.prompt(&req.prompt)?;
-        let tracked_ids = req
-            .track
+        // Targets, then the answer, then distractors. An `auto` answer is
+        // only known after generation; it is filled in below.
+        let mut track = req.track.clone();
+        if let AnswerSpec::Text(text) = &req.answer {
+            track.push(TrackSpec {
+                text: text.clone(),
+                role: TrackedRole::Answer,
+            });
+        }
+        let auto_slot = track.len();
+        track.extend(req.alts.iter().map(|text| TrackSpec {
+            text: text.clone(),
+            role: TrackedRole::Alt,
+        }));
+        let mut tracked_ids = track
             .iter()
             .map(|t| self.first_token(&t.text))
             .collect::<Result<Vec<_>>>()?;
@@ -158,17 +197,8 @@ impl Session {
         let mut cache = KvCache::default();
         let last = self.model.forward(&prompt.ids, &mut cache, Some(&mut trace))?;
         lap(&mut times.forward);
-        let cells = apply_lens(
-            &self.model,
-            &trace,
-            &prompt.ids,
-            &LensQuery {
-                top_k: req.top_k,
-                tracked: tracked_ids.clone(),
-            },
-        )?;
-        drop(trace);
-        lap(&mut times.lens);
+        // Generate before the lens (the trace stays alive meanwhile) so an
+        // `auto` answer can be tracked in every cell.
         let answer = if req.generate > 0 {
             let ids = self
                 .model
@@ -180,8 +210,43 @@ impl Session {
         } else {
             None
         };
+        drop(cache);
         lap(&mut times.generate);
-        Ok((self.assemble(prompt, cells, req, tracked_ids, answer), times))
+        if let (AnswerSpec::Auto { skip }, Some(a)) = (&req.answer, &answer) {
+            let id = *a.ids.get(*skip).ok_or_else(|| {
+                Error::InvalidOption(format!(
+                    "the greedy answer {:?} has {} tokens, so `--answer-skip {skip}` leaves none to track",
+                    a.text,
+                    a.ids.len()
+                ))
+            })?;
+            track.insert(
+                auto_slot,
+                TrackSpec {
+                    text: self.tokenizer.token_text(id),
+                    role: TrackedRole::Answer,
+                },
+            );
+            tracked_ids.insert(auto_slot, id);
+        }
+        let cells = apply_lens(
+            &self.model,
+            &trace,
+            &prompt.ids,
+            &LensQuery {
+                top_k: req.top_k,
+                tracked: tracked_ids.clone(),
+            },
+        )?;
+        drop(trace);
+        lap(&mut times.lens);
+        let mut grid = self.assemble(prompt, cells, req, &track, tracked_ids, answer);
+        let (source, skip) = match req.answer {
+            AnswerSpec::Auto { skip } => (AnswerSource::Auto, skip),
+            _ => (AnswerSource::Given, 0),
+        };
+        grid.rehearsal = rehearsal::summarize(&grid, req.top_k, source, skip);
+        Ok((grid, times))
     }
 
     /// Turn per-cell statistics into the serialisable grid.
@@ -190,6 +255,7 @@ impl Session {
         prompt: Prompt,
         cells: crate::lens::CellGrid,
         req: &LensRequest,
+        track: &[TrackSpec],
         tracked_ids: Vec<u32>,
         answer: Option<Answer>,
     ) -> LensGrid {
@@ -204,8 +270,7 @@ impl Session {
         let map = |f: &dyn Fn(&crate::stats::CellStats) -> f64| -> Vec<Vec<f64>> {
             cells.iter().map(|row| row.iter().map(f).collect()).collect()
         };
-        let tracked = req
-            .track
+        let tracked = track
             .iter()
             .zip(&tracked_ids)
             .enumerate()
@@ -253,11 +318,7 @@ impl Session {
             next_token: cells.iter().map(|row| row.iter().map(|c| c.next).collect()).collect(),
             tracked,
             answer,
+            rehearsal: None,
         }
     }
-}
-
-/// An HF directory or cache entry. Filled in by the HF loader (issue 4).
-fn open_hf(spec: &str, _precision: Precision) -> Result<(Model, TextTokenizer)> {
-    Err(Error::ModelNotFound(Path::new(spec).to_path_buf()))
 }

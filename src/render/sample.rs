@@ -193,6 +193,7 @@ pub fn grid_from_reference_json(text: &str) -> Result<LensGrid> {
         next_token,
         tracked,
         answer,
+        rehearsal: None,
     })
 }
 
@@ -331,5 +332,6 @@ pub fn synthetic_grid(n_positions: usize, n_rows: usize) -> LensGrid {
             ids: vec![104],
             text: " Canberra".into(),
         }),
+        rehearsal: None,
     }
 }

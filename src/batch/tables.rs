@@ -1,0 +1,407 @@
+//! The batch tables, rebuilt from the per-prompt records at the end of every
+//! run, in input order:
+//!
+//! * `cells.parquet` (and `cells.csv` with `--csv`): one row per (prompt,
+//!   row, position), ordered by prompt, then row, then position, with the
+//!   columns of [`CELL_COLUMNS`]: the input token and its kind, entropy, KL
+//!   to the output row, the top-1 token and probability, the answer token's
+//!   probability and rank (null without an answer), and the distractors'
+//!   (lists in the order of the prompt's `alts`; `;`-separated in CSV);
+//! * `prompts.jsonl`: one summary line per finished prompt.
+//!
+//! Each is written to a temporary file and renamed into place when complete.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::input::InputLine;
+use super::record::{temp_path, PromptRecord};
+use crate::grid::{TokenKind, TrackedToken};
+use crate::rehearsal::RehearsalSummary;
+use crate::{Error, Result};
+
+/// Column names of the cells table, in order.
+pub const CELL_COLUMNS: [&str; 14] = [
+    "id",
+    "row",
+    "pos",
+    "token",
+    "kind",
+    "entropy",
+    "kl",
+    "top1",
+    "top1_id",
+    "top1_prob",
+    "answer_prob",
+    "answer_rank",
+    "alt_probs",
+    "alt_ranks",
+];
+
+/// The `kind` column's spelling.
+pub fn kind_str(k: TokenKind) -> &'static str {
+    match k {
+        TokenKind::Text => "text",
+        TokenKind::Template => "template",
+        TokenKind::Dummy => "dummy",
+    }
+}
+
+/// One line of `prompts.jsonl`.
+#[derive(Debug, Serialize)]
+pub struct PromptLine<'a> {
+    pub id: &'a str,
+    /// 1-based line in the input file.
+    pub line: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<&'a str>,
+    pub prompt: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<&'a str>,
+    /// The expected answer from the input, if any.
+    pub expected: Option<&'a str>,
+    pub alts: &'a [String],
+    /// The tracked answer token: `{id, text, source, skip}`.
+    pub answer_token: Option<AnswerToken<'a>>,
+    /// The greedy continuation.
+    pub greedy: Option<&'a str>,
+    /// Positions, dummies included.
+    pub n_tokens: usize,
+    /// Greedy text contains the expected answer (trimmed, case-insensitive).
+    pub correct: Option<bool>,
+    pub rehearsal: Option<&'a RehearsalSummary>,
+}
+
+/// The answer token as `prompts.jsonl` shows it.
+#[derive(Debug, Serialize)]
+pub struct AnswerToken<'a> {
+    pub id: u32,
+    pub text: &'a str,
+    pub source: crate::rehearsal::AnswerSource,
+    pub skip: usize,
+}
+
+impl<'a> PromptLine<'a> {
+    pub fn new(line: &'a InputLine, rec: &'a PromptRecord) -> Self {
+        let item = &line.item;
+        PromptLine {
+            id: &item.id,
+            line: line.line,
+            category: item.category.as_deref(),
+            prompt: &item.prompt,
+            system: item.system.as_deref(),
+            expected: item.answer.as_deref(),
+            alts: &item.alts,
+            answer_token: rec.rehearsal.as_ref().map(|r| AnswerToken {
+                id: r.answer_id,
+                text: &r.answer_token,
+                source: r.source,
+                skip: r.skip,
+            }),
+            greedy: rec.greedy.as_ref().map(|g| g.text.as_str()),
+            n_tokens: rec.tokens.len(),
+            correct: rec.correct,
+            rehearsal: rec.rehearsal.as_ref(),
+        }
+    }
+}
+
+/// A file being written under a temporary name.
+pub struct PendingFile {
+    path: PathBuf,
+    tmp: PathBuf,
+}
+
+impl PendingFile {
+    pub fn create(path: &Path) -> Result<(Self, File)> {
+        let tmp = temp_path(path);
+        let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok((
+            PendingFile {
+                path: path.to_path_buf(),
+                tmp,
+            },
+            f,
+        ))
+    }
+
+    /// Rename into place (the file must be flushed and closed).
+    pub fn commit(self) -> Result<PathBuf> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        Ok(self.path)
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(path, e)
+}
+
+/// `prompts.jsonl`.
+pub struct PromptsWriter {
+    file: PendingFile,
+    w: BufWriter<File>,
+}
+
+impl PromptsWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let (file, f) = PendingFile::create(path)?;
+        Ok(PromptsWriter {
+            file,
+            w: BufWriter::new(f),
+        })
+    }
+
+    pub fn push(&mut self, line: &PromptLine) -> Result<()> {
+        let s = serde_json::to_string(line)
+            .map_err(|e| Error::InvalidOption(format!("prompt line to JSON: {e}")))?;
+        writeln!(self.w, "{s}").map_err(io_err(&self.file.tmp))
+    }
+
+    pub fn finish(self) -> Result<PathBuf> {
+        let f = self
+            .w
+            .into_inner()
+            .map_err(|e| Error::io(&self.file.tmp, e.into_error()))?;
+        f.sync_all().map_err(io_err(&self.file.tmp))?;
+        drop(f);
+        self.file.commit()
+    }
+}
+
+/// A float for CSV: exact (it parses back to the same f64), plain decimals
+/// where short, exponent form for very small or large magnitudes.
+pub fn csv_float(x: f64) -> String {
+    let a = x.abs();
+    if x == 0.0 || (1e-4..1e15).contains(&a) || !x.is_finite() {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
+/// A CSV field, quoted (RFC 4180) when it holds a comma, quote or line break.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `cells.csv`.
+pub struct CsvWriter {
+    file: PendingFile,
+    w: BufWriter<File>,
+}
+
+impl CsvWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let (file, f) = PendingFile::create(path)?;
+        let mut w = BufWriter::new(f);
+        writeln!(w, "{}", CELL_COLUMNS.join(",")).map_err(io_err(&file.tmp))?;
+        Ok(CsvWriter { file, w })
+    }
+
+    pub fn push(&mut self, rec: &PromptRecord) -> Result<()> {
+        let id = csv_field(&rec.item.id);
+        let answer = rec.answer();
+        let alts = rec.alts();
+        let tokens: Vec<String> = rec.tokens.iter().map(|t| csv_field(&t.text)).collect();
+        for row in 0..rec.n_rows {
+            for (pos, tok) in rec.tokens.iter().enumerate() {
+                let (ap, ar) = match answer {
+                    Some(a) => {
+                        let c = a.cells[row][pos];
+                        (csv_float(c.prob), c.rank.to_string())
+                    }
+                    None => (String::new(), String::new()),
+                };
+                let top1 = rec.top1[row][pos];
+                let join = |f: &dyn Fn(&TrackedToken) -> String| {
+                    alts.iter().map(|t| f(t)).collect::<Vec<_>>().join(";")
+                };
+                writeln!(
+                    self.w,
+                    "{id},{row},{pos},{},{},{},{},{},{top1},{},{ap},{ar},{},{}",
+                    tokens[pos],
+                    kind_str(tok.kind),
+                    csv_float(rec.entropy[row][pos]),
+                    csv_float(rec.kl_to_final[row][pos]),
+                    csv_field(rec.text(top1)),
+                    csv_float(rec.top1_prob[row][pos]),
+                    join(&|t| csv_float(t.cells[row][pos].prob)),
+                    join(&|t| t.cells[row][pos].rank.to_string()),
+                )
+                .map_err(io_err(&self.file.tmp))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<PathBuf> {
+        let f = self
+            .w
+            .into_inner()
+            .map_err(|e| Error::io(&self.file.tmp, e.into_error()))?;
+        f.sync_all().map_err(io_err(&self.file.tmp))?;
+        drop(f);
+        self.file.commit()
+    }
+}
+
+#[cfg(feature = "parquet")]
+pub use parquet_table::ParquetWriter;
+
+#[cfg(feature = "parquet")]
+mod parquet_table {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{Float64Builder, ListBuilder, UInt32Builder};
+    use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
+    use arrow_schema::{DataType, Field, Schema, SchemaRef};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+
+    use super::*;
+
+    /// Rows per row group: bounds the writer's buffer (~10 MB).
+    const ROW_GROUP: usize = 128 * 1024;
+
+    /// `cells.parquet`: snappy-compressed, one record batch per prompt.
+    pub struct ParquetWriter {
+        file: PendingFile,
+        schema: SchemaRef,
+        w: ArrowWriter<File>,
+    }
+
+    fn pq_err(e: impl std::fmt::Display) -> Error {
+        Error::InvalidOption(format!("writing `cells.parquet`: {e}"))
+    }
+
+    /// The cells schema.
+    pub fn schema() -> SchemaRef {
+        let f = |name: &str, dt: DataType, nullable: bool| Field::new(name, dt, nullable);
+        Arc::new(Schema::new(vec![
+            f("id", DataType::Utf8, false),
+            f("row", DataType::UInt32, false),
+            f("pos", DataType::UInt32, false),
+            f("token", DataType::Utf8, false),
+            f("kind", DataType::Utf8, false),
+            f("entropy", DataType::Float64, false),
+            f("kl", DataType::Float64, false),
+            f("top1", DataType::Utf8, false),
+            f("top1_id", DataType::UInt32, false),
+            f("top1_prob", DataType::Float64, false),
+            f("answer_prob", DataType::Float64, true),
+            f("answer_rank", DataType::UInt32, true),
+            f(
+                "alt_probs",
+                DataType::List(Arc::new(f("item", DataType::Float64, true))),
+                false,
+            ),
+            f(
+                "alt_ranks",
+                DataType::List(Arc::new(f("item", DataType::UInt32, true))),
+                false,
+            ),
+        ]))
+    }
+
+    impl ParquetWriter {
+        pub fn create(path: &Path) -> Result<Self> {
+            let (file, f) = PendingFile::create(path)?;
+            let props = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_max_row_group_row_count(Some(ROW_GROUP))
+                .build();
+            let schema = schema();
+            let w = ArrowWriter::try_new(f, schema.clone(), Some(props)).map_err(pq_err)?;
+            Ok(ParquetWriter { file, schema, w })
+        }
+
+        pub fn push(&mut self, rec: &PromptRecord) -> Result<()> {
+            let n = rec.tokens.len();
+            let cells = rec.n_rows * n;
+            let rows = || (0..rec.n_rows).flat_map(move |r| (0..n).map(move |p| (r, p)));
+            let answer = rec.answer();
+            let alts = rec.alts();
+            let mut alt_probs = ListBuilder::with_capacity(Float64Builder::new(), cells);
+            let mut alt_ranks = ListBuilder::with_capacity(UInt32Builder::new(), cells);
+            for (r, p) in rows() {
+                for t in &alts {
+                    alt_probs.values().append_value(t.cells[r][p].prob);
+                    alt_ranks.values().append_value(t.cells[r][p].rank);
+                }
+                alt_probs.append(true);
+                alt_ranks.append(true);
+            }
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    rec.item.id.as_str(),
+                    cells,
+                ))),
+                Arc::new(UInt32Array::from_iter_values(rows().map(|(r, _)| r as u32))),
+                Arc::new(UInt32Array::from_iter_values(rows().map(|(_, p)| p as u32))),
+                Arc::new(StringArray::from_iter_values(
+                    rows().map(|(_, p)| rec.tokens[p].text.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows().map(|(_, p)| kind_str(rec.tokens[p].kind)),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    rows().map(|(r, p)| rec.entropy[r][p]),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    rows().map(|(r, p)| rec.kl_to_final[r][p]),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows().map(|(r, p)| rec.text(rec.top1[r][p])),
+                )),
+                Arc::new(UInt32Array::from_iter_values(
+                    rows().map(|(r, p)| rec.top1[r][p]),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    rows().map(|(r, p)| rec.top1_prob[r][p]),
+                )),
+                Arc::new(Float64Array::from_iter(
+                    rows().map(|(r, p)| answer.map(|a| a.cells[r][p].prob)),
+                )),
+                Arc::new(UInt32Array::from_iter(
+                    rows().map(|(r, p)| answer.map(|a| a.cells[r][p].rank)),
+                )),
+                Arc::new(alt_probs.finish()),
+                Arc::new(alt_ranks.finish()),
+            ];
+            let batch = RecordBatch::try_new(self.schema.clone(), cols).map_err(pq_err)?;
+            self.w.write(&batch).map_err(pq_err)
+        }
+
+        pub fn finish(self) -> Result<PathBuf> {
+            let f = self.w.into_inner().map_err(pq_err)?;
+            f.sync_all().map_err(|e| Error::io(&self.file.path, e))?;
+            drop(f);
+            self.file.commit()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_values_round_trip() {
+        for x in [0.0, 1.0, 0.5, 1e-5, 1.234e-38, 3.0e20, 0.1 + 0.2, 12345.678] {
+            let s = csv_float(x);
+            assert_eq!(s.parse::<f64>().unwrap(), x, "{s}");
+        }
+        assert_eq!(csv_float(1e-5), "1e-5");
+        assert_eq!(csv_field(" capital"), " capital");
+        assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
+        assert_eq!(csv_field("\n"), "\"\n\"");
+    }
+}

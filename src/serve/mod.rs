@@ -1,16 +1,387 @@
-//! `lensmap serve`: a local web app over the lens. (STUB: owned by the serve helper.)
+//! `lensmap serve`: a local web app over the lens.
+//!
+//! * `GET /` is a self-contained page (assets embedded in the binary, no
+//!   network) that draws grids with the same `LensView` script as the HTML
+//!   output of `lensmap run`.
+//! * `POST /api/lens` answers with exactly the JSON `lensmap run --json`
+//!   writes for the same input; `POST /api/render` draws a figure of a grid;
+//!   `GET /api/models` lists the models. `docs/api.md` has the details.
+//!
+//! Models are loaded once at start-up and named by file name; request names
+//! are only ever looked up in that list. Lens runs and figures are drawn on a
+//! bounded pool of worker threads ([`pool`]); requests beyond `--workers`
+//! running and `--queue` waiting get `503`. Every error is JSON.
+//!
+//! Tests and benchmarks start a server in-process with [`start`].
 
-use crate::Result;
+mod api;
+mod error;
+mod pool;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::model::Precision;
+use crate::run::Session;
+use crate::{Error, Result};
+
+pub use api::is_loopback_host;
+
+/// Longest prompt (tokens, template and dummies included) by default.
+pub const DEFAULT_MAX_TOKENS: usize = 1024;
+/// Request body limit of `POST /api/lens` (bytes).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Request body limit of `POST /api/render`, which receives a whole grid (bytes).
+pub const MAX_RENDER_BODY: usize = 32 * 1024 * 1024;
+/// Most dummy tokens a request may ask for.
+pub const MAX_DUMMY: usize = 256;
+/// Most tokens a request may generate.
+pub const MAX_GENERATE: usize = 256;
+/// Largest `top_k`.
+pub const MAX_TOP_K: usize = 100;
 
 /// Arguments of `lensmap serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Model files to offer (repeatable)
-    #[arg(long, short = 'm', required = true)]
+    /// A `.gguf` file or HF model to offer (repeatable); requests name it by file name
+    #[arg(long, short = 'm', required = true, value_name = "MODEL")]
     pub model: Vec<String>,
+    /// `auto` (f32 on CPU), `f32`, `f64` or `quant`, for every model
+    #[arg(long, default_value = "auto")]
+    pub precision: Precision,
+    /// Address to listen on; anything but loopback exposes the server (no authentication)
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port; 0 picks a free one (the actual URL is printed)
+    #[arg(long, default_value_t = 7860)]
+    pub port: u16,
+    /// Requests computed at once (each is one CPU-heavy forward pass)
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub workers: usize,
+    /// Requests allowed to wait for a worker; more get `503`
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub queue: usize,
+    /// Longest prompt in tokens (template and dummies included; never more than the model's context)
+    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS, value_name = "N")]
+    pub max_tokens: usize,
 }
 
-/// Start the server and block until it stops.
-pub fn run(_args: ServeArgs) -> Result<()> {
-    Err(crate::Error::InvalidOption("`lensmap serve` is not available yet".into()))
+/// Per-request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_tokens: usize,
+    pub max_body: usize,
+    pub max_render_body: usize,
+    pub max_dummy: usize,
+    pub max_generate: usize,
+    pub max_top_k: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_tokens: DEFAULT_MAX_TOKENS,
+            max_body: MAX_BODY,
+            max_render_body: MAX_RENDER_BODY,
+            max_dummy: MAX_DUMMY,
+            max_generate: MAX_GENERATE,
+            max_top_k: MAX_TOP_K,
+        }
+    }
+}
+
+/// Everything [`start`] needs: loaded models and where and how to serve them.
+pub struct ServeConfig {
+    /// At least one; names (`Session::label`) must differ.
+    pub models: Vec<Arc<Session>>,
+    /// `127.0.0.1:0` by default.
+    pub addr: SocketAddr,
+    pub workers: usize,
+    pub queue: usize,
+    pub limits: Limits,
+    /// Stop on Ctrl-C / SIGTERM (the CLI); tests stop the server by dropping it.
+    pub stop_on_signal: bool,
+}
+
+impl ServeConfig {
+    /// Serve these models on an ephemeral loopback port, with the defaults.
+    pub fn new(models: Vec<Arc<Session>>) -> Self {
+        Self {
+            models,
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            workers: 2,
+            queue: 16,
+            limits: Limits::default(),
+            stop_on_signal: false,
+        }
+    }
+}
+
+/// The address to bind: an IP address, or `localhost`.
+pub fn parse_host(host: &str) -> Result<IpAddr> {
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    host.trim_matches(|c| c == '[' || c == ']')
+        .parse()
+        .map_err(|_| {
+            Error::InvalidOption(format!(
+                "`--host` must be an IP address or `localhost`, got `{host}`"
+            ))
+        })
+}
+
+/// The warning printed when the server listens beyond loopback.
+pub fn exposure_warning(ip: IpAddr) -> Option<String> {
+    (!ip.is_loopback()).then(|| {
+        format!(
+            "warning: listening on {ip}, not loopback: anyone who can reach this machine can run \
+             prompts on it and read the results (there is no authentication); omit `--host` to stay on 127.0.0.1"
+        )
+    })
+}
+
+/// `http://ADDR` with IPv6 in brackets.
+fn url_of(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// A running server. Dropping it stops the server and waits for it.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    /// The address actually bound (the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        url_of(self.addr)
+    }
+
+    /// Stop accepting, finish open requests, and wait.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_and_join()
+    }
+
+    /// Block until the server stops (on a signal when `stop_on_signal`).
+    pub fn wait(mut self) -> Result<()> {
+        let res = match self.thread.take() {
+            Some(t) => t.join(),
+            None => return Ok(()),
+        };
+        flatten(res)
+    }
+
+    fn stop_and_join(&mut self) -> Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => flatten(t.join()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn flatten(res: std::thread::Result<std::io::Result<()>>) -> Result<()> {
+    match res {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::InvalidOption(format!("server failed: {e}"))),
+        Err(_) => Err(Error::InvalidOption("the server thread panicked".into())),
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+/// Bind, start the worker pool and the HTTP server on a background thread,
+/// and return at once. The socket is bound before this returns, so
+/// `local_addr()` is ready for clients.
+pub fn start(config: ServeConfig) -> Result<Server> {
+    if config.models.is_empty() {
+        return Err(Error::InvalidOption(
+            "`lensmap serve` needs at least one `--model`".into(),
+        ));
+    }
+    for (i, a) in config.models.iter().enumerate() {
+        if config.models[..i].iter().any(|b| b.label == a.label) {
+            return Err(Error::InvalidOption(format!(
+                "two models are both named `{}`; requests name models by file name, so offer each once",
+                a.label
+            )));
+        }
+    }
+    if config.workers == 0 {
+        return Err(Error::InvalidOption(
+            "`--workers` must be at least 1".into(),
+        ));
+    }
+    let listener = std::net::TcpListener::bind(config.addr)
+        .map_err(|e| Error::io(format!("listen on {}", config.addr), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("listener", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("listener", e))?;
+    let pool = pool::WorkerPool::new(config.workers, config.queue)
+        .map_err(|e| Error::io("worker threads", e))?;
+    let state = Arc::new(api::AppState {
+        models: config.models,
+        pool,
+        limits: config.limits,
+        loopback_only: addr.ip().is_loopback(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop_on_signal = config.stop_on_signal;
+    let thread = std::thread::Builder::new()
+        .name("lensmap-http".into())
+        .spawn(move || -> std::io::Result<()> {
+            // The runtime only parses HTTP and waits on workers: two threads are plenty.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("lensmap-io")
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let app = api::router(state);
+                let stop = async move {
+                    if stop_on_signal {
+                        tokio::select! {
+                            _ = stop_rx => {}
+                            _ = signal() => {}
+                        }
+                    } else {
+                        let _ = stop_rx.await;
+                    }
+                };
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            })
+        })
+        .map_err(|e| Error::io("server thread", e))?;
+    Ok(Server {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// `lensmap serve`: load the models, listen, print the URL, block until Ctrl-C.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let ip = parse_host(&args.host)?;
+    if args.workers == 0 {
+        return Err(Error::InvalidOption(
+            "`--workers` must be at least 1".into(),
+        ));
+    }
+    if args.max_tokens == 0 {
+        return Err(Error::InvalidOption(
+            "`--max-tokens` must be at least 1".into(),
+        ));
+    }
+    let mut models = Vec::with_capacity(args.model.len());
+    for spec in &args.model {
+        let clock = Instant::now();
+        let s = Session::open(spec, args.precision, None)?;
+        let cfg = &s.model.cfg;
+        eprintln!(
+            "loaded {} ({}, {} layers, vocab {}, context {}) in {:.1} s",
+            s.label,
+            cfg.family.name(),
+            cfg.n_layers,
+            cfg.vocab_size,
+            cfg.context_len,
+            clock.elapsed().as_secs_f64()
+        );
+        models.push(Arc::new(s));
+    }
+    let server = start(ServeConfig {
+        models,
+        addr: SocketAddr::new(ip, args.port),
+        workers: args.workers,
+        queue: args.queue,
+        limits: Limits {
+            max_tokens: args.max_tokens,
+            ..Limits::default()
+        },
+        stop_on_signal: true,
+    })?;
+    if let Some(w) = exposure_warning(ip) {
+        eprintln!("{w}");
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {}", server.url());
+        let _ = out.flush();
+    }
+    eprintln!(
+        "{} worker(s), queue {}, prompts up to {} tokens; Ctrl-C to stop",
+        args.workers, args.queue, args.max_tokens
+    );
+    server.wait()
+}
+
+// Sessions are shared between worker threads.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Session>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_warning() {
+        assert_eq!(
+            parse_host("localhost").unwrap(),
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        );
+        assert!(parse_host("::1").unwrap().is_loopback());
+        assert!(parse_host("[::1]").unwrap().is_loopback());
+        assert!(parse_host("example.com").is_err());
+        assert!(exposure_warning("127.0.0.1".parse().unwrap()).is_none());
+        assert!(exposure_warning("::1".parse().unwrap()).is_none());
+        assert!(exposure_warning("0.0.0.0".parse().unwrap()).is_some());
+        assert!(exposure_warning("192.168.1.2".parse().unwrap()).is_some());
+        assert_eq!(url_of("[::1]:80".parse().unwrap()), "http://[::1]:80");
+    }
 }

@@ -8,9 +8,16 @@ use lensmap::model::{KvCache, Model, Precision, ResidualTrace};
 fn main() -> lensmap::Result<()> {
     lensmap::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
-    let path = args.get(1).map(String::as_str).unwrap_or("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = args
+        .get(1)
+        .map(String::as_str)
+        .unwrap_or("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(45);
-    let precision: Precision = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or_default();
+    let precision: Precision = args
+        .get(3)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or_default();
     let t = Instant::now();
     let (model, _f) = Model::from_gguf(std::path::Path::new(path), precision)?;
     let load = t.elapsed();
@@ -19,20 +26,38 @@ fn main() -> lensmap::Result<()> {
     model.forward(&ids, &mut KvCache::default(), Some(&mut trace))?;
     // Best of three: the first call also warms caches and thread pools.
     let mut fwd = std::time::Duration::MAX;
-    for _ in 0..std::env::var("REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3) {
+    for _ in 0..std::env::var("REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+    {
         let t = Instant::now();
         trace = ResidualTrace::default();
         model.forward(&ids, &mut KvCache::default(), Some(&mut trace))?;
         fwd = fwd.min(t.elapsed());
     }
     if std::env::var("NO_LENS").is_ok() {
-        println!("{path} n={n}: forward {:.3}s ({:.0} tok/s)", fwd.as_secs_f64(), n as f64 / fwd.as_secs_f64());
+        println!(
+            "{path} n={n}: forward {:.3}s ({:.0} tok/s)",
+            fwd.as_secs_f64(),
+            n as f64 / fwd.as_secs_f64()
+        );
         return Ok(());
     }
     let t = Instant::now();
-    let grid = apply_lens(&model, &trace, &ids, &LensQuery { top_k: 5, tracked: vec![] })?;
+    let grid = apply_lens(
+        &model,
+        &trace,
+        &ids,
+        &LensQuery {
+            top_k: 5,
+            tracked: vec![],
+        },
+    )?;
     let lens = t.elapsed();
-    if std::env::var("SPLIT").is_ok() { split(&model, &trace)?; }
+    if std::env::var("SPLIT").is_ok() {
+        split(&model, &trace)?;
+    }
     println!(
         "{path} n={n} precision={precision:?}: load {:.3}s forward {:.3}s ({:.0} tok/s) lens {:.3}s ({} cells)",
         load.as_secs_f64(),
@@ -56,9 +81,23 @@ fn split(model: &Model, trace: &ResidualTrace) -> lensmap::Result<()> {
     let t = Instant::now();
     let mut acc = 0.0;
     for z in v.chunks(vocab) {
-        acc += cell_stats(z, &CellQuery { k: 5, final_dist: None, next_id: Some(5), tracked: &[] }).entropy;
+        acc += cell_stats(
+            z,
+            &CellQuery {
+                k: 5,
+                final_dist: None,
+                next_id: Some(5),
+                tracked: &[],
+            },
+        )
+        .entropy;
     }
     let st = t.elapsed();
-    println!("{} cells: unembed {:.3}s, stats (1 thread) {:.3}s [{acc:.1}]", v.len() / vocab, mm.as_secs_f64(), st.as_secs_f64());
+    println!(
+        "{} cells: unembed {:.3}s, stats (1 thread) {:.3}s [{acc:.1}]",
+        v.len() / vocab,
+        mm.as_secs_f64(),
+        st.as_secs_f64()
+    );
     Ok(())
 }

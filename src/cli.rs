@@ -69,7 +69,12 @@ pub struct PromptArgs {
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Prompt")]
     pub dummy: usize,
     /// The filler text; must be a single token
-    #[arg(long, default_value = ".", value_name = "TEXT", help_heading = "Prompt")]
+    #[arg(
+        long,
+        default_value = ".",
+        value_name = "TEXT",
+        help_heading = "Prompt"
+    )]
     pub dummy_text: String,
 }
 
@@ -123,7 +128,12 @@ pub struct FigureArgs {
     #[arg(long, help_heading = "Figure")]
     pub title: Option<String>,
     /// Formats to write with `--out`, comma-separated: json,svg,png,html
-    #[arg(long, value_delimiter = ',', default_value = "json,svg,png,html", help_heading = "Output")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "json,svg,png,html",
+        help_heading = "Output"
+    )]
     pub format: Vec<OutputFormat>,
 }
 
@@ -186,7 +196,10 @@ fn parse_window(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s
         .split_once("..")
         .ok_or_else(|| format!("expected START..END, got `{s}`"))?;
-    let a: usize = a.trim().parse().map_err(|_| format!("bad START in `{s}`"))?;
+    let a: usize = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad START in `{s}`"))?;
     let b: usize = b.trim().parse().map_err(|_| format!("bad END in `{s}`"))?;
     if b <= a {
         return Err(format!("END must be greater than START in `{s}`"));
@@ -235,12 +248,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("`--top-k` must be at least 1");
     }
     let clock = std::time::Instant::now();
-    let session = Session::open(&args.model.model, args.model.precision, args.prompt.chat_template.as_deref())?;
+    let session = Session::open(
+        &args.model.model,
+        args.model.precision,
+        args.prompt.chat_template.as_deref(),
+    )?;
     let load = clock.elapsed();
     let answer = match args.lens.answer.as_deref() {
-        Some("auto") => AnswerSpec::Auto { skip: args.lens.answer_skip },
+        Some("auto") => AnswerSpec::Auto {
+            skip: args.lens.answer_skip,
+        },
         Some(text) => AnswerSpec::Text(text.to_string()),
-        None if args.lens.generate > 0 => AnswerSpec::Auto { skip: args.lens.answer_skip },
+        None if args.lens.generate > 0 => AnswerSpec::Auto {
+            skip: args.lens.answer_skip,
+        },
         None => AnswerSpec::None,
     };
     if args.lens.answer_skip > 0 && !matches!(answer, AnswerSpec::Auto { .. }) {
@@ -294,7 +315,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if !args.quiet {
         let mut out = std::io::stdout().lock();
-        print_summary(&mut out, &grid, session.template.as_ref().map(|t| t.source.as_str()))?;
+        print_summary(
+            &mut out,
+            &grid,
+            session.template.as_ref().map(|t| t.source.as_str()),
+        )?;
     }
     Ok(())
 }
@@ -309,10 +334,14 @@ fn write_json(grid: &LensGrid, path: &Path) -> anyhow::Result<()> {
 }
 
 fn plot(args: PlotArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading `{}`", args.input.display()))?;
+    let text = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("reading `{}`", args.input.display()))?;
     let grid = LensGrid::from_json(&text)
         .with_context(|| format!("`{}` is not a lensmap JSON file", args.input.display()))?;
-    let base = args.out.clone().unwrap_or_else(|| args.input.with_extension(""));
+    let base = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.input.with_extension(""));
     let formats: Vec<OutputFormat> = args
         .figure
         .format
@@ -361,7 +390,11 @@ fn show(text: &str, width: usize) -> String {
 
 /// The terminal summary: model, tokens, answer, and for every template and
 /// dummy position after the user's text, the top-1 token of every 5th row.
-pub fn print_summary(out: &mut impl Write, grid: &LensGrid, template: Option<&str>) -> std::io::Result<()> {
+pub fn print_summary(
+    out: &mut impl Write,
+    grid: &LensGrid,
+    template: Option<&str>,
+) -> std::io::Result<()> {
     let m = &grid.model;
     writeln!(
         out,
@@ -378,7 +411,11 @@ pub fn print_summary(out: &mut impl Write, grid: &LensGrid, template: Option<&st
             TokenKind::Dummy => format!("{{{}}}", show(&t.text, 16)),
         })
         .collect();
-    writeln!(out, "tokens    {} ([template] {{dummy}})", grid.tokens.len())?;
+    writeln!(
+        out,
+        "tokens    {} ([template] {{dummy}})",
+        grid.tokens.len()
+    )?;
     writeln!(out, "          {}", toks.join(" "))?;
     if let Some(a) = &grid.answer {
         writeln!(out, "answer    {:?}", a.text)?;
@@ -389,7 +426,10 @@ pub fn print_summary(out: &mut impl Write, grid: &LensGrid, template: Option<&st
     if start >= grid.tokens.len() {
         return Ok(());
     }
-    let rows: Vec<usize> = (0..grid.n_rows).step_by(5).chain(std::iter::once(grid.n_rows - 1)).collect();
+    let rows: Vec<usize> = (0..grid.n_rows)
+        .step_by(5)
+        .chain(std::iter::once(grid.n_rows - 1))
+        .collect();
     let mut rows = rows;
     rows.dedup();
     writeln!(out)?;
@@ -408,7 +448,10 @@ pub fn print_summary(out: &mut impl Write, grid: &LensGrid, template: Option<&st
         }
         writeln!(out)?;
     }
-    writeln!(out, "\n(each cell: top-1 token and entropy in nats, by lens row)")?;
+    writeln!(
+        out,
+        "\n(each cell: top-1 token and entropy in nats, by lens row)"
+    )?;
     if let Some(r) = &grid.rehearsal {
         writeln!(out)?;
         write!(out, "{}", lensmap::rehearsal::format_table(r))?;

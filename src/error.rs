@@ -27,7 +27,9 @@ pub enum Error {
     #[error("unsupported architecture `{arch}` (supported: {supported})")]
     UnsupportedArch { arch: String, supported: String },
     /// A tensor's quantisation type cannot be read.
-    #[error("unsupported quantisation type `{dtype}` for tensor `{tensor}` (supported: {supported})")]
+    #[error(
+        "unsupported quantisation type `{dtype}` for tensor `{tensor}` (supported: {supported})"
+    )]
     UnsupportedDtype {
         tensor: String,
         dtype: String,

@@ -61,7 +61,11 @@ pub fn exp_neg(x: f32) -> f32 {
 /// the columns `visible(row)` = `[lo, hi)` take part and the rest become
 /// exactly 0: causal and sliding-window attention without a mask tensor.
 /// Sums are in the element type, as in transformers.
-pub fn masked_softmax<T: SoftmaxElem>(x: &mut [T], n: usize, visible: impl Fn(usize) -> (usize, usize) + Sync) {
+pub fn masked_softmax<T: SoftmaxElem>(
+    x: &mut [T],
+    n: usize,
+    visible: impl Fn(usize) -> (usize, usize) + Sync,
+) {
     use rayon::prelude::*;
     x.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
         let (lo, hi) = visible(r);
@@ -139,7 +143,9 @@ mod tests {
     fn masked_softmax_matches_f64_and_zeroes_hidden() {
         let n = 37;
         let vis = |r: usize| (r, r + 20);
-        let data: Vec<f64> = (0..3 * n).map(|i| ((i * 7 % 13) as f64 - 6.0) * 1.3).collect();
+        let data: Vec<f64> = (0..3 * n)
+            .map(|i| ((i * 7 % 13) as f64 - 6.0) * 1.3)
+            .collect();
         let mut x32: Vec<f32> = data.iter().map(|&v| v as f32).collect();
         let mut x64 = data.clone();
         masked_softmax(&mut x32[..], n, vis);
@@ -147,11 +153,21 @@ mod tests {
         for r in 0..3 {
             let (lo, hi) = vis(r);
             let row = &data[r * n..(r + 1) * n];
-            let m = row[lo..hi].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let m = row[lo..hi]
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max);
             let s: f64 = row[lo..hi].iter().map(|v| (v - m).exp()).sum();
             for j in 0..n {
-                let want = if (lo..hi).contains(&j) { (row[j] - m).exp() / s } else { 0.0 };
-                assert!((x32[r * n + j] as f64 - want).abs() < 1e-6, "f32 row {r} col {j}");
+                let want = if (lo..hi).contains(&j) {
+                    (row[j] - m).exp() / s
+                } else {
+                    0.0
+                };
+                assert!(
+                    (x32[r * n + j] as f64 - want).abs() < 1e-6,
+                    "f32 row {r} col {j}"
+                );
                 assert!((x64[r * n + j] - want).abs() < 1e-14, "f64 row {r} col {j}");
             }
         }

@@ -33,7 +33,12 @@ pub type CellGrid = Vec<Vec<CellStats>>;
 
 /// Apply the lens to a trace of `ids`. Row `n_layers` of the result is the
 /// model's own output distribution.
-pub fn apply_lens(model: &Model, trace: &ResidualTrace, ids: &[u32], q: &LensQuery) -> Result<CellGrid> {
+pub fn apply_lens(
+    model: &Model,
+    trace: &ResidualTrace,
+    ids: &[u32],
+    q: &LensQuery,
+) -> Result<CellGrid> {
     if q.top_k == 0 {
         return Err(Error::InvalidOption("`--top-k` must be at least 1".into()));
     }
@@ -41,7 +46,9 @@ pub fn apply_lens(model: &Model, trace: &ResidualTrace, ids: &[u32], q: &LensQue
     let t = ids.len();
     let vocab = model.cfg.vocab_size;
     if let Some(&bad) = q.tracked.iter().find(|&&id| id as usize >= vocab) {
-        return Err(Error::InvalidOption(format!("tracked id `{bad}` is outside the vocabulary")));
+        return Err(Error::InvalidOption(format!(
+            "tracked id `{bad}` is outside the vocabulary"
+        )));
     }
     let last = n_rows - 1;
     let chunk = (FINAL_BUDGET / vocab).clamp(1, t.max(1));
@@ -51,7 +58,11 @@ pub fn apply_lens(model: &Model, trace: &ResidualTrace, ids: &[u32], q: &LensQue
     for p0 in (0..t).step_by(chunk) {
         let c = chunk.min(t - p0);
         let next_ids: Vec<Option<u32>> = (p0..p0 + c).map(|p| ids.get(p + 1).copied()).collect();
-        fn query<'a>(q: &'a LensQuery, next: Option<u32>, final_dist: Option<&'a FinalDist>) -> CellQuery<'a> {
+        fn query<'a>(
+            q: &'a LensQuery,
+            next: Option<u32>,
+            final_dist: Option<&'a FinalDist>,
+        ) -> CellQuery<'a> {
             CellQuery {
                 k: q.top_k,
                 final_dist,
@@ -62,12 +73,18 @@ pub fn apply_lens(model: &Model, trace: &ResidualTrace, ids: &[u32], q: &LensQue
 
         // The final row first: its distributions are the KL reference.
         let logits = model.unembed(&trace.rows[last].narrow(0, p0, c)?)?;
-        let (finals, stats): (Vec<FinalDist>, Vec<CellStats>) = with_rows(&logits, vocab, |rows| {
-            rows.par_chunks(vocab)
-                .enumerate()
-                .map(|(i, z)| (FinalDist::of(z), cell_stats(z, &query(q, next_ids[i], None))))
-                .unzip()
-        })?;
+        let (finals, stats): (Vec<FinalDist>, Vec<CellStats>) =
+            with_rows(&logits, vocab, |rows| {
+                rows.par_chunks(vocab)
+                    .enumerate()
+                    .map(|(i, z)| {
+                        (
+                            FinalDist::of(z),
+                            cell_stats(z, &query(q, next_ids[i], None)),
+                        )
+                    })
+                    .unzip()
+            })?;
         grid[last].extend(stats);
 
         // The other rows, several per matmul.

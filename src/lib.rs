@@ -21,22 +21,22 @@
 //!
 //! [`run::run_lens`] strings the stages together for one prompt.
 
+pub mod batch;
+pub mod convert;
 pub mod error;
-pub mod model;
-pub mod tokenize;
-pub mod template;
-pub mod prompt;
-pub mod lens;
-pub mod stats;
-pub mod kernels;
 pub mod grid;
+pub mod info;
+pub mod kernels;
+pub mod lens;
+pub mod model;
+pub mod prompt;
 pub mod rehearsal;
 pub mod render;
 pub mod run;
-pub mod batch;
 pub mod serve;
-pub mod convert;
-pub mod info;
+pub mod stats;
+pub mod template;
+pub mod tokenize;
 
 pub use error::{Error, Result};
 pub use grid::LensGrid;

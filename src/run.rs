@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::grid::{Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION};
+use crate::grid::{
+    Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION,
+};
 use crate::lens::{apply_lens, LensQuery};
 use crate::model::locate::{self, ModelLocation};
 use crate::model::{GgufFile, KvCache, Model, Precision, ResidualTrace};
@@ -96,7 +98,10 @@ impl Session {
                 let model = Model::load(cfg, &file, &crate::model::arch::GgufNames, precision)?;
                 (model, tokenizer)
             }
-            ModelLocation::HfDir(dir) => (Model::from_hf_dir(dir, precision)?, TextTokenizer::from_hf_dir(dir)?),
+            ModelLocation::HfDir(dir) => (
+                Model::from_hf_dir(dir, precision)?,
+                TextTokenizer::from_hf_dir(dir)?,
+            ),
         };
         let template = match chat_template {
             Some(p) => Some(ChatTemplate::from_file(p)?),
@@ -125,7 +130,11 @@ impl Session {
                 self.model.cfg.family.name()
             )));
         }
-        let template = if spec.raw { None } else { self.template.as_ref() };
+        let template = if spec.raw {
+            None
+        } else {
+            self.template.as_ref()
+        };
         let prompt = build_prompt(&self.tokenizer, template, spec)?;
         if prompt.ids.is_empty() {
             return Err(Error::InvalidOption("the prompt is empty".into()));
@@ -195,14 +204,19 @@ impl Session {
 
         let mut trace = ResidualTrace::default();
         let mut cache = KvCache::default();
-        let last = self.model.forward(&prompt.ids, &mut cache, Some(&mut trace))?;
+        let last = self
+            .model
+            .forward(&prompt.ids, &mut cache, Some(&mut trace))?;
         lap(&mut times.forward);
         // Generate before the lens (the trace stays alive meanwhile) so an
         // `auto` answer can be tracked in every cell.
         let answer = if req.generate > 0 {
-            let ids = self
-                .model
-                .generate_greedy(&mut cache, &last, req.generate, &self.tokenizer.stop_ids())?;
+            let ids = self.model.generate_greedy(
+                &mut cache,
+                &last,
+                req.generate,
+                &self.tokenizer.stop_ids(),
+            )?;
             Some(Answer {
                 text: self.tokenizer.decode(&ids),
                 ids,
@@ -265,10 +279,17 @@ impl Session {
             .ids
             .iter()
             .zip(&prompt.kinds)
-            .map(|(&id, &kind)| TokenInfo { id, text: text(id), kind })
+            .map(|(&id, &kind)| TokenInfo {
+                id,
+                text: text(id),
+                kind,
+            })
             .collect();
         let map = |f: &dyn Fn(&crate::stats::CellStats) -> f64| -> Vec<Vec<f64>> {
-            cells.iter().map(|row| row.iter().map(f).collect()).collect()
+            cells
+                .iter()
+                .map(|row| row.iter().map(f).collect())
+                .collect()
         };
         let tracked = track
             .iter()
@@ -279,7 +300,10 @@ impl Session {
                 id,
                 token_text: text(id),
                 role: spec.role,
-                cells: cells.iter().map(|row| row.iter().map(|c| c.tracked[i]).collect()).collect(),
+                cells: cells
+                    .iter()
+                    .map(|row| row.iter().map(|c| c.tracked[i]).collect())
+                    .collect(),
             })
             .collect();
         LensGrid {
@@ -309,13 +333,20 @@ impl Session {
                         .map(|c| {
                             c.topk
                                 .iter()
-                                .map(|&(id, prob)| crate::grid::TopToken { id, text: text(id), prob })
+                                .map(|&(id, prob)| crate::grid::TopToken {
+                                    id,
+                                    text: text(id),
+                                    prob,
+                                })
                                 .collect()
                         })
                         .collect()
                 })
                 .collect(),
-            next_token: cells.iter().map(|row| row.iter().map(|c| c.next).collect()).collect(),
+            next_token: cells
+                .iter()
+                .map(|row| row.iter().map(|c| c.next).collect())
+                .collect(),
             tracked,
             answer,
             rehearsal: None,

@@ -184,7 +184,11 @@ fn cell_stats_portable(logits: &[f32], q: &CellQuery) -> CellStats {
         topk,
         kl_to_final,
         next: q.next_id.map(|id| prob_rank_with(logits, &sm, id)),
-        tracked: q.tracked.iter().map(|&id| prob_rank_with(logits, &sm, id)).collect(),
+        tracked: q
+            .tracked
+            .iter()
+            .map(|&id| prob_rank_with(logits, &sm, id))
+            .collect(),
     }
 }
 
@@ -201,14 +205,36 @@ mod tests {
 
     #[test]
     fn entropy_matches_direct_sum() {
-        let logits: Vec<f32> = (0..1001).map(|i| ((i * 37 % 101) as f32 * 0.13).sin() * 7.0).collect();
+        let logits: Vec<f32> = (0..1001)
+            .map(|i| ((i * 37 % 101) as f32 * 0.13).sin() * 7.0)
+            .collect();
         let p = exact(&logits);
-        let h: f64 = -p.iter().filter(|&&x| x > 0.0).map(|x| x * x.ln()).sum::<f64>();
-        let got = cell_stats(&logits, &CellQuery { k: 3, final_dist: None, next_id: None, tracked: &[] });
+        let h: f64 = -p
+            .iter()
+            .filter(|&&x| x > 0.0)
+            .map(|x| x * x.ln())
+            .sum::<f64>();
+        let got = cell_stats(
+            &logits,
+            &CellQuery {
+                k: 3,
+                final_dist: None,
+                next_id: None,
+                tracked: &[],
+            },
+        );
         assert!((got.entropy - h).abs() < 1e-6, "{} vs {}", got.entropy, h);
         // Uniform logits: entropy ln V.
         let flat = vec![0.5f32; 4096];
-        let got = cell_stats(&flat, &CellQuery { k: 1, final_dist: None, next_id: None, tracked: &[] });
+        let got = cell_stats(
+            &flat,
+            &CellQuery {
+                k: 1,
+                final_dist: None,
+                next_id: None,
+                tracked: &[],
+            },
+        );
         assert!((got.entropy - (4096f64).ln()).abs() < 1e-9);
     }
 
@@ -219,10 +245,31 @@ mod tests {
         let (pa, pb) = (exact(&a), exact(&b));
         let kl: f64 = pa.iter().zip(&pb).map(|(x, y)| x * (x.ln() - y.ln())).sum();
         let f = FinalDist::of(&a);
-        let got = cell_stats(&b, &CellQuery { k: 1, final_dist: Some(&f), next_id: None, tracked: &[] });
-        assert!((got.kl_to_final - kl).abs() < 1e-5, "{} vs {}", got.kl_to_final, kl);
+        let got = cell_stats(
+            &b,
+            &CellQuery {
+                k: 1,
+                final_dist: Some(&f),
+                next_id: None,
+                tracked: &[],
+            },
+        );
+        assert!(
+            (got.kl_to_final - kl).abs() < 1e-5,
+            "{} vs {}",
+            got.kl_to_final,
+            kl
+        );
         // KL of a distribution with itself is 0.
-        let same = cell_stats(&a, &CellQuery { k: 1, final_dist: Some(&f), next_id: None, tracked: &[] });
+        let same = cell_stats(
+            &a,
+            &CellQuery {
+                k: 1,
+                final_dist: Some(&f),
+                next_id: None,
+                tracked: &[],
+            },
+        );
         assert!(same.kl_to_final < 1e-6);
     }
 

@@ -11,11 +11,21 @@ use common::model_file;
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn lensmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lensmap")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_lensmap"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn run_with_model(model: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["run", "--model", model.to_str().unwrap(), "--prompt", "Hi", "-q"];
+    let mut args = vec![
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "-q",
+    ];
     args.extend_from_slice(extra);
     lensmap(&args)
 }
@@ -24,7 +34,10 @@ fn run_with_model(model: &Path, extra: &[&str]) -> Output {
 /// `needle`, with no panic anywhere.
 fn assert_error(out: &Output, needle: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let first = stderr.lines().next().unwrap_or("");
     assert!(first.starts_with("error: "), "first line: {first}");
@@ -64,11 +77,17 @@ fn not_a_gguf_file() {
 fn write_gguf(path: &Path, arch: &str) {
     use candle_core::quantized::gguf_file::{write, Value};
     use candle_core::quantized::QTensor;
-    let t = candle_core::Tensor::zeros((4, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let t = candle_core::Tensor::zeros((4, 32), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
     let q = QTensor::quantize(&t, candle_core::quantized::GgmlDType::F32).unwrap();
     let arch_v = Value::String(arch.to_string());
     let mut f = std::fs::File::create(path).unwrap();
-    write(&mut f, &[("general.architecture", &arch_v)], &[("token_embd.weight", &q)]).unwrap();
+    write(
+        &mut f,
+        &[("general.architecture", &arch_v)],
+        &[("token_embd.weight", &q)],
+    )
+    .unwrap();
 }
 
 #[test]
@@ -102,7 +121,14 @@ fn unsupported_quant_type_names_supported_ones() {
 fn prompt_longer_than_context() {
     let long = "word ".repeat(9000); // SmolLM2's context is 8192
     let model = model_file(SMOLLM2);
-    let out = lensmap(&["run", "--model", model.to_str().unwrap(), "--prompt", &long, "-q"]);
+    let out = lensmap(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        &long,
+        "-q",
+    ]);
     let line = assert_error(&out, "but the model's context is 8192");
     assert!(line.contains("prompt is 9"), "{line}");
 }
@@ -112,11 +138,21 @@ fn broken_template_reports_its_own_message() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.jinja");
     std::fs::write(&bad, "{% for m in messages %}{{ m.content }").unwrap();
-    let out = run_with_model(&model_file(SMOLLM2), &["--chat-template", bad.to_str().unwrap()]);
+    let out = run_with_model(
+        &model_file(SMOLLM2),
+        &["--chat-template", bad.to_str().unwrap()],
+    );
     assert_error(&out, "chat template");
     let raising = dir.path().join("raise.jinja");
-    std::fs::write(&raising, "{{ raise_exception('System role not supported') }}").unwrap();
-    let out = run_with_model(&model_file(SMOLLM2), &["--chat-template", raising.to_str().unwrap()]);
+    std::fs::write(
+        &raising,
+        "{{ raise_exception('System role not supported') }}",
+    )
+    .unwrap();
+    let out = run_with_model(
+        &model_file(SMOLLM2),
+        &["--chat-template", raising.to_str().unwrap()],
+    );
     assert_error(&out, "System role not supported");
 }
 
@@ -124,6 +160,9 @@ fn broken_template_reports_its_own_message() {
 fn options_out_of_range() {
     let model = model_file(SMOLLM2);
     assert_error(&run_with_model(&model, &["--top-k", "0"]), "--top-k");
-    assert_error(&run_with_model(&model, &["--dummy", "2", "--dummy-text", "Hello world"]), "Hello world");
+    assert_error(
+        &run_with_model(&model, &["--dummy", "2", "--dummy-text", "Hello world"]),
+        "Hello world",
+    );
     assert_error(&run_with_model(&model, &["--precision", "f13"]), "f13");
 }

@@ -43,7 +43,10 @@ struct Agreement {
 
 fn agreement(got: &Value, reference: &Value) -> Agreement {
     let (h, ref_h) = (field_grid(got, "entropy"), grid_f64(&reference["entropy"]));
-    let (kl, ref_kl) = (field_grid(got, "kl_to_final"), grid_f64(&reference["kl_to_final"]));
+    let (kl, ref_kl) = (
+        field_grid(got, "kl_to_final"),
+        grid_f64(&reference["kl_to_final"]),
+    );
     report_rows("entropy", &h, &ref_h);
     let (max_entropy, r, p) = max_abs_diff(&h, &ref_h);
     eprintln!("max |Δentropy| {max_entropy:.2e} at row {r} pos {p}");
@@ -73,7 +76,12 @@ fn agreement(got: &Value, reference: &Value) -> Agreement {
 }
 
 fn input_ids(got: &Value) -> Vec<u32> {
-    got["tokens"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap() as u32).collect()
+    got["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Relative probability tolerance per precision. Two f32 implementations that
@@ -86,7 +94,14 @@ const PROB_REL_F64: f64 = 1e-4;
 /// prob within `tol` relative and rank equal where the reference rank ≤ 1000.
 /// In f32 a near-tie may flip one place (895 vs 896 at one SmolLM2 cell,
 /// neighbours within 1e-4 in log p): at most `NEAR_TIES_F32` such cells pass.
-fn check_prob_rank(what: &str, got: &[Vec<Value>], ref_prob: &Value, ref_rank: &Value, n_pos: usize, tol: f64) {
+fn check_prob_rank(
+    what: &str,
+    got: &[Vec<Value>],
+    ref_prob: &Value,
+    ref_rank: &Value,
+    n_pos: usize,
+    tol: f64,
+) {
     const NEAR_TIES_F32: usize = 2;
     let allowed_ties = if tol > PROB_REL_F64 { NEAR_TIES_F32 } else { 0 };
     let mut near_ties = 0;
@@ -97,10 +112,16 @@ fn check_prob_rank(what: &str, got: &[Vec<Value>], ref_prob: &Value, ref_rank: &
             let want_p = ref_prob[r][p].as_f64().unwrap();
             let want_r = ref_rank[r][p].as_u64().unwrap();
             let cell = &row[p];
-            let (prob, rank) = (cell["prob"].as_f64().unwrap(), cell["rank"].as_u64().unwrap());
+            let (prob, rank) = (
+                cell["prob"].as_f64().unwrap(),
+                cell["rank"].as_u64().unwrap(),
+            );
             let rel = (prob - want_p).abs() / want_p.max(1e-30);
             worst_rel = worst_rel.max(rel);
-            assert!(rel <= tol, "{what} prob at row {r} pos {p}: {prob} vs {want_p}");
+            assert!(
+                rel <= tol,
+                "{what} prob at row {r} pos {p}: {prob} vs {want_p}"
+            );
             if want_r <= 1000 && rank != want_r {
                 near_ties += 1;
                 assert!(
@@ -120,21 +141,43 @@ fn check_variant(reference_name: &str, dummy: &str, precision: &str) {
 
 fn check_model_variant(model: &str, reference_name: &str, dummy: &str, precision: &str) {
     let reference = reference(reference_name);
-    let tol = if precision == "f64" { PROB_REL_F64 } else { PROB_REL_F32 };
+    let tol = if precision == "f64" {
+        PROB_REL_F64
+    } else {
+        PROB_REL_F32
+    };
     let got = run_json(
         model,
-        &["--dummy", dummy, "--generate", "8", "--precision", precision, "--target", " Canberra"],
+        &[
+            "--dummy",
+            dummy,
+            "--generate",
+            "8",
+            "--precision",
+            precision,
+            "--target",
+            " Canberra",
+        ],
     );
     // Same prompt, same answer.
     assert_eq!(input_ids(&got), ids(&reference["input_ids"]));
     assert_eq!(got["prompt_text"], reference["prompt_text"]);
-    assert_eq!(ids(&got["answer"]["ids"]), ids(&reference["greedy"]["manual_greedy_ids"]));
-    assert_eq!(got["answer"]["text"], reference["greedy"]["manual_greedy_text"]);
+    assert_eq!(
+        ids(&got["answer"]["ids"]),
+        ids(&reference["greedy"]["manual_greedy_ids"])
+    );
+    assert_eq!(
+        got["answer"]["text"],
+        reference["greedy"]["manual_greedy_text"]
+    );
 
     let a = agreement(&got, &reference);
     assert!(a.max_entropy <= 0.005, "max |Δentropy| {}", a.max_entropy);
     assert!(a.max_kl <= 0.01, "max |ΔKL| {}", a.max_kl);
-    assert_eq!(a.top1_clear_misses, 0, "top-1 differs where the reference gap > 1e-3");
+    assert_eq!(
+        a.top1_clear_misses, 0,
+        "top-1 differs where the reference gap > 1e-3"
+    );
 
     // Next-token probability and rank: positions 0 … n−2.
     let n = input_ids(&got).len();
@@ -147,7 +190,14 @@ fn check_model_variant(model: &str, reference_name: &str, dummy: &str, precision
     for row in &next {
         assert!(row[n - 1].is_null(), "the last position has no next token");
     }
-    check_prob_rank("next token", &next, &reference["next_token_prob"], &reference["next_token_rank"], n - 1, tol);
+    check_prob_rank(
+        "next token",
+        &next,
+        &reference["next_token_prob"],
+        &reference["next_token_rank"],
+        n - 1,
+        tol,
+    );
 
     // --target " Canberra" against tracked[" Canberra"].
     let tracked = &got["tracked"][0];
@@ -160,7 +210,14 @@ fn check_model_variant(model: &str, reference_name: &str, dummy: &str, precision
         .map(|row| row.as_array().unwrap().clone())
         .collect();
     let t = &reference["tracked"][" Canberra"];
-    check_prob_rank("target \" Canberra\"", &cells, &t["prob"], &t["rank"], n, tol);
+    check_prob_rank(
+        "target \" Canberra\"",
+        &cells,
+        &t["prob"],
+        &t["rank"],
+        n,
+        tol,
+    );
 }
 
 #[test]
@@ -215,11 +272,25 @@ fn smollm2_quant_precision_within_measured_bounds() {
     let got = run_json(SMOLLM2, &["--dummy", "8", "--precision", "quant"]);
     assert_eq!(got["model"]["precision"], "quant");
     let (h, ref_h) = (field_grid(&got, "entropy"), grid_f64(&reference["entropy"]));
-    let mut d: Vec<f64> = h.iter().flatten().zip(ref_h.iter().flatten()).map(|(a, b)| (a - b).abs()).collect();
+    let mut d: Vec<f64> = h
+        .iter()
+        .flatten()
+        .zip(ref_h.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .collect();
     d.sort_by(f64::total_cmp);
     let a = agreement(&got, &reference);
-    eprintln!("quant: median |Δentropy| {:.3}, max {:.3}, top-1 {:.3}", d[d.len() / 2], a.max_entropy, a.top1_rate);
-    assert!(d[d.len() / 2] <= 0.03, "median |Δentropy| {}", d[d.len() / 2]);
+    eprintln!(
+        "quant: median |Δentropy| {:.3}, max {:.3}, top-1 {:.3}",
+        d[d.len() / 2],
+        a.max_entropy,
+        a.top1_rate
+    );
+    assert!(
+        d[d.len() / 2] <= 0.03,
+        "median |Δentropy| {}",
+        d[d.len() / 2]
+    );
     assert!(a.max_entropy <= 0.6, "max |Δentropy| {}", a.max_entropy);
     assert!(a.top1_rate >= 0.95, "top-1 agreement {}", a.top1_rate);
 }
@@ -241,12 +312,28 @@ fn json_has_documented_fields_and_shapes() {
     for key in ["entropy", "kl_to_final", "topk", "next_token"] {
         let grid = got[key].as_array().unwrap();
         assert_eq!(grid.len(), rows, "{key} rows");
-        assert!(grid.iter().all(|r| r.as_array().unwrap().len() == n), "{key} positions");
+        assert!(
+            grid.iter().all(|r| r.as_array().unwrap().len() == n),
+            "{key} positions"
+        );
     }
     assert_eq!(got["topk"][3][4].as_array().unwrap().len(), 3);
-    let kinds: Vec<&str> = got["tokens"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = got["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(&kinds[n - 2..], ["dummy", "dummy"]);
-    assert_eq!(kinds.iter().filter(|k| **k == "text").count(), 7, "What is the capital of Australia ?");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "text").count(),
+        7,
+        "What is the capital of Australia ?"
+    );
     // The last row is the model's own output: KL 0.
-    assert!(got["kl_to_final"][rows - 1].as_array().unwrap().iter().all(|x| x.as_f64() == Some(0.0)));
+    assert!(got["kl_to_final"][rows - 1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x.as_f64() == Some(0.0)));
 }

@@ -19,13 +19,30 @@ fn compare(model_name: &str, reference_name: &str, precision: Precision) -> Comp
     let ids = ids(&reference["input_ids"]);
     let (model, _file) = Model::from_gguf(&model_file(model_name), precision).unwrap();
     let mut trace = ResidualTrace::default();
-    model.forward(&ids, &mut KvCache::default(), Some(&mut trace)).unwrap();
-    let grid = apply_lens(&model, &trace, &ids, &LensQuery { top_k: 5, tracked: vec![] }).unwrap();
+    model
+        .forward(&ids, &mut KvCache::default(), Some(&mut trace))
+        .unwrap();
+    let grid = apply_lens(
+        &model,
+        &trace,
+        &ids,
+        &LensQuery {
+            top_k: 5,
+            tracked: vec![],
+        },
+    )
+    .unwrap();
 
     let ref_h = grid_f64(&reference["entropy"]);
     let ref_kl = grid_f64(&reference["kl_to_final"]);
-    let got_h: Vec<Vec<f64>> = grid.iter().map(|r| r.iter().map(|c| c.entropy).collect()).collect();
-    let got_kl: Vec<Vec<f64>> = grid.iter().map(|r| r.iter().map(|c| c.kl_to_final).collect()).collect();
+    let got_h: Vec<Vec<f64>> = grid
+        .iter()
+        .map(|r| r.iter().map(|c| c.entropy).collect())
+        .collect();
+    let got_kl: Vec<Vec<f64>> = grid
+        .iter()
+        .map(|r| r.iter().map(|c| c.kl_to_final).collect())
+        .collect();
     assert_eq!(got_h.len(), ref_h.len(), "rows");
     report_rows("entropy", &got_h, &ref_h);
     let (max_entropy, r, p) = max_abs_diff(&got_h, &ref_h);
@@ -44,7 +61,10 @@ fn compare(model_name: &str, reference_name: &str, precision: Precision) -> Comp
                 agree += 1;
             } else if gap > 1e-3 {
                 clear_disagree += 1;
-                eprintln!("top-1 differs at row {r} pos {p}: {} vs {ref_id} (gap {gap:.2e})", cell.topk[0].0);
+                eprintln!(
+                    "top-1 differs at row {r} pos {p}: {} vs {ref_id} (gap {gap:.2e})",
+                    cell.topk[0].0
+                );
             }
         }
     }
@@ -58,7 +78,11 @@ fn compare(model_name: &str, reference_name: &str, precision: Precision) -> Comp
 
 #[test]
 fn smollm2_filler_f32_matches_transformers() {
-    let c = compare("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2_filler.json", Precision::F32);
+    let c = compare(
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "smollm2_filler.json",
+        Precision::F32,
+    );
     assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
     assert!(c.max_kl <= 0.01, "max |ΔKL| {}", c.max_kl);
     assert_eq!(c.top1_disagree_clear, 0);
@@ -67,7 +91,11 @@ fn smollm2_filler_f32_matches_transformers() {
 
 #[test]
 fn gemma3_filler_f32_matches_transformers() {
-    let c = compare("gemma-3-270m-q4_k_m.gguf", "gemma3_filler.json", Precision::F32);
+    let c = compare(
+        "gemma-3-270m-q4_k_m.gguf",
+        "gemma3_filler.json",
+        Precision::F32,
+    );
     assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
     assert_eq!(c.top1_disagree_clear, 0);
 }

@@ -793,7 +793,10 @@ fn write_gguf_with(name: &str, arch: &str, path: &Path, llama_cpp_rope: bool) {
         let factors = llama3_rope_freqs(rope);
         let n = factors.len();
         let t = candle_core::Tensor::from_vec(factors, n, &candle_core::Device::Cpu).unwrap();
-        tensors.push(("rope_freqs.weight".into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+        ));
     }
     let k = |s: &str| format!("{arch}.{s}");
     let u = |v: usize| Value::U32(v as u32);

@@ -184,7 +184,10 @@ impl ModelConfig {
                 self.n_layers, self.d_model, self.vocab_size
             ));
         }
-        if self.n_heads == 0 || self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+        if self.n_heads == 0
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
             return bad(format!(
                 "`{}` query heads cannot share `{}` kv heads",
                 self.n_heads, self.n_kv_heads

@@ -8,7 +8,9 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::arch::{Part, TensorNames};
-use super::config::{Activation, MlpLayout, ModelConfig, NormKind, QkvLayout, RopeConfig, RopeStyle};
+use super::config::{
+    Activation, MlpLayout, ModelConfig, NormKind, QkvLayout, RopeConfig, RopeStyle,
+};
 use super::weights::{MatWeight, Precision, WeightSource};
 use crate::kernels::masked_softmax;
 use crate::{Error, Result};
@@ -38,7 +40,13 @@ impl Loader<'_> {
     }
 
     /// A tensor in f32, which must have `shape`.
-    pub fn f32(&self, part: Part, layer: Option<usize>, bias: bool, shape: &[usize]) -> Result<Tensor> {
+    pub fn f32(
+        &self,
+        part: Part,
+        layer: Option<usize>,
+        bias: bool,
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let name = self.name(part, layer, bias);
         self.check_shape(&name, shape)?;
         Ok(self.src.f32(&name)?.reshape(shape)?)
@@ -62,7 +70,14 @@ impl Loader<'_> {
     }
 
     /// A projection `[out, in]`, with its bias if `bias`.
-    pub fn linear(&self, part: Part, layer: usize, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    pub fn linear(
+        &self,
+        part: Part,
+        layer: usize,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear> {
         let name = self.name(part, Some(layer), false);
         self.check_shape(&name, &[out, inp])?;
         // Dense weights are stored transposed, `[in, out]` row-major: gemm
@@ -154,7 +169,9 @@ impl Norm {
             (NormKind::Layer, Some(b)) => {
                 let centred = x64.broadcast_sub(&x64.mean_keepdim(D::Minus1)?)?;
                 let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-                let y = centred.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
+                let y = centred
+                    .broadcast_div(&(var + eps)?.sqrt()?)?
+                    .to_dtype(dtype)?;
                 y.broadcast_mul(&self.weight)?.broadcast_add(b)?
             }
             _ => {
@@ -191,7 +208,11 @@ impl Rope {
             for f in inv_freq.iter_mut() {
                 let freq = *f as f64;
                 let wavelen = 2.0 * std::f64::consts::PI / freq;
-                let scaled = if wavelen > low_wavelen { freq / s.factor } else { freq };
+                let scaled = if wavelen > low_wavelen {
+                    freq / s.factor
+                } else {
+                    freq
+                };
                 let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                 let out = if medium {
                     let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
@@ -269,7 +290,11 @@ pub struct LayerCache {
 /// The q, k, v projections as stored.
 #[derive(Debug, Clone)]
 enum QkvProj {
-    Separate { q: Linear, k: Linear, v: Linear },
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
     /// One `[q | k | v]` projection (Phi-3, GPT-2).
     Fused(Linear),
 }
@@ -301,7 +326,9 @@ impl Attention {
                 k: ld.linear(Part::AttnK, layer, kv_out, d, bias)?,
                 v: ld.linear(Part::AttnV, layer, kv_out, d, bias)?,
             },
-            QkvLayout::Fused => QkvProj::Fused(ld.linear(Part::AttnQkv, layer, q_out + 2 * kv_out, d, bias)?),
+            QkvLayout::Fused => {
+                QkvProj::Fused(ld.linear(Part::AttnQkv, layer, q_out + 2 * kv_out, d, bias)?)
+            }
         };
         let qk_norm = |part| -> Result<Option<Norm>> {
             if cfg.qk_norm {
@@ -320,7 +347,11 @@ impl Attention {
             n_kv_heads: cfg.n_kv_heads,
             head_dim: hd,
             scale: cfg.attn_scale,
-            window: if cfg.is_sliding(layer) { cfg.sliding_window } else { None },
+            window: if cfg.is_sliding(layer) {
+                cfg.sliding_window
+            } else {
+                None
+            },
         })
     }
 
@@ -331,7 +362,11 @@ impl Attention {
         let (q, k, v) = match &self.qkv {
             QkvProj::Fused(qkv) => {
                 let y = qkv.forward(x)?;
-                (y.narrow(1, 0, h * hd)?, y.narrow(1, h * hd, kvh * hd)?, y.narrow(1, (h + kvh) * hd, kvh * hd)?)
+                (
+                    y.narrow(1, 0, h * hd)?,
+                    y.narrow(1, h * hd, kvh * hd)?,
+                    y.narrow(1, (h + kvh) * hd, kvh * hd)?,
+                )
             }
             QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
         };
@@ -366,7 +401,10 @@ impl Attention {
             out.push(self.attend(&q.narrow(2, a, b - a)?, &k, &v, start + a)?);
         }
         let y = Tensor::cat(&out, 2)?; // [kvh, group, T, hd]
-        let y = y.reshape((h, t, hd))?.transpose(0, 1)?.reshape((t, h * hd))?;
+        let y = y
+            .reshape((h, t, hd))?
+            .transpose(0, 1)?
+            .reshape((t, h * hd))?;
         self.o.forward(&y)
     }
 
@@ -385,8 +423,8 @@ impl Attention {
         let v = v.narrow(1, k_start, nk)?;
         let q = q.contiguous()?.reshape((kvh, group * n, hd))?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?; // [kvh, group*n, nk]
-        // Softmax over each query's visible keys only: causal (key ≤ query)
-        // and inside the window (key > query − W); no mask tensor is built.
+                                                         // Softmax over each query's visible keys only: causal (key ≤ query)
+                                                         // and inside the window (key > query − W); no mask tensor is built.
         let window = self.window;
         let visible = move |row: usize| {
             let p = p0 + row % n; // rows are (head, query) pairs
@@ -405,7 +443,9 @@ impl Attention {
                 Tensor::from_vec(x, (kvh, group * n, nk), &Device::Cpu)?
             }
         };
-        Ok(probs.matmul(&v.contiguous()?)?.reshape((kvh, group, n, hd))?)
+        Ok(probs
+            .matmul(&v.contiguous()?)?
+            .reshape((kvh, group, n, hd))?)
     }
 }
 
@@ -501,7 +541,9 @@ impl Block {
 
     /// `x`: the residual stream `[T, d]` → the residual stream after this block.
     pub fn forward(&self, x: &Tensor, start: usize, cache: &mut LayerCache) -> Result<Tensor> {
-        let mut h = self.attn.forward(&self.attn_norm.forward(x)?, start, cache)?;
+        let mut h = self
+            .attn
+            .forward(&self.attn_norm.forward(x)?, start, cache)?;
         if let Some(n) = &self.post_attn_norm {
             h = n.forward(&h)?;
         }

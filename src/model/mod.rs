@@ -23,8 +23,8 @@ pub use config::{Family, ModelConfig};
 use layers::{Block, LayerCache, Loader, Norm, Rope};
 pub use weights::{GgufFile, Precision, WeightSource};
 
-use arch::{Part, TensorNames};
 use crate::{Error, Result};
+use arch::{Part, TensorNames};
 
 /// Receives the residual stream as the forward pass produces it.
 pub trait Recorder {
@@ -204,7 +204,10 @@ impl Model {
     /// for every row, so lens row `n_layers` is exactly the model's output.
     pub fn unembed(&self, h: &Tensor) -> Result<Tensor> {
         // The head stays f32 whatever the forward dtype: it is the lens's cost.
-        let normed = self.final_norm.forward(h)?.to_dtype(candle_core::DType::F32)?;
+        let normed = self
+            .final_norm
+            .forward(h)?
+            .to_dtype(candle_core::DType::F32)?;
         let logits = normed.matmul(&self.head.t()?)?;
         Ok(match self.cfg.final_softcap {
             Some(c) => ((logits / c)?.tanh()? * c)?,

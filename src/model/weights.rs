@@ -137,7 +137,10 @@ impl GgufFile {
         let content = Content::read(&mut Cursor::new(&mmap[..])).map_err(|e| {
             let msg = first_line(&e.to_string()).to_string();
             // candle rejects types it cannot read while parsing the header.
-            match msg.strip_prefix("unknown dtype for tensor ").and_then(|n| n.trim().parse().ok()) {
+            match msg
+                .strip_prefix("unknown dtype for tensor ")
+                .and_then(|n| n.trim().parse().ok())
+            {
                 Some(code) => Error::UnsupportedDtype {
                     tensor: "(in header)".into(),
                     dtype: ggml_type_name(code),
@@ -191,22 +194,25 @@ impl GgufFile {
     /// An optional metadata value as f64.
     pub fn meta_f64(&self, key: &str) -> Option<f64> {
         let v = self.meta(key)?;
-        v.to_f32()
-            .map(f64::from)
-            .or_else(|_| v.to_f64())
-            .ok()
+        v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok()
     }
 
     /// An optional metadata string.
     pub fn meta_str(&self, key: &str) -> Option<&str> {
-        self.meta(key).and_then(|v| v.to_string().ok()).map(String::as_str)
+        self.meta(key)
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
     }
 
     fn qtensor(&self, name: &str) -> Result<QTensor> {
-        let info = self.content.tensor_infos.get(name).ok_or_else(|| Error::MissingTensor {
-            tensor: name.to_string(),
-            file: self.label(),
-        })?;
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor {
+                tensor: name.to_string(),
+                file: self.label(),
+            })?;
         let mut cursor = Cursor::new(&self.mmap[..]);
         info.read(&mut cursor, self.content.tensor_data_offset, &Device::Cpu)
             .map_err(|e| Error::UnsupportedDtype {
@@ -223,7 +229,10 @@ impl WeightSource for GgufFile {
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.content.tensor_infos.get(name).map(|i| i.shape.dims().to_vec())
+        self.content
+            .tensor_infos
+            .get(name)
+            .map(|i| i.shape.dims().to_vec())
     }
 
     fn f32(&self, name: &str) -> Result<Tensor> {
@@ -243,10 +252,46 @@ impl WeightSource for GgufFile {
 /// GGML's name for a type code, for messages about types candle cannot read.
 fn ggml_type_name(code: u32) -> String {
     const NAMES: [&str; 40] = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K",
-        "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S",
-        "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "Q4_0_4_4", "Q4_0_4_8",
-        "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4",
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
     ];
     match NAMES.get(code as usize) {
         Some(name) => format!("{name} (type {code})"),

@@ -19,7 +19,11 @@ pub fn models_dir() -> PathBuf {
 /// A real model file; fails with the fix if it has not been fetched.
 pub fn model_file(name: &str) -> PathBuf {
     let p = models_dir().join(name);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models first",
+        p.display()
+    );
     p
 }
 
@@ -35,13 +39,23 @@ pub fn grid_f64(v: &Value) -> Vec<Vec<f64>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap_or(f64::NAN))
+                .collect()
+        })
         .collect()
 }
 
 /// An array of ids.
 pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Largest |a − b| over a grid, with where it happens (for failure messages).
@@ -65,7 +79,11 @@ pub fn report_rows(what: &str, a: &[Vec<f64>], b: &[Vec<f64>]) {
         .iter()
         .zip(b)
         .map(|(ra, rb)| {
-            let m = ra.iter().zip(rb).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            let m = ra
+                .iter()
+                .zip(rb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
             format!("{m:.1e}")
         })
         .collect();

@@ -45,15 +45,9 @@ fn main() -> lensmap::Result<()> {
         return Ok(());
     }
     let t = Instant::now();
-    let grid = apply_lens(
-        &model,
-        &trace,
-        &ids,
-        &LensQuery {
-            top_k: 5,
-            tracked: vec![],
-        },
-    )?;
+    // The lens alone, on the last timed forward pass's trace (so not
+    // `lens_of_ids`, which would time both).
+    let grid = apply_lens(&model, &trace, &ids, &LensQuery::top(5))?;
     let lens = t.elapsed();
     if std::env::var("SPLIT").is_ok() {
         split(&model, &trace)?;

@@ -119,7 +119,7 @@ pub struct FigureArgs {
     #[arg(long, default_value = "entropy", help_heading = "Figure")]
     pub stat: Stat,
     /// Positions of the magnified window, `START..END` (END exclusive)
-    #[arg(long, value_name = "START..END", value_parser = parse_window, help_heading = "Figure")]
+    #[arg(long, value_name = "START..END", value_parser = lensmap::parse::window, help_heading = "Figure")]
     pub window: Option<(usize, usize)>,
     /// The position whose column is listed in the zoom panel
     #[arg(long, value_name = "POS", help_heading = "Figure")]
@@ -192,21 +192,6 @@ pub struct ConvertArgs {
     pub out: PathBuf,
 }
 
-fn parse_window(s: &str) -> Result<(usize, usize), String> {
-    let (a, b) = s
-        .split_once("..")
-        .ok_or_else(|| format!("expected START..END, got `{s}`"))?;
-    let a: usize = a
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad START in `{s}`"))?;
-    let b: usize = b.trim().parse().map_err(|_| format!("bad END in `{s}`"))?;
-    if b <= a {
-        return Err(format!("END must be greater than START in `{s}`"));
-    }
-    Ok((a, b))
-}
-
 impl FigureArgs {
     fn options(&self, grid: &LensGrid) -> FigureOptions {
         FigureOptions {
@@ -215,20 +200,10 @@ impl FigureArgs {
             window: self.window,
             zoom: self.zoom,
             model_label: grid.model.file.clone(),
-            prompt_label: prompt_label(grid),
+            // The user's words for the subtitle.
+            prompt_label: grid.text_prompt(),
         }
     }
-}
-
-/// The user's words for the subtitle: the text tokens, joined.
-fn prompt_label(grid: &LensGrid) -> String {
-    let text: String = grid
-        .tokens
-        .iter()
-        .filter(|t| t.kind == TokenKind::Text)
-        .map(|t| t.text.as_str())
-        .collect();
-    text.trim().to_string()
 }
 
 /// Run the parsed command.
@@ -254,19 +229,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         args.prompt.chat_template.as_deref(),
     )?;
     let load = clock.elapsed();
-    let answer = match args.lens.answer.as_deref() {
-        Some("auto") => AnswerSpec::Auto {
-            skip: args.lens.answer_skip,
-        },
-        Some(text) => AnswerSpec::Text(text.to_string()),
-        None if args.lens.generate > 0 => AnswerSpec::Auto {
-            skip: args.lens.answer_skip,
-        },
-        None => AnswerSpec::None,
-    };
-    if args.lens.answer_skip > 0 && !matches!(answer, AnswerSpec::Auto { .. }) {
-        bail!("`--answer-skip` applies to `--answer auto` (with `--generate N`) only");
-    }
+    let answer = AnswerSpec::from_flags(
+        args.lens.answer.as_deref(),
+        args.lens.answer_skip,
+        args.lens.generate,
+    )
+    .map_err(|_| {
+        anyhow::anyhow!("`--answer-skip` applies to `--answer auto` (with `--generate N`) only")
+    })?;
     let mut track = Vec::new();
     if let Some(t) = &args.lens.target {
         track.push(TrackSpec {

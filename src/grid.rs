@@ -79,6 +79,17 @@ pub enum TokenKind {
     Dummy,
 }
 
+impl TokenKind {
+    /// The lowercase name, as in the JSON (`text`, `template`, `dummy`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Text => "text",
+            TokenKind::Template => "template",
+            TokenKind::Dummy => "dummy",
+        }
+    }
+}
+
 /// One input position.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenInfo {
@@ -156,6 +167,18 @@ impl LensGrid {
         } else {
             row.to_string()
         }
+    }
+
+    /// The user's words: the `text` tokens joined, trimmed (empty when the
+    /// prompt has none, e.g. `--raw` with only template tokens).
+    pub fn text_prompt(&self) -> String {
+        let text: String = self
+            .tokens
+            .iter()
+            .filter(|t| t.kind == TokenKind::Text)
+            .map(|t| t.text.as_str())
+            .collect();
+        text.trim().to_string()
     }
 
     /// Read a grid back from `lensmap run --json` output.

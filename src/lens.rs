@@ -10,7 +10,7 @@
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::model::{Model, ResidualTrace};
+use crate::model::{KvCache, Model, ResidualTrace};
 use crate::stats::{cell_stats, CellQuery, CellStats, FinalDist};
 use crate::{Error, Result};
 
@@ -28,8 +28,41 @@ pub struct LensQuery {
     pub tracked: Vec<u32>,
 }
 
+impl LensQuery {
+    /// The top `k` tokens of every cell, nothing tracked.
+    pub fn top(k: usize) -> Self {
+        LensQuery {
+            top_k: k,
+            tracked: Vec::new(),
+        }
+    }
+
+    /// The errors [`apply_lens`] reports before any work.
+    fn check(&self, vocab: usize) -> Result<()> {
+        if self.top_k == 0 {
+            return Err(Error::InvalidOption("`--top-k` must be at least 1".into()));
+        }
+        if let Some(&bad) = self.tracked.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::InvalidOption(format!(
+                "tracked id `{bad}` is outside the vocabulary"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Statistics for every `[row][pos]` cell.
 pub type CellGrid = Vec<Vec<CellStats>>;
+
+/// The lens of one sequence: a forward pass over `ids` (fresh cache,
+/// recording every residual row), then [`apply_lens`] on it. No generation;
+/// [`crate::run::Session::run`] keeps the trace alive across generation instead.
+pub fn lens_of_ids(model: &Model, ids: &[u32], q: &LensQuery) -> Result<CellGrid> {
+    q.check(model.cfg.vocab_size)?;
+    let mut trace = ResidualTrace::default();
+    model.forward(ids, &mut KvCache::default(), Some(&mut trace))?;
+    apply_lens(model, &trace, ids, q)
+}
 
 /// Apply the lens to a trace of `ids`. Row `n_layers` of the result is the
 /// model's own output distribution.
@@ -39,17 +72,10 @@ pub fn apply_lens(
     ids: &[u32],
     q: &LensQuery,
 ) -> Result<CellGrid> {
-    if q.top_k == 0 {
-        return Err(Error::InvalidOption("`--top-k` must be at least 1".into()));
-    }
+    let vocab = model.cfg.vocab_size;
+    q.check(vocab)?;
     let n_rows = trace.rows.len();
     let t = ids.len();
-    let vocab = model.cfg.vocab_size;
-    if let Some(&bad) = q.tracked.iter().find(|&&id| id as usize >= vocab) {
-        return Err(Error::InvalidOption(format!(
-            "tracked id `{bad}` is outside the vocabulary"
-        )));
-    }
     let last = n_rows - 1;
     let chunk = (FINAL_BUDGET / vocab).clamp(1, t.max(1));
     let rows_per_block = (LOGIT_BUDGET / (vocab * chunk)).max(1);

@@ -8,7 +8,7 @@
 //!    [`model::Model`]: a resolved [`model::ModelConfig`] plus weights.
 //! 2. [`tokenize`] and [`template`] turn a chat into ids; [`prompt`] labels
 //!    every position `text`, `template` or `dummy` and yields a [`prompt::Prompt`].
-//! 3. [`model::Model::trace`] runs the forward pass and hands the residual
+//! 3. [`model::Model::forward`] runs the forward pass and hands the residual
 //!    stream after every block to a [`model::Recorder`]; a
 //!    [`model::ResidualTrace`] keeps them.
 //! 4. [`lens`] reads each recorded row through the model's own final norm and
@@ -19,7 +19,8 @@
 //! 6. The result is a [`grid::LensGrid`], which [`render`] draws (SVG, PNG,
 //!    HTML) and `serve` puts in a browser.
 //!
-//! [`run::run_lens`] strings the stages together for one prompt.
+//! [`run::Session`] strings the stages together: it loads a model once and
+//! answers [`run::LensRequest`]s with [`grid::LensGrid`]s.
 
 pub mod batch;
 pub mod convert;
@@ -29,6 +30,7 @@ pub mod info;
 pub mod kernels;
 pub mod lens;
 pub mod model;
+pub mod parse;
 pub mod prompt;
 pub mod rehearsal;
 pub mod render;

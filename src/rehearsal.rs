@@ -180,11 +180,7 @@ pub fn format_table(s: &RehearsalSummary) -> String {
         "pos", "token", "kind", enters, "best row", "best rank", "best prob", at_out
     );
     for p in &s.positions {
-        let kind = match p.kind {
-            TokenKind::Text => "text",
-            TokenKind::Template => "template",
-            TokenKind::Dummy => "dummy",
-        };
+        let kind = p.kind.as_str();
         let first = p
             .first_topk_row
             .map_or("never".to_string(), |r| s.row_label(r));

@@ -56,6 +56,35 @@ pub enum AnswerSpec {
     Text(String),
 }
 
+/// `--answer-skip` (the API's `answer_skip`) was given, but the answer is not
+/// `auto`; each interface words the error in its own option names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkipWithoutAuto;
+
+impl AnswerSpec {
+    /// The answer as `--answer`, `--answer-skip` and `--generate` (the
+    /// server's `answer`, `answer_skip`, `generate`) decide it: `auto` takes
+    /// greedy token `skip`, any other text is a named answer, and no answer
+    /// means `auto` when generating, else none. A non-zero `skip` needs an
+    /// `auto` answer. (`auto` without generation is refused by [`Session::run`].)
+    pub fn from_flags(
+        answer: Option<&str>,
+        skip: usize,
+        generate: usize,
+    ) -> std::result::Result<Self, SkipWithoutAuto> {
+        let spec = match answer {
+            Some("auto") => AnswerSpec::Auto { skip },
+            Some(text) => AnswerSpec::Text(text.to_string()),
+            None if generate > 0 => AnswerSpec::Auto { skip },
+            None => AnswerSpec::None,
+        };
+        if skip > 0 && !matches!(spec, AnswerSpec::Auto { .. }) {
+            return Err(SkipWithoutAuto);
+        }
+        Ok(spec)
+    }
+}
+
 /// One prompt's worth of work.
 #[derive(Debug, Clone)]
 pub struct LensRequest {
@@ -351,5 +380,24 @@ impl Session {
             answer,
             rehearsal: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_flags() {
+        let spec = |a, skip, generate| AnswerSpec::from_flags(a, skip, generate);
+        assert_eq!(spec(None, 0, 0), Ok(AnswerSpec::None));
+        assert_eq!(spec(None, 2, 8), Ok(AnswerSpec::Auto { skip: 2 }));
+        assert_eq!(spec(Some("auto"), 1, 0), Ok(AnswerSpec::Auto { skip: 1 }));
+        assert_eq!(
+            spec(Some(" Canberra"), 0, 8),
+            Ok(AnswerSpec::Text(" Canberra".into()))
+        );
+        assert_eq!(spec(Some(" Canberra"), 1, 8), Err(SkipWithoutAuto));
+        assert_eq!(spec(None, 1, 0), Err(SkipWithoutAuto));
     }
 }

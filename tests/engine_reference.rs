@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use lensmap::lens::{apply_lens, LensQuery};
-use lensmap::model::{KvCache, Model, Precision, ResidualTrace};
+use lensmap::lens::{lens_of_ids, LensQuery};
+use lensmap::model::{Model, Precision};
 
 struct Compared {
     max_entropy: f64,
@@ -18,31 +18,12 @@ fn compare(model_name: &str, reference_name: &str, precision: Precision) -> Comp
     let reference = reference(reference_name);
     let ids = ids(&reference["input_ids"]);
     let (model, _file) = Model::from_gguf(&model_file(model_name), precision).unwrap();
-    let mut trace = ResidualTrace::default();
-    model
-        .forward(&ids, &mut KvCache::default(), Some(&mut trace))
-        .unwrap();
-    let grid = apply_lens(
-        &model,
-        &trace,
-        &ids,
-        &LensQuery {
-            top_k: 5,
-            tracked: vec![],
-        },
-    )
-    .unwrap();
+    let grid = lens_of_ids(&model, &ids, &LensQuery::top(5)).unwrap();
 
     let ref_h = grid_f64(&reference["entropy"]);
     let ref_kl = grid_f64(&reference["kl_to_final"]);
-    let got_h: Vec<Vec<f64>> = grid
-        .iter()
-        .map(|r| r.iter().map(|c| c.entropy).collect())
-        .collect();
-    let got_kl: Vec<Vec<f64>> = grid
-        .iter()
-        .map(|r| r.iter().map(|c| c.kl_to_final).collect())
-        .collect();
+    let got_h = cell_map(&grid, |c| c.entropy);
+    let got_kl = cell_map(&grid, |c| c.kl_to_final);
     assert_eq!(got_h.len(), ref_h.len(), "rows");
     report_rows("entropy", &got_h, &ref_h);
     let (max_entropy, r, p) = max_abs_diff(&got_h, &ref_h);

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use lensmap::lens::{apply_lens, LensQuery};
+use lensmap::lens::{lens_of_ids, LensQuery};
 use lensmap::model::arch::{config_from_hf, config_to_hf};
 use lensmap::model::hf::HfConfig;
 use lensmap::model::locate::{resolve_in, ModelLocation};
-use lensmap::model::{KvCache, Model, Precision, ResidualTrace};
+use lensmap::model::{Model, Precision};
 use lensmap::Error;
 use safetensors::SafeTensors;
 
@@ -35,30 +35,11 @@ struct Lens {
 }
 
 fn lens(model: &Model, ids: &[u32]) -> Lens {
-    let mut trace = ResidualTrace::default();
-    model
-        .forward(ids, &mut KvCache::default(), Some(&mut trace))
-        .unwrap();
-    let grid = apply_lens(
-        model,
-        &trace,
-        ids,
-        &LensQuery {
-            top_k: 5,
-            tracked: vec![],
-        },
-    )
-    .unwrap();
-    let map = |f: &dyn Fn(&lensmap::stats::CellStats) -> f64| -> Vec<Vec<f64>> {
-        grid.iter().map(|r| r.iter().map(f).collect()).collect()
-    };
+    let grid = lens_of_ids(model, ids, &LensQuery::top(5)).unwrap();
     Lens {
-        entropy: map(&|c| c.entropy),
-        kl: map(&|c| c.kl_to_final),
-        top1: grid
-            .iter()
-            .map(|r| r.iter().map(|c| c.topk[0].0).collect())
-            .collect(),
+        entropy: cell_map(&grid, |c| c.entropy),
+        kl: cell_map(&grid, |c| c.kl_to_final),
+        top1: cell_map(&grid, |c| c.topk[0].0),
     }
 }
 

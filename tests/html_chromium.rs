@@ -4,13 +4,12 @@
 //! Needs Debian's `chromium` package (`/usr/bin/chromium`, or set `CHROMIUM`).
 //! Without it the test fails: CI installs it.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::chromium::{file_url, unescape_html, Browser};
 use lensmap::render::{self, colormap::StatScale, sample, FigureOptions, Rgb, Stat};
 use lensmap::LensGrid;
 
@@ -22,90 +21,12 @@ fn seed_grid() -> LensGrid {
     sample::grid_from_reference_json(&text).expect("convert reference")
 }
 
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for p in [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!(
-        "headless Chromium not found (looked for $CHROMIUM, /usr/bin/chromium, /usr/bin/chromium-browser, \
-         /usr/bin/google-chrome); install it with `apt-get install -y chromium`"
-    );
-}
-
-/// Run Chromium headless on a file with extra arguments; returns stdout.
-fn run_chromium(page: &Path, extra: &[String], profile: &Path) -> String {
-    let url = format!("file://{}", page.display());
-    let mut cmd = Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--force-device-scale-factor=1",
-        "--virtual-time-budget=5000",
-        "--window-size=1600,1200",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(extra)
-    .arg(&url)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    // Its own process group, so a hung browser can be ended with all its children.
-    cmd.process_group(0);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start Chromium: {e}"));
-    // Drain both pipes while waiting: --dump-dom output is larger than a pipe buffer.
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait().expect("wait for Chromium") {
-            Some(status) => break status,
-            None if start.elapsed() > Duration::from_secs(120) => {
-                let group = format!("-{}", child.id());
-                let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-                let _ = child.wait();
-                panic!("Chromium did not finish within 120 s");
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    let stdout = t_out.join().unwrap();
-    let stderr = t_err.join().unwrap();
-    assert!(
-        status.success(),
-        "Chromium failed ({status}): {}",
-        String::from_utf8_lossy(&stderr)
-    );
-    String::from_utf8_lossy(&stdout).into_owned()
-}
+/// The page's scripts are synchronous: a short virtual-time budget suffices.
+const BROWSER: Browser = Browser {
+    virtual_time_ms: 5000,
+    window: (1600, 1200),
+    timeout: Duration::from_secs(120),
+};
 
 /// Script added to a copy of the page: exercises the view like a user
 /// (hover, click, statistic switch) and writes what it saw into `<pre id="selftest">`.
@@ -150,6 +71,28 @@ const SELF_TEST: &str = r#"
   out.afterSlide = Array.prototype.map.call(document.querySelectorAll('rect.lv-cell[data-row="0"]'), function (e) {
     return +e.getAttribute('data-pos');
   });
+  // The view's API: getState after the interactions above; a second view
+  // with onChange, then destroyed.
+  var v = window.lensmapView;
+  out.state = v.getState();
+  var host = document.createElement('div');
+  document.body.appendChild(host);
+  var changes = [];
+  var v2 = LensView.mount(host, v.grid, { onChange: function (s) { changes.push(s); } });
+  out.v2Start = v2.getState();
+  out.tipsWithTwo = document.querySelectorAll('body > .lv-tooltip').length;
+  v2.setZoom(3);
+  v2.setZoom(3);
+  v2.setStat('kl');
+  out.changes = changes.slice();
+  var copy = v2.getState();
+  copy.window[0] = 99;
+  out.stateIsACopy = v2.getState().window[0] !== 99;
+  v2.destroy();
+  out.tipsAfterDestroy = document.querySelectorAll('body > .lv-tooltip').length;
+  out.hostChildren = host.children.length;
+  v2.setZoom(5);
+  out.changesAfterDestroy = changes.length;
   var pre = document.createElement('pre');
   pre.id = 'selftest';
   pre.textContent = JSON.stringify(out);
@@ -159,13 +102,6 @@ const SELF_TEST: &str = r#"
 "#;
 
 const ERROR_HOOK: &str = "<script>window.__lvErrors = []; window.addEventListener('error', function (e) { window.__lvErrors.push(String(e.message)); });</script>\n";
-
-fn unescape_html(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&amp;", "&")
-}
 
 fn hex(s: &str) -> Rgb {
     Rgb::parse(s).unwrap_or_else(|| panic!("not a colour: {s}"))
@@ -187,11 +123,7 @@ fn html_page_renders_and_reacts_in_chromium() {
     )
     .unwrap();
 
-    let dom = run_chromium(
-        &test_page,
-        &["--dump-dom".into()],
-        &dir.path().join("profile1"),
-    );
+    let dom = BROWSER.dump_dom(&file_url(&test_page), &dir.path().join("profile1"));
     let start = dom.find("<pre id=\"selftest\">").unwrap_or_else(|| {
         panic!(
             "self-test output missing: the page's script did not run\n{}",
@@ -297,15 +229,32 @@ fn html_page_renders_and_reacts_in_chromium() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     assert_eq!(after, (0..18).collect::<Vec<u64>>());
+    // getState: the statistic and window chosen above, a zoom inside the window.
+    let state = &out["state"];
+    assert_eq!(state["stat"], "kl");
+    assert_eq!(state["window"], serde_json::json!([0, 18]));
+    let zoom = state["zoom"].as_u64().expect("zoom");
+    assert!(zoom < 18, "zoom {zoom} outside the window");
+    // onChange: once per real change (a repeated setZoom is none), with the state.
+    let start = &out["v2Start"];
+    assert_eq!(
+        out["changes"],
+        serde_json::json!([
+            { "stat": start["stat"], "window": start["window"], "zoom": 3 },
+            { "stat": "kl", "window": start["window"], "zoom": 3 },
+        ])
+    );
+    assert_eq!(out["stateIsACopy"], true);
+    // destroy: the second view's tooltip and elements are gone, and it stays quiet.
+    assert_eq!(out["tipsWithTwo"], 2);
+    assert_eq!(out["tipsAfterDestroy"], 1);
+    assert_eq!(out["hostChildren"], 0);
+    assert_eq!(out["changesAfterDestroy"], 2);
 
     // Painted pixels: a screenshot of the unmodified page has the cell colours
     // where the DOM put the cells.
     let shot = dir.path().join("shot.png");
-    run_chromium(
-        &page,
-        &[format!("--screenshot={}", shot.display())],
-        &dir.path().join("profile2"),
-    );
+    BROWSER.screenshot(&file_url(&page), &shot, &dir.path().join("profile2"));
     let pix = tiny_skia::Pixmap::load_png(&shot).expect("screenshot PNG");
     for (r, p) in [(0, 27), (15, 37), (30, 44)] {
         let rect = &out["rects"][format!("{r},{p}")];

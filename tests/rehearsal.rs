@@ -247,38 +247,33 @@ fn auto_answer_with_skip_tracks_canberra() {
     assert_eq!(got["rehearsal"]["skip"], 0);
 }
 
-/// A skip past the end of the greedy answer is a one-line error, not a panic.
-#[test]
-fn skip_past_the_answer_is_an_error() {
+/// Run `lensmap run` on the seed prompt, expecting it to fail; its stderr.
+fn run_err(extra: &[&str]) -> String {
     let res = Command::new(env!("CARGO_BIN_EXE_lensmap"))
         .args(["run", "--model"])
         .arg(model_file(SMOLLM2))
-        .args([
-            "--prompt",
-            QUESTION,
-            "--answer",
-            "auto",
-            "--answer-skip",
-            "5",
-            "--generate",
-            "2",
-            "--quiet",
-        ])
+        .args(["--prompt", QUESTION, "--quiet"])
+        .args(extra)
         .output()
         .unwrap();
-    assert!(!res.status.success());
-    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "lensmap run {extra:?} succeeded");
+    String::from_utf8_lossy(&res.stderr).into_owned()
+}
+
+/// A skip past the end of the greedy answer is a one-line error, not a panic.
+#[test]
+fn skip_past_the_answer_is_an_error() {
+    let stderr = run_err(&["--answer", "auto", "--answer-skip", "5", "--generate", "2"]);
     assert!(
         stderr.contains("has 2 tokens, so `--answer-skip 5` leaves none to track"),
         "{stderr}"
     );
     // `auto` without generation.
-    let res = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["run", "--model"])
-        .arg(model_file(SMOLLM2))
-        .args(["--prompt", QUESTION, "--answer", "auto", "--quiet"])
-        .output()
-        .unwrap();
-    assert!(!res.status.success());
-    assert!(String::from_utf8_lossy(&res.stderr).contains("needs `--generate N`"));
+    assert!(run_err(&["--answer", "auto"]).contains("needs `--generate N`"));
+    // A skip with a named answer.
+    let stderr = run_err(&["--answer", " Canberra", "--answer-skip", "2"]);
+    assert!(
+        stderr.contains("`--answer-skip` applies to `--answer auto` (with `--generate N`) only"),
+        "{stderr}"
+    );
 }

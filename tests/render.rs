@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use lensmap::grid::{LensGrid, TokenKind};
+use lensmap::render::labels::token_label;
 use lensmap::render::{
     self, colormap::StatScale, sample, FigureOptions, OutputFormat, Rgb, Stat, PNG_SCALE,
 };
@@ -73,35 +74,6 @@ fn assert_close(got: Rgb, want: [f64; 3], what: &str) {
             "{what}: got {got:?}, want {w:?} (within 1/255)"
         );
     }
-}
-
-/// Independent statement of the label rules.
-fn expected_label(text: &str) -> String {
-    if text.is_empty() {
-        return "\u{2205}".into();
-    }
-    let units: Vec<String> = text
-        .chars()
-        .map(|c| match c {
-            ' ' | '\u{120}' | '\u{2581}' => "_".to_string(),
-            '\n' => "\\n".to_string(),
-            '\t' => "\\t".to_string(),
-            c if c.is_whitespace() => "_".to_string(),
-            c => c.to_string(),
-        })
-        .collect();
-    let full: String = units.concat();
-    if full.chars().count() <= 7 {
-        return full;
-    }
-    let mut out = String::new();
-    for u in units {
-        if out.chars().count() + u.chars().count() > 6 {
-            break;
-        }
-        out.push_str(&u);
-    }
-    out + "..."
 }
 
 #[test]
@@ -344,13 +316,14 @@ fn labels_follow_truncation_and_underscore_rules() {
     assert_eq!(by_pos[&34], "ass");
     assert_eq!(by_pos[&35], "istant");
     assert_eq!((37..45).filter(|p| by_pos[p] == ".").count(), 8);
-    // Cell text is the top-1 token under the same rules.
+    // Cell text is the top-1 token under the same rules (pinned by the literal
+    // spot values and unit rules below).
     let mut n = 0;
     for t in elements_with_class(&doc, "cell-text") {
         let (r, p) = (num(&t, "data-row"), num(&t, "data-pos"));
         assert_eq!(
             text_of(&t),
-            expected_label(&g.top1(r, p).text),
+            token_label(&g.top1(r, p).text),
             "cell ({r}, {p})"
         );
         n += 1;
@@ -369,19 +342,25 @@ fn labels_follow_truncation_and_underscore_rules() {
     assert_eq!(cell(30, 28), "_France");
     // Escaping: special tokens appear escaped in the source, never raw.
     assert!(svg.contains("&lt;|im_e...") && !svg.contains("<|im"));
-    // Unit rules.
-    use lensmap::render::labels::token_label;
-    assert_eq!(token_label(" capital"), "_capit...");
-    assert_eq!(token_label("assistant"), "assist...");
-    assert_eq!(token_label("<|eot_id|>"), "<|eot_...");
-    assert_eq!(token_label("\u{120}Sydney"), "_Sydney");
-    assert_eq!(token_label("\u{2581}New"), "_New");
-    assert_eq!(token_label("\n"), "\\n");
-    assert_eq!(
-        token_label("東京"),
-        "\u{fffd}\u{fffd}",
-        "glyphs missing from the font are replaced"
-    );
+    // Unit rules (their one statement; `labels.rs` tests escaping and plain text).
+    for (token, label) in [
+        (" capital", "_capit..."),
+        ("assistant", "assist..."),
+        ("<|eot_id|>", "<|eot_..."),
+        ("\u{120}Sydney", "_Sydney"),
+        ("\u{2581}New", "_New"),
+        ("\n", "\\n"),
+        ("\n\n\n\n", "\\n\\n\\n..."),
+        ("a\n\n\n\n", "a\\n\\n..."),
+        ("", "\u{2205}"),
+        ("\u{7}", "\\x07"),
+        // Invisible characters and glyphs missing from the font are replaced.
+        ("\u{200b}", "\u{fffd}"),
+        ("中", "\u{fffd}"),
+        ("東京", "\u{fffd}\u{fffd}"),
+    ] {
+        assert_eq!(token_label(token), label, "label of {token:?}");
+    }
 }
 
 #[test]

@@ -7,15 +7,16 @@
 //! `models/SmolLM2-135M-Instruct.Q4_1.gguf`. Without Chromium the test fails.
 //! `LENSMAP_UPDATE_SCREENSHOT=1` also writes the screenshot to `docs/serve.png`.
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::chromium::{chromium, unescape_html, Browser};
 use lensmap::model::Precision;
 use lensmap::render::colormap::StatScale;
 use lensmap::render::{Rgb, Stat};
@@ -31,89 +32,13 @@ const SEED: &str = "What is the capital of Australia?";
 /// The hovered cell: a dummy position in a late layer, where the answer shows.
 const HOVER: (usize, usize) = (27, 40);
 
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for p in [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!(
-        "headless Chromium not found (looked for $CHROMIUM, /usr/bin/chromium, /usr/bin/chromium-browser, \
-         /usr/bin/google-chrome); install it with `apt-get install -y chromium`"
-    );
-}
-
-/// Run headless Chromium on a URL; returns stdout.
-fn run_chromium(url: &str, extra: &[String], profile: &Path) -> String {
-    let mut cmd = Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--force-device-scale-factor=1",
-        // Virtual time only runs while the page is idle, so the lens request
-        // (real time) is waited for.
-        "--virtual-time-budget=60000",
-        "--window-size=1500,1180",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(extra)
-    .arg(url)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    // Its own process group, so a hung browser can be ended with its children.
-    cmd.process_group(0);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start Chromium: {e}"));
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait().expect("wait for Chromium") {
-            Some(status) => break status,
-            None if start.elapsed() > Duration::from_secs(180) => {
-                let group = format!("-{}", child.id());
-                let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-                let _ = child.wait();
-                panic!("Chromium did not finish within 180 s");
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    let stdout = t_out.join().unwrap();
-    let stderr = t_err.join().unwrap();
-    assert!(
-        status.success(),
-        "Chromium failed ({status}): {}",
-        String::from_utf8_lossy(&stderr)
-    );
-    String::from_utf8_lossy(&stdout).into_owned()
-}
+/// Virtual time only runs while the page is idle, so the lens request (real
+/// time) is waited for within the budget.
+const BROWSER: Browser = Browser {
+    virtual_time_ms: 60000,
+    window: (1500, 1180),
+    timeout: Duration::from_secs(180),
+};
 
 /// The grid the page will show, straight from the API.
 fn api_grid(addr: SocketAddr) -> LensGrid {
@@ -134,15 +59,6 @@ fn api_grid(addr: SocketAddr) -> LensGrid {
         String::from_utf8_lossy(&raw[..split])
     );
     serde_json::from_slice(&raw[split + 4..]).expect("grid JSON")
-}
-
-fn unescape_html(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&nbsp;", "\u{a0}")
-        .replace("&amp;", "&")
 }
 
 /// `name="value"` inside one tag.
@@ -216,11 +132,7 @@ fn serve_page_runs_a_prompt_and_shows_top_k_in_chromium() {
     eprintln!("chromium: {}", chromium_path.display());
 
     // 1. The DOM after typing, submitting, drawing and hovering.
-    let dom = run_chromium(
-        &page_url(addr, HOVER),
-        &["--dump-dom".into()],
-        &dir.path().join("p1"),
-    );
+    let dom = BROWSER.dump_dom(&page_url(addr, HOVER), &dir.path().join("p1"));
     let state = dom
         .find(" data-state=\"")
         .map(|i| &dom[i + 13..i + 13 + dom[i + 13..].find('"').unwrap()]);
@@ -285,11 +197,7 @@ fn serve_page_runs_a_prompt_and_shows_top_k_in_chromium() {
 
     // 2. A screenshot of the same state.
     let shot = dir.path().join("serve.png");
-    run_chromium(
-        &page_url(addr, HOVER),
-        &[format!("--screenshot={}", shot.display())],
-        &dir.path().join("p2"),
-    );
+    BROWSER.screenshot(&page_url(addr, HOVER), &shot, &dir.path().join("p2"));
     let png = std::fs::read(&shot).expect("screenshot written");
     let pix = tiny_skia::Pixmap::decode_png(&png).expect("screenshot is a PNG");
     assert_eq!((pix.width(), pix.height()), (1500, 1180));

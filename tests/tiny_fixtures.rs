@@ -9,8 +9,8 @@
 mod common;
 
 use common::*;
-use lensmap::lens::{apply_lens, LensQuery};
-use lensmap::model::{KvCache, Model, Precision, ResidualTrace};
+use lensmap::lens::{lens_of_ids, LensQuery};
+use lensmap::model::{Model, Precision};
 use serde_json::Value;
 
 /// Entropy and KL tolerance, nats.
@@ -101,31 +101,12 @@ fn check_fixture(name: &str) {
     let model = Model::from_hf_dir(&dir, Precision::F32).unwrap_or_else(|e| panic!("{name}: {e}"));
     check_config(&model, &reference["config_summary"]);
 
-    let mut trace = ResidualTrace::default();
-    model
-        .forward(&ids, &mut KvCache::default(), Some(&mut trace))
-        .unwrap();
-    let grid = apply_lens(
-        &model,
-        &trace,
-        &ids,
-        &LensQuery {
-            top_k: 5,
-            tracked: vec![],
-        },
-    )
-    .unwrap();
+    let grid = lens_of_ids(&model, &ids, &LensQuery::top(5)).unwrap();
 
     let ref_h = grid_f64(&reference["entropy"]);
     let ref_kl = grid_f64(&reference["kl_to_final"]);
-    let got_h: Vec<Vec<f64>> = grid
-        .iter()
-        .map(|r| r.iter().map(|c| c.entropy).collect())
-        .collect();
-    let got_kl: Vec<Vec<f64>> = grid
-        .iter()
-        .map(|r| r.iter().map(|c| c.kl_to_final).collect())
-        .collect();
+    let got_h = cell_map(&grid, |c| c.entropy);
+    let got_kl = cell_map(&grid, |c| c.kl_to_final);
     assert_eq!(got_h.len(), ref_h.len(), "{name}: rows");
     eprintln!("== {name}: {} rows x {} positions", got_h.len(), ids.len());
     report_rows("entropy", &got_h, &ref_h);

@@ -11,6 +11,8 @@ use std::fmt::Write;
 
 use super::summary::{Curve, CurveKind};
 use crate::render::colormap::{BLUES, RDBU};
+use crate::render::labels::xml_escape;
+use crate::render::svg::n;
 use crate::render::FONT_FAMILY;
 
 const WIDTH: f64 = 980.0;
@@ -34,22 +36,6 @@ pub fn kind_color(kind: CurveKind) -> &'static str {
         CurveKind::Template => RDBU[1],
         CurveKind::Dummy => BLUES[7],
     }
-}
-
-fn n(v: f64) -> String {
-    if (v - v.round()).abs() < 0.005 {
-        format!("{}", v.round() as i64)
-    } else {
-        let s = format!("{v:.2}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// Cut `s` to `max` characters.
@@ -144,7 +130,7 @@ pub fn render_svg(curves: &[Curve], n_rows: usize, top_k: usize, subtitle: &[Str
             s,
             r#"<text class="subtitle" x="16" y="{}" fill="{GREY}">{}</text>"#,
             n(50.0 + 16.0 * i as f64),
-            esc(&fit(line, max_chars))
+            xml_escape(&fit(line, max_chars))
         );
     }
     let points = || curves.iter().flat_map(|c| c.points.iter());
@@ -191,7 +177,7 @@ pub fn render_svg(curves: &[Curve], n_rows: usize, top_k: usize, subtitle: &[Str
                 n(LEFT + plot_w),
                 n(LEFT - 6.0),
                 n(axis.y(*v) + 4.0),
-                esc(label),
+                xml_escape(label),
             );
         }
         for (row, label) in x_ticks(n_rows) {
@@ -217,7 +203,7 @@ pub fn render_svg(curves: &[Curve], n_rows: usize, top_k: usize, subtitle: &[Str
             r#"<text x="{}" y="{}" font-size="13">{}</text>"#,
             n(LEFT),
             n(y0 - 9.0),
-            esc(title)
+            xml_escape(title)
         );
         let _ = writeln!(s, "</g>");
     };
@@ -400,7 +386,7 @@ pub fn render_svg(curves: &[Curve], n_rows: usize, top_k: usize, subtitle: &[Str
             c.kind.name(),
             n(lx + 28.0),
             n(ly + 19.0),
-            esc(&onset)
+            xml_escape(&onset)
         );
         let _ = writeln!(
             s,
@@ -420,7 +406,7 @@ pub fn render_svg(curves: &[Curve], n_rows: usize, top_k: usize, subtitle: &[Str
                 n(lx + 28.0),
                 n(ly + 47.0),
                 peak.topk_rate,
-                esc(&peak.label)
+                xml_escape(&peak.label)
             );
         }
         ly += 70.0;
@@ -440,7 +426,7 @@ pub fn render_svg(curves: &[Curve], n_rows: usize, top_k: usize, subtitle: &[Str
             r#"<text x="{}" y="{}" fill="{GREY}" font-size="11" xml:space="preserve">{}</text>"#,
             n(lx),
             n(ly + 8.0 + 14.0 * i as f64),
-            esc(t)
+            xml_escape(t)
         );
     }
     let _ = writeln!(s, "</g>\n</svg>");

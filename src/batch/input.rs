@@ -82,17 +82,8 @@ impl Shard {
 impl std::str::FromStr for Shard {
     type Err = String;
     fn from_str(s: &str) -> Result<Shard, String> {
-        let (i, n) = s
-            .split_once('/')
-            .ok_or_else(|| format!("expected I/N (e.g. 0/4), got `{s}`"))?;
-        let index: usize = i
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad shard index in `{s}`"))?;
-        let count: usize = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad shard count in `{s}`"))?;
+        let (index, count) =
+            crate::parse::usize_pair(s, "/", "I/N (e.g. 0/4)", ["shard index", "shard count"])?;
         if count == 0 || index >= count {
             return Err(format!("shard `{s}` needs 0 <= I < N"));
         }

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::input::InputLine;
 use super::record::{temp_path, PromptRecord};
-use crate::grid::{TokenKind, TrackedToken};
+use crate::grid::TrackedToken;
 use crate::rehearsal::RehearsalSummary;
 use crate::{Error, Result};
 
@@ -40,15 +40,6 @@ pub const CELL_COLUMNS: [&str; 14] = [
     "alt_probs",
     "alt_ranks",
 ];
-
-/// The `kind` column's spelling.
-pub fn kind_str(k: TokenKind) -> &'static str {
-    match k {
-        TokenKind::Text => "text",
-        TokenKind::Template => "template",
-        TokenKind::Dummy => "dummy",
-    }
-}
 
 /// One line of `prompts.jsonl`.
 #[derive(Debug, Serialize)]
@@ -139,28 +130,28 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::io(path, e)
 }
 
-/// `prompts.jsonl`.
-pub struct PromptsWriter {
+/// A text file written through a buffer under a temporary name.
+struct BufferedFile {
     file: PendingFile,
     w: BufWriter<File>,
 }
 
-impl PromptsWriter {
-    pub fn create(path: &Path) -> Result<Self> {
+impl BufferedFile {
+    fn create(path: &Path) -> Result<Self> {
         let (file, f) = PendingFile::create(path)?;
-        Ok(PromptsWriter {
+        Ok(BufferedFile {
             file,
             w: BufWriter::new(f),
         })
     }
 
-    pub fn push(&mut self, line: &PromptLine) -> Result<()> {
-        let s = serde_json::to_string(line)
-            .map_err(|e| Error::InvalidOption(format!("prompt line to JSON: {e}")))?;
-        writeln!(self.w, "{s}").map_err(io_err(&self.file.tmp))
+    /// Write one line (`\n` appended).
+    fn line(&mut self, args: std::fmt::Arguments) -> Result<()> {
+        writeln!(self.w, "{args}").map_err(io_err(&self.file.tmp))
     }
 
-    pub fn finish(self) -> Result<PathBuf> {
+    /// Flush, sync and rename into place.
+    fn finish(self) -> Result<PathBuf> {
         let f = self
             .w
             .into_inner()
@@ -168,6 +159,29 @@ impl PromptsWriter {
         f.sync_all().map_err(io_err(&self.file.tmp))?;
         drop(f);
         self.file.commit()
+    }
+}
+
+/// `prompts.jsonl`.
+pub struct PromptsWriter {
+    out: BufferedFile,
+}
+
+impl PromptsWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        Ok(PromptsWriter {
+            out: BufferedFile::create(path)?,
+        })
+    }
+
+    pub fn push(&mut self, line: &PromptLine) -> Result<()> {
+        let s = serde_json::to_string(line)
+            .map_err(|e| Error::InvalidOption(format!("prompt line to JSON: {e}")))?;
+        self.out.line(format_args!("{s}"))
+    }
+
+    pub fn finish(self) -> Result<PathBuf> {
+        self.out.finish()
     }
 }
 
@@ -193,16 +207,14 @@ pub fn csv_field(s: &str) -> String {
 
 /// `cells.csv`.
 pub struct CsvWriter {
-    file: PendingFile,
-    w: BufWriter<File>,
+    out: BufferedFile,
 }
 
 impl CsvWriter {
     pub fn create(path: &Path) -> Result<Self> {
-        let (file, f) = PendingFile::create(path)?;
-        let mut w = BufWriter::new(f);
-        writeln!(w, "{}", CELL_COLUMNS.join(",")).map_err(io_err(&file.tmp))?;
-        Ok(CsvWriter { file, w })
+        let mut out = BufferedFile::create(path)?;
+        out.line(format_args!("{}", CELL_COLUMNS.join(",")))?;
+        Ok(CsvWriter { out })
     }
 
     pub fn push(&mut self, rec: &PromptRecord) -> Result<()> {
@@ -223,32 +235,24 @@ impl CsvWriter {
                 let join = |f: &dyn Fn(&TrackedToken) -> String| {
                     alts.iter().map(|t| f(t)).collect::<Vec<_>>().join(";")
                 };
-                writeln!(
-                    self.w,
+                self.out.line(format_args!(
                     "{id},{row},{pos},{},{},{},{},{},{top1},{},{ap},{ar},{},{}",
                     tokens[pos],
-                    kind_str(tok.kind),
+                    tok.kind.as_str(),
                     csv_float(rec.entropy[row][pos]),
                     csv_float(rec.kl_to_final[row][pos]),
                     csv_field(rec.text(top1)),
                     csv_float(rec.top1_prob[row][pos]),
                     join(&|t| csv_float(t.cells[row][pos].prob)),
                     join(&|t| t.cells[row][pos].rank.to_string()),
-                )
-                .map_err(io_err(&self.file.tmp))?;
+                ))?;
             }
         }
         Ok(())
     }
 
     pub fn finish(self) -> Result<PathBuf> {
-        let f = self
-            .w
-            .into_inner()
-            .map_err(|e| Error::io(&self.file.tmp, e.into_error()))?;
-        f.sync_all().map_err(io_err(&self.file.tmp))?;
-        drop(f);
-        self.file.commit()
+        self.out.finish()
     }
 }
 
@@ -282,33 +286,33 @@ mod parquet_table {
         Error::InvalidOption(format!("writing `cells.parquet`: {e}"))
     }
 
-    /// The cells schema.
+    /// The cells schema: [`CELL_COLUMNS`] with their types.
     pub fn schema() -> SchemaRef {
-        let f = |name: &str, dt: DataType, nullable: bool| Field::new(name, dt, nullable);
-        Arc::new(Schema::new(vec![
-            f("id", DataType::Utf8, false),
-            f("row", DataType::UInt32, false),
-            f("pos", DataType::UInt32, false),
-            f("token", DataType::Utf8, false),
-            f("kind", DataType::Utf8, false),
-            f("entropy", DataType::Float64, false),
-            f("kl", DataType::Float64, false),
-            f("top1", DataType::Utf8, false),
-            f("top1_id", DataType::UInt32, false),
-            f("top1_prob", DataType::Float64, false),
-            f("answer_prob", DataType::Float64, true),
-            f("answer_rank", DataType::UInt32, true),
-            f(
-                "alt_probs",
-                DataType::List(Arc::new(f("item", DataType::Float64, true))),
-                false,
-            ),
-            f(
-                "alt_ranks",
-                DataType::List(Arc::new(f("item", DataType::UInt32, true))),
-                false,
-            ),
-        ]))
+        let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
+        // (type, nullable) of each column, in the order of CELL_COLUMNS.
+        let types: [(DataType, bool); CELL_COLUMNS.len()] = [
+            (DataType::Utf8, false),          // id
+            (DataType::UInt32, false),        // row
+            (DataType::UInt32, false),        // pos
+            (DataType::Utf8, false),          // token
+            (DataType::Utf8, false),          // kind
+            (DataType::Float64, false),       // entropy
+            (DataType::Float64, false),       // kl
+            (DataType::Utf8, false),          // top1
+            (DataType::UInt32, false),        // top1_id
+            (DataType::Float64, false),       // top1_prob
+            (DataType::Float64, true),        // answer_prob
+            (DataType::UInt32, true),         // answer_rank
+            (list(DataType::Float64), false), // alt_probs
+            (list(DataType::UInt32), false),  // alt_ranks
+        ];
+        Arc::new(Schema::new(
+            CELL_COLUMNS
+                .iter()
+                .zip(types)
+                .map(|(name, (dt, nullable))| Field::new(*name, dt, nullable))
+                .collect::<Vec<_>>(),
+        ))
     }
 
     impl ParquetWriter {
@@ -350,7 +354,7 @@ mod parquet_table {
                     rows().map(|(_, p)| rec.tokens[p].text.as_str()),
                 )),
                 Arc::new(StringArray::from_iter_values(
-                    rows().map(|(_, p)| kind_str(rec.tokens[p].kind)),
+                    rows().map(|(_, p)| rec.tokens[p].kind.as_str()),
                 )),
                 Arc::new(Float64Array::from_iter_values(
                     rows().map(|(r, p)| rec.entropy[r][p]),

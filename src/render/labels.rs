@@ -122,20 +122,10 @@ pub fn xml_escape(s: &str) -> String {
 mod tests {
     use super::*;
 
+    // `token_label`'s cases are in `tests/render.rs`
+    // (`labels_follow_truncation_and_underscore_rules`), next to the figure's labels.
     #[test]
-    fn labels() {
-        assert_eq!(token_label(" capital"), "_capit...");
-        assert_eq!(token_label("assistant"), "assist...");
-        assert_eq!(token_label("<|eot_id|>"), "<|eot_...");
-        assert_eq!(token_label("\u{120}Sydney"), "_Sydney");
-        assert_eq!(token_label("\u{2581}New"), "_New");
-        assert_eq!(token_label("\n"), "\\n");
-        assert_eq!(token_label("\n\n\n\n"), "\\n\\n\\n...");
-        assert_eq!(token_label("a\n\n\n\n"), "a\\n\\n...");
-        assert_eq!(token_label("中"), "\u{fffd}");
-        assert_eq!(token_label(""), "\u{2205}");
-        assert_eq!(token_label("\u{200b}"), "\u{fffd}");
-        assert_eq!(token_label("\u{7}"), "\\x07");
+    fn escaping_and_plain_text() {
         assert_eq!(
             xml_escape("<|im_end|> & \"x\""),
             "&lt;|im_end|&gt; &amp; &quot;x&quot;"

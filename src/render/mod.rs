@@ -21,7 +21,7 @@ pub mod labels;
 mod layout;
 mod png;
 pub mod sample;
-mod svg;
+pub(crate) mod svg;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

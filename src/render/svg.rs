@@ -31,7 +31,8 @@ pub const DUMMY_FILL: &str = "#dbe8fb";
 const GREY: &str = "#555555";
 
 /// Format a coordinate: integers bare, else two decimals without trailing zeros.
-fn n(v: f64) -> String {
+/// (Also the batch's rehearsal figure's.)
+pub(crate) fn n(v: f64) -> String {
     if (v - v.round()).abs() < 0.005 {
         format!("{}", v.round() as i64)
     } else {
@@ -57,16 +58,11 @@ pub(super) fn subtitle_lines(
         opts.model_label.clone()
     };
     let prompt = if opts.prompt_label.is_empty() {
-        let text: String = grid
-            .tokens
-            .iter()
-            .filter(|t| t.kind == TokenKind::Text)
-            .map(|t| t.text.as_str())
-            .collect();
-        if text.trim().is_empty() {
+        let text = grid.text_prompt();
+        if text.is_empty() {
             grid.prompt_text.clone()
         } else {
-            text.trim().to_string()
+            text
         }
     } else {
         opts.prompt_label.clone()
@@ -140,14 +136,6 @@ pub fn render_svg(grid: &LensGrid, opts: &FigureOptions) -> Result<String> {
     draw_colorbar(&mut s, &lay, &scale);
     s.push_str("</svg>\n");
     Ok(s)
-}
-
-fn kind_str(k: TokenKind) -> &'static str {
-    match k {
-        TokenKind::Text => "text",
-        TokenKind::Template => "template",
-        TokenKind::Dummy => "dummy",
-    }
 }
 
 /// Region A: compact heatmap, kind strip, axis, window marker and connectors.
@@ -240,7 +228,7 @@ fn draw_overview(
             let _ = writeln!(
                 s,
                 r#"<rect class="kind-strip kind-{}" x="{}" y="{}" width="{}" height="4" fill="{fill}"/>"#,
-                kind_str(k),
+                k.as_str(),
                 n(a.col_x(pos)),
                 n(strip_y),
                 n(a.cell_w * (end - pos) as f64)
@@ -470,7 +458,7 @@ fn draw_detail(s: &mut String, grid: &LensGrid, lay: &FigureLayout, scale: &Stat
                 n(ly),
                 n(b.cell_w - 4.0),
                 n(XLABEL_H),
-                k = kind_str(t.kind)
+                k = t.kind.as_str()
             );
         }
         let fill = if t.kind == TokenKind::Text {
@@ -481,7 +469,7 @@ fn draw_detail(s: &mut String, grid: &LensGrid, lay: &FigureLayout, scale: &Stat
         let _ = writeln!(
             s,
             r#"<text class="xlabel" data-pos="{pos}" data-kind="{}" x="{}" y="{}" text-anchor="middle" fill="{fill}">{}</text>"#,
-            kind_str(t.kind),
+            t.kind.as_str(),
             n(x + b.cell_w / 2.0),
             n(baseline(ly + XLABEL_H / 2.0, LABEL_SIZE)),
             xml_escape(&token_label(&t.text))
@@ -584,7 +572,7 @@ fn draw_zoom(s: &mut String, grid: &LensGrid, lay: &FigureLayout) {
     );
     let tok = &grid.tokens[z];
     let mut head = format!("C\u{a0}\u{a0}pos {z}: {}", token_label(&tok.text));
-    let kind = format!(" ({})", kind_str(tok.kind));
+    let kind = format!(" ({})", tok.kind.as_str());
     if text_width(head.chars().count() + kind.len(), REGION_SIZE) <= c.w - 2.0 * C_PAD {
         head.push_str(&kind);
     }

@@ -501,21 +501,12 @@ async fn lens(
         )));
     }
     // As `lensmap run` decides it.
-    let answer = match b.answer.as_deref() {
-        Some("auto") => AnswerSpec::Auto {
-            skip: b.answer_skip,
-        },
-        Some(text) => AnswerSpec::Text(text.to_string()),
-        None if b.generate > 0 => AnswerSpec::Auto {
-            skip: b.answer_skip,
-        },
-        None => AnswerSpec::None,
-    };
-    if b.answer_skip > 0 && !matches!(answer, AnswerSpec::Auto { .. }) {
-        return Err(ApiError::bad_request(
-            "`answer_skip` applies to `answer: \"auto\"` (with `generate`) only",
-        ));
-    }
+    let answer =
+        AnswerSpec::from_flags(b.answer.as_deref(), b.answer_skip, b.generate).map_err(|_| {
+            ApiError::bad_request(
+                "`answer_skip` applies to `answer: \"auto\"` (with `generate`) only",
+            )
+        })?;
     if b.prompt.trim().is_empty() {
         return Err(ApiError::bad_request("`prompt` is empty"));
     }

@@ -9,7 +9,7 @@
 //!
 //! Models are loaded once at start-up and named by file name; request names
 //! are only ever looked up in that list. Lens runs and figures are drawn on a
-//! bounded pool of worker threads ([`pool`]); requests beyond `--workers`
+//! bounded pool of worker threads (`pool.rs`); requests beyond `--workers`
 //! running and `--queue` waiting get `503`. Every error is JSON.
 //!
 //! Tests and benchmarks start a server in-process with [`start`].

@@ -1,9 +1,14 @@
-//! Shared helpers for integration tests: where the fixtures are, and reading
-//! the reference JSON written by HF transformers (`../shared/reference`).
+//! Shared helpers for integration tests: where the fixtures are, reading
+//! the reference JSON written by HF transformers (`../shared/reference`), and
+//! headless Chromium ([`chromium`]).
 #![allow(dead_code)]
+
+pub mod chromium;
 
 use std::path::{Path, PathBuf};
 
+use lensmap::lens::CellGrid;
+use lensmap::stats::CellStats;
 use serde_json::Value;
 
 /// `../shared/reference` next to the repository.
@@ -47,6 +52,11 @@ pub fn grid_f64(v: &Value) -> Vec<Vec<f64>> {
                 .collect()
         })
         .collect()
+}
+
+/// One statistic of every lens cell, `[row][pos]`.
+pub fn cell_map<T>(grid: &CellGrid, f: impl Fn(&CellStats) -> T) -> Vec<Vec<T>> {
+    grid.iter().map(|r| r.iter().map(&f).collect()).collect()
 }
 
 /// An array of ids.

@@ -2,13 +2,44 @@
  * interactive heatmap. No dependencies, no network. Used by the HTML output
  * of `lensmap run` and by the `lensmap serve` page.
  *
- *   var view = LensView.mount(element, gridJson, options);
+ * API
+ * ---
+ *   var view = LensView.mount(element, grid, options);
  *
- * gridJson: the grid object (or its JSON text).
- * options (all optional): title, subtitle (array of lines), stat ('entropy',
- *   'kl', 'target-prob', 'target-rank', 'next-token-prob'), window ([start,
- *   end), end exclusive), zoom (position).
- * view: setStat(stat), setWindow(start, end), setZoom(pos), tooltipText(row, pos).
+ * Draws into `element` (its contents are replaced; a view already mounted
+ * there is destroyed first) and returns the view.
+ *
+ * grid: the grid object, or its JSON text.
+ * options (all optional):
+ *   title     heading text (default 'Rehearsal at "dummy tokens"');
+ *   subtitle  array of lines under it (default: the model file);
+ *   stat      colour statistic: 'entropy' (default), 'kl', 'target-prob',
+ *             'target-rank', 'next-token-prob' (the target ones only when the
+ *             grid tracks a target);
+ *   window    [start, end): the positions of the magnified region B, end
+ *             exclusive (default: the template/dummy tail and a few before);
+ *   zoom      the position shown in panel C (default: the first dummy);
+ *   onChange  function (state), called with view.getState() whenever the
+ *             statistic, window or zoom changes (by the user or a setter).
+ *
+ * view:
+ *   grid, element        the parsed grid and the view's root element;
+ *   setStat(stat)        switch the colour statistic (unknown ones are ignored);
+ *   setWindow(start, end) move/resize the window (clamped to the grid);
+ *   setZoom(pos)         show position `pos` in panel C;
+ *   getState()           a copy of {stat, window: [start, end], zoom};
+ *   tooltipText(row, pos) the hover text of a cell;
+ *   destroy()            remove the view's elements, its tooltip (which lives
+ *                        in document.body) and its event listeners; the
+ *                        setters do nothing afterwards.
+ *
+ * LensView also exports the helpers paletteAt(name, t), label(text),
+ * display(text) and textColor(rgb).
+ *
+ * The DOM the tests read: cells are rect.lv-cell[data-row][data-pos]
+ * [data-top1], x labels text.lv-xlabel[data-pos][data-kind], kind boxes
+ * rect.lv-kind, zoom counts .lv-zoomcount[data-token-id][data-count], the
+ * tooltip div.lv-tooltip[data-row][data-pos] in document.body.
  *
  * Colours use the same maps as the static figure (src/render/colormap.rs):
  * control points spaced evenly, linear interpolation, 8-bit rounding.
@@ -161,6 +192,14 @@
   function mount(root, gridJson, options) {
     var grid = typeof gridJson === 'string' ? JSON.parse(gridJson) : gridJson;
     options = options || {};
+    // One view per element: a new mount replaces the old one, tooltip included.
+    if (root.lvView) root.lvView.destroy();
+    // Every listener goes through listen(), so destroy() can remove them all.
+    var listeners = [], destroyed = false;
+    function listen(target, type, fn) {
+      target.addEventListener(type, fn);
+      listeners.push([target, type, fn]);
+    }
     var n = grid.tokens.length, rows = grid.n_rows;
     var state = {
       stat: options.stat && STATS[options.stat] ? options.stat : 'entropy',
@@ -186,16 +225,16 @@
       var o = el('option', { value: k }, sel, STATS[k].name);
       if (k === state.stat) o.selected = true;
     });
-    sel.addEventListener('change', function () { view.setStat(sel.value); });
+    listen(sel, 'change', function () { view.setStat(sel.value); });
     var winLab = el('label', { 'class': 'lv-winlab' }, ctl);
     var slider = el('input', { type: 'range', 'class': 'lv-slider', min: 0, step: 1 }, ctl);
     var widthIn = el('input', { type: 'number', 'class': 'lv-width', min: 2, max: 64 }, ctl);
     el('span', { 'class': 'lv-hint' }, ctl, 'columns \u00b7 hover a cell for details, click a column to zoom');
-    slider.addEventListener('input', function () {
+    listen(slider, 'input', function () {
       var w = state.win[1] - state.win[0], s = +slider.value;
       view.setWindow(s, s + w);
     });
-    widthIn.addEventListener('change', function () {
+    listen(widthIn, 'change', function () {
       var w = Math.max(2, Math.min(64, n, +widthIn.value || 12));
       var s = Math.min(state.win[0], n - w);
       view.setWindow(s, s + w);
@@ -207,7 +246,7 @@
     canvas.style.height = Math.max(60, Math.min(160, rows * 4)) + 'px';
     var marker = el('div', { 'class': 'lv-ov-marker' }, ov);
     var kinds = el('canvas', { width: n, height: 1, 'class': 'lv-ov-kinds' }, ov);
-    canvas.addEventListener('click', function (e) {
+    listen(canvas, 'click', function (e) {
       var r = canvas.getBoundingClientRect();
       var p = Math.floor((e.clientX - r.left) / r.width * n);
       var w = state.win[1] - state.win[0];
@@ -218,9 +257,8 @@
     // B + C + colour bar in one SVG.
     var main = el('div', { 'class': 'lv-main' }, box);
     var svg = sv('svg', { 'class': 'lv-svg' }, main);
-    // One tooltip per mounted element, replaced when the element is mounted again.
-    if (root.lvTooltip && root.lvTooltip.parentNode) root.lvTooltip.parentNode.removeChild(root.lvTooltip);
-    var tip = root.lvTooltip = el('div', { 'class': 'lv-tooltip', role: 'tooltip' }, document.body);
+    // The tooltip lives in <body> (so no container clips it); destroy() removes it.
+    var tip = el('div', { 'class': 'lv-tooltip', role: 'tooltip' }, document.body);
     tip.style.display = 'none';
 
     function tooltipText(row, pos) {
@@ -250,15 +288,15 @@
       tip.style.left = x + 'px';
       tip.style.top = y + 'px';
     }
-    svg.addEventListener('mouseover', function (e) {
+    listen(svg, 'mouseover', function (e) {
       var c = e.target.closest && e.target.closest('[data-row][data-pos]');
       if (c && c.classList.contains('lv-cell')) showTip(+c.getAttribute('data-row'), +c.getAttribute('data-pos'), e);
     });
-    svg.addEventListener('mousemove', function (e) {
+    listen(svg, 'mousemove', function (e) {
       if (tip.style.display === 'block') showTip(+tip.getAttribute('data-row'), +tip.getAttribute('data-pos'), e);
     });
-    svg.addEventListener('mouseleave', function () { tip.style.display = 'none'; });
-    svg.addEventListener('click', function (e) {
+    listen(svg, 'mouseleave', function () { tip.style.display = 'none'; });
+    listen(svg, 'click', function (e) {
       var c = e.target.closest && e.target.closest('[data-pos]');
       if (c) view.setZoom(+c.getAttribute('data-pos'));
     });
@@ -386,25 +424,53 @@
       return out.sort(function (a, b) { return b.count - a.count || b.last - a.last; });
     }
 
+    function getState() {
+      return { stat: state.stat, window: [state.win[0], state.win[1]], zoom: state.zoom };
+    }
+    /* Run a state change; tell options.onChange if it changed anything. */
+    function change(f) {
+      if (destroyed) return;
+      var before = JSON.stringify(getState());
+      f();
+      var now = getState();
+      if (options.onChange && JSON.stringify(now) !== before) options.onChange(now);
+    }
+
     var view = {
       grid: grid,
       element: box,
       setStat: function (stat) {
-        if (!STATS[stat] || (/^target/.test(stat) && !target(grid))) return;
-        state.stat = stat; sel.value = stat; drawOverview(); drawMain();
+        change(function () {
+          if (!STATS[stat] || (/^target/.test(stat) && !target(grid))) return;
+          state.stat = stat; sel.value = stat; drawOverview(); drawMain();
+        });
       },
       setWindow: function (s, e) {
-        s = Math.max(0, Math.min(n - 1, s | 0)); e = Math.max(s + 1, Math.min(n, e | 0));
-        state.win = [s, e];
-        if (state.zoom < s || state.zoom >= e) state.zoom = defaultZoom(grid, state.win);
-        placeMarker(); drawMain();
+        change(function () {
+          s = Math.max(0, Math.min(n - 1, s | 0)); e = Math.max(s + 1, Math.min(n, e | 0));
+          state.win = [s, e];
+          if (state.zoom < s || state.zoom >= e) state.zoom = defaultZoom(grid, state.win);
+          placeMarker(); drawMain();
+        });
       },
       setZoom: function (pos) {
-        if (pos >= 0 && pos < n) { state.zoom = pos; drawMain(); }
+        change(function () {
+          if (pos >= 0 && pos < n) { state.zoom = pos; drawMain(); }
+        });
       },
+      getState: getState,
       tooltipText: tooltipText,
-      state: state
+      destroy: function () {
+        if (destroyed) return;
+        destroyed = true;
+        listeners.forEach(function (l) { l[0].removeEventListener(l[1], l[2]); });
+        listeners = [];
+        if (tip.parentNode) tip.parentNode.removeChild(tip);
+        if (box.parentNode) box.parentNode.removeChild(box);
+        if (root.lvView === view) root.lvView = null;
+      }
     };
+    root.lvView = view;
     var single = state.win[0] === 0 && state.win[1] === n;
     ov.style.display = single ? 'none' : '';
     slider.style.display = widthIn.style.display = single ? 'none' : '';

@@ -153,7 +153,7 @@
 
   function show(grid) {
     var opts = { subtitle: subtitle(grid) };
-    if (view) opts.stat = view.state.stat;
+    if (view) opts.stat = view.getState().stat;
     else if (params.has('stat')) opts.stat = params.get('stat');
     if (firstRun) {
       var w = params.get('window');
@@ -168,9 +168,9 @@
         if (z >= 0 && z < grid.tokens.length && (!opts.window || (z >= opts.window[0] && z < opts.window[1]))) opts.zoom = z;
       }
     }
-    // LensView appends its tooltip to <body> on every mount and has no
-    // destroy(); drop the previous view's, or a shown one would stay forever.
-    Array.prototype.forEach.call(document.querySelectorAll('body > .lv-tooltip'), function (t) { t.remove(); });
+    // The previous view's tooltip lives in <body>: destroy() takes it along,
+    // or a shown one would stay forever.
+    if (view) view.destroy();
     view = LensView.mount(gridEl, grid, opts);
     if (firstRun && params.has('hover')) hover(params.get('hover'));
     firstRun = false;
@@ -185,7 +185,7 @@
     if (r < 0) r += rows;
     if (p < 0) p += n;
     if (!(r >= 0 && r < rows && p >= 0 && p < n)) return;
-    var win = view.state.win;
+    var win = view.getState().window;
     if (p < win[0] || p >= win[1]) {
       var w = win[1] - win[0], s = Math.max(0, Math.min(n - w, p - (w >> 1)));
       view.setWindow(s, s + w);
@@ -216,8 +216,8 @@
   function download(format) {
     if (!lastText) return;
     if (format === 'json') { save(new Blob([lastText], { type: 'application/json' }), fileBase() + '.json'); return; }
-    var st = view.state;
-    var q = new URLSearchParams({ format: format, stat: st.stat, window: st.win[0] + '..' + st.win[1], zoom: st.zoom });
+    var st = view.getState();
+    var q = new URLSearchParams({ format: format, stat: st.stat, window: st.window[0] + '..' + st.window[1], zoom: st.zoom });
     var btn = $('dl-' + format);
     btn.disabled = true;
     fetch('/api/render?' + q.toString(), {

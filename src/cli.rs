@@ -342,7 +342,7 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         done.bytes as f64 / 1e6
     );
     if !done.skipped.is_empty() {
-        eprintln!("skipped (no HF counterpart): {}", done.skipped.join(", "));
+        eprintln!("left out (no HF counterpart): {}", done.skipped.join(", "));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
 use lensmap::grid::TokenKind;
-use lensmap::prompt::{build_prompt, PromptSpec};
+use lensmap::prompt::{build_prompt, Prompt, PromptSpec};
 use lensmap::template::{ChatTemplate, Message};
 use lensmap::tokenize::TextTokenizer;
 use lensmap::Error;
@@ -107,16 +107,7 @@ fn smollm2_chat_matches_reference() {
     assert!(!tok.add_bos());
 
     let p = build_prompt(tok, Some(&template), &question(0)).unwrap();
-    assert_eq!(p.text, r["prompt_text"].as_str().unwrap());
-    assert_eq!(p.ids, ids_of(&r));
-    let texts: Vec<String> = p.ids.iter().map(|&id| tok.token_text(id)).collect();
-    assert_eq!(texts, strings_of(&r, "token_texts"));
-    let pieces: Vec<String> = p
-        .ids
-        .iter()
-        .map(|&id| tok.token_piece(id).unwrap())
-        .collect();
-    assert_eq!(pieces, strings_of(&r, "tokens"));
+    assert_prompt_is_reference(tok, &p, &r);
     assert_eq!(tok.decode(&p.ids), p.text);
 }
 
@@ -226,17 +217,8 @@ fn gemma3_chat_and_filler_match_reference() {
 
     let r = reference("gemma3_chat.json");
     let p = build_prompt(tok, Some(&template), &question(0)).unwrap();
-    assert_eq!(p.text, r["prompt_text"].as_str().unwrap());
-    assert_eq!(p.ids, ids_of(&r));
+    assert_prompt_is_reference(tok, &p, &r);
     assert_eq!(&p.ids[..2], &[2, 105], "exactly one <bos>");
-    let texts: Vec<String> = p.ids.iter().map(|&id| tok.token_text(id)).collect();
-    assert_eq!(texts, strings_of(&r, "token_texts"));
-    let pieces: Vec<String> = p
-        .ids
-        .iter()
-        .map(|&id| tok.token_piece(id).unwrap())
-        .collect();
-    assert_eq!(pieces, strings_of(&r, "tokens"));
     let kinds_text: Vec<usize> = (0..p.kinds.len())
         .filter(|&i| p.kinds[i] == TokenKind::Text)
         .collect();
@@ -740,4 +722,19 @@ fn gguf_sentencepiece_with_space_prefix() {
         p.kinds,
         vec![TokenKind::Template, TokenKind::Text, TokenKind::Text]
     );
+}
+
+/// The prompt's text, ids, per-id texts and vocabulary pieces all equal the
+/// reference's.
+fn assert_prompt_is_reference(tok: &TextTokenizer, p: &Prompt, r: &Json) {
+    assert_eq!(p.text, r["prompt_text"].as_str().unwrap());
+    assert_eq!(p.ids, ids_of(r));
+    let texts: Vec<String> = p.ids.iter().map(|&id| tok.token_text(id)).collect();
+    assert_eq!(texts, strings_of(r, "token_texts"));
+    let pieces: Vec<String> = p
+        .ids
+        .iter()
+        .map(|&id| tok.token_piece(id).unwrap())
+        .collect();
+    assert_eq!(pieces, strings_of(r, "tokens"));
 }

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use lensmap::grid::{LensGrid, TokenKind, TrackedRole};
@@ -219,9 +219,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.lens.top_k == 0 {
-        bail!("`--top-k` must be at least 1");
-    }
+    lensmap::run::check_top_k(args.lens.top_k)?;
     let clock = std::time::Instant::now();
     let session = Session::open(
         &args.model.model,
@@ -257,6 +255,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         generate: args.lens.generate,
         answer,
         alts: args.lens.answer_alt.clone(),
+        max_tokens: None,
     };
     let (grid, times) = session.run_timed(&req)?;
     let clock = std::time::Instant::now();

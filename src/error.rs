@@ -61,6 +61,9 @@ pub enum Error {
     /// The prompt does not fit the model's context.
     #[error("prompt is {tokens} tokens but the model's context is {context}")]
     PromptTooLong { tokens: usize, context: usize },
+    /// The prompt exceeds a limit the caller set below the context (`lensmap serve --max-tokens`).
+    #[error("prompt is {tokens} tokens (template and dummies included) but this request allows at most {limit} (`--max-tokens`)")]
+    PromptOverLimit { tokens: usize, limit: usize },
     /// An option is out of range or inconsistent.
     #[error("{0}")]
     InvalidOption(String),

@@ -99,6 +99,21 @@ pub struct LensRequest {
     pub answer: AnswerSpec,
     /// `--answer-alt`: distractors, tracked after the answer with role `Alt`.
     pub alts: Vec<String>,
+    /// A prompt limit tighter than the model's context (`serve --max-tokens`).
+    pub max_tokens: Option<usize>,
+}
+
+/// The largest `--top-k` lensmap accepts.
+pub const MAX_TOP_K: usize = 100;
+
+/// Check `--top-k`; callers run it before loading a model, to fail fast.
+pub fn check_top_k(k: usize) -> Result<()> {
+    if k == 0 || k > MAX_TOP_K {
+        return Err(Error::InvalidOption(format!(
+            "`--top-k` must be between 1 and {MAX_TOP_K}, got `{k}`"
+        )));
+    }
+    Ok(())
 }
 
 impl Default for LensRequest {
@@ -110,6 +125,7 @@ impl Default for LensRequest {
             generate: 0,
             answer: AnswerSpec::None,
             alts: Vec::new(),
+            max_tokens: None,
         }
     }
 }
@@ -199,18 +215,19 @@ impl Session {
             *slot = clock.elapsed();
             clock = Instant::now();
         };
-        if req.top_k == 0 || req.top_k > 100 {
-            return Err(Error::InvalidOption(format!(
-                "`--top-k` must be between 1 and 100, got `{}`",
-                req.top_k
-            )));
-        }
+        check_top_k(req.top_k)?;
         if matches!(req.answer, AnswerSpec::Auto { .. }) && req.generate == 0 {
             return Err(Error::InvalidOption(
                 "`--answer auto` takes the greedy answer, so it needs `--generate N`".into(),
             ));
         }
         let prompt = self.prompt(&req.prompt)?;
+        if let Some(limit) = req.max_tokens.filter(|&l| prompt.ids.len() > l) {
+            return Err(Error::PromptOverLimit {
+                tokens: prompt.ids.len(),
+                limit,
+            });
+        }
         // Targets, then the answer, then distractors. An `auto` answer is
         // only known after generation; it is filled in below.
         let mut track = req.track.clone();

@@ -118,12 +118,7 @@ const RSS_ENV: &str = "LENSMAP_BATCH_RSS";
 
 /// Run a batch.
 pub fn run(args: BatchArgs) -> Result<()> {
-    if args.top_k == 0 || args.top_k > 100 {
-        return Err(Error::InvalidOption(format!(
-            "`--top-k` must be between 1 and 100, got `{}`",
-            args.top_k
-        )));
-    }
+    crate::run::check_top_k(args.top_k)?;
     let clock = Instant::now();
     let text = std::fs::read_to_string(&args.prompts).map_err(|e| Error::io(&args.prompts, e))?;
     let input = input::parse_input(&text);
@@ -413,6 +408,7 @@ fn request(args: &BatchArgs, item: &PromptItem) -> LensRequest {
             None => AnswerSpec::None,
         },
         alts: item.alts.clone(),
+        max_tokens: None,
     }
 }
 

@@ -564,20 +564,12 @@ async fn lens(
         generate: b.generate,
         answer,
         alts: b.answer_alt,
+        max_tokens: Some(limits.max_tokens),
     };
-    let max_tokens = limits.max_tokens;
     run_job(&state, move || {
-        let prompt = session
-            .prompt(&req.prompt)
+        let grid = session
+            .run(&req)
             .map_err(|e| ApiError::from_lensmap(e, false))?;
-        if prompt.ids.len() > max_tokens {
-            return Err(ApiError::bad_request(format!(
-                "prompt is {} tokens (template and dummies included) but this server allows at most {max_tokens} (`--max-tokens`)",
-                prompt.ids.len()
-            )));
-        }
-        drop(prompt);
-        let grid = session.run(&req).map_err(|e| ApiError::from_lensmap(e, false))?;
         draw(&grid, format, &opts, false)
     })
     .await

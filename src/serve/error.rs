@@ -40,9 +40,11 @@ impl ApiError {
     pub fn from_lensmap(err: crate::Error, render_is_input: bool) -> Self {
         use crate::Error as E;
         let status = match &err {
-            E::InvalidOption(_) | E::PromptTooLong { .. } | E::Template(_) | E::Tokenizer(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            E::InvalidOption(_)
+            | E::PromptTooLong { .. }
+            | E::PromptOverLimit { .. }
+            | E::Template(_)
+            | E::Tokenizer(_) => StatusCode::BAD_REQUEST,
             E::Render(_) if render_is_input => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

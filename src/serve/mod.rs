@@ -38,8 +38,6 @@ pub const MAX_RENDER_BODY: usize = 32 * 1024 * 1024;
 pub const MAX_DUMMY: usize = 256;
 /// Most tokens a request may generate.
 pub const MAX_GENERATE: usize = 256;
-/// Largest `top_k`.
-pub const MAX_TOP_K: usize = 100;
 
 /// Arguments of `lensmap serve`.
 #[derive(Debug, clap::Args)]
@@ -86,7 +84,7 @@ impl Default for Limits {
             max_render_body: MAX_RENDER_BODY,
             max_dummy: MAX_DUMMY,
             max_generate: MAX_GENERATE,
-            max_top_k: MAX_TOP_K,
+            max_top_k: crate::run::MAX_TOP_K,
         }
     }
 }

@@ -4,30 +4,15 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
-const QUESTION: &str = "What is the capital of Australia?";
 
-/// Run the binary and parse its JSON output.
+/// Run the binary on the seed question and parse its JSON output.
 fn run_json(model: &str, extra: &[&str]) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["run", "--model"])
-        .arg(model_file(model))
-        .args(["--prompt", QUESTION, "--json"])
-        .arg(&out)
-        .args(extra)
-        .arg("--quiet")
-        .status()
-        .unwrap();
-    assert!(status.success(), "lensmap run failed");
-    serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+    run_seed(model, &[extra, &["--quiet"]].concat()).0
 }
 
 fn field_grid(got: &Value, key: &str) -> Vec<Vec<f64>> {

@@ -11,25 +11,11 @@ use common::*;
 use serde_json::Value;
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const QUESTION: &str = "What is the capital of Australia?";
 const CANBERRA: u64 = 40136;
 
 /// Run `lensmap run` on the seed prompt; the JSON and the terminal summary.
 fn run(extra: &[&str]) -> (Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.json");
-    let res = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["run", "--model"])
-        .arg(model_file(SMOLLM2))
-        .args(["--prompt", QUESTION, "--json"])
-        .arg(&out)
-        .args(extra)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(res.status.success(), "lensmap run failed: {stderr}");
-    let json = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    (json, String::from_utf8_lossy(&res.stdout).into_owned())
+    run_seed(SMOLLM2, extra)
 }
 
 /// The tracked token with this role.

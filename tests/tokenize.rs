@@ -158,13 +158,7 @@ fn smollm2_system_prompt_is_text() {
         "<|im_start|>system\nAnswer in one word.<|im_end|>\n<|im_start|>user\n\
          What is the capital of Australia?<|im_end|>\n<|im_start|>assistant\n"
     );
-    let text_tokens: String = p
-        .ids
-        .iter()
-        .zip(&p.kinds)
-        .filter(|(_, k)| **k == TokenKind::Text)
-        .map(|(&id, _)| tok.token_text(id))
-        .collect();
+    let text_tokens = text_of(tok, &p);
     assert_eq!(text_tokens, format!("Answer in one word.{QUESTION}"));
 }
 
@@ -314,13 +308,7 @@ fn tiny_fixtures_match_reference() {
         let texts: Vec<String> = p.ids.iter().map(|&id| tok.token_text(id)).collect();
         assert_eq!(texts, strings_of(&r, "token_texts"), "{name}: token texts");
         // The question itself is labelled text, and only it.
-        let text_part: String = p
-            .ids
-            .iter()
-            .zip(&p.kinds)
-            .filter(|(_, k)| **k == TokenKind::Text)
-            .map(|(&id, _)| tok.token_text(id))
-            .collect();
+        let text_part = text_of(&tok, &p);
         assert_eq!(text_part.trim(), QUESTION, "{name}: text kinds");
     }
 }
@@ -737,4 +725,14 @@ fn assert_prompt_is_reference(tok: &TextTokenizer, p: &Prompt, r: &Json) {
         .map(|&id| tok.token_piece(id).unwrap())
         .collect();
     assert_eq!(pieces, strings_of(r, "tokens"));
+}
+
+/// The tokens labelled `text`, decoded and joined.
+fn text_of(tok: &TextTokenizer, p: &Prompt) -> String {
+    p.ids
+        .iter()
+        .zip(&p.kinds)
+        .filter(|(_, k)| **k == TokenKind::Text)
+        .map(|(&id, _)| tok.token_text(id))
+        .collect()
 }

@@ -99,3 +99,25 @@ pub fn report_rows(what: &str, a: &[Vec<f64>], b: &[Vec<f64>]) {
         .collect();
     eprintln!("{what} max |Δ| per row: {}", per_row.join(" "));
 }
+
+/// The seed question of the figure, "What is the capital of Australia?".
+pub const QUESTION: &str = "What is the capital of Australia?";
+
+/// Run `lensmap run --model MODEL --prompt QUESTION --json ... EXTRA` (model
+/// from `models/`) and return the JSON it wrote and what it printed.
+pub fn run_seed(model: &str, extra: &[&str]) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_lensmap"))
+        .args(["run", "--model"])
+        .arg(model_file(model))
+        .args(["--prompt", QUESTION, "--json"])
+        .arg(&out)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "lensmap run failed: {stderr}");
+    let json = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    (json, String::from_utf8_lossy(&res.stdout).into_owned())
+}

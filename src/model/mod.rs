@@ -215,11 +215,6 @@ impl Model {
         })
     }
 
-    /// The unembedding matrix `[vocab, d]` (f32).
-    pub fn head(&self) -> &Tensor {
-        &self.head
-    }
-
     /// Greedy decoding after `prompt` has been run into `cache`, starting
     /// from `last_hidden` (`[1, d]` or `[T, d]`; its last row is used).
     /// Stops after `max_new` tokens or once a token in `stop` is produced

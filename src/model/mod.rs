@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod dequant;
 pub mod hf;
 pub mod layers;
 pub mod locate;

@@ -37,6 +37,7 @@ pub mod render;
 pub mod run;
 pub mod serve;
 pub mod stats;
+pub mod synth;
 pub mod template;
 pub mod tokenize;
 

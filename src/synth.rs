@@ -71,26 +71,29 @@ fn scale_offsets(dtype: GgmlDType) -> &'static [usize] {
     }
 }
 
-/// Writes `value` into every scale field of every block (Q8_K's f32 `d` too).
-fn set_scales(dtype: GgmlDType, bytes: &mut [u8], rng: &mut Rng, value: f32) {
+/// Writes `fields[i]` into scale field `i` of every block (Q8_K's f32 `d`
+/// too), times a per-block factor: a random sign and a size within ±25%.
+fn set_scales(dtype: GgmlDType, bytes: &mut [u8], rng: &mut Rng, fields: &[f32]) {
     for block in bytes.chunks_exact_mut(dtype.type_size()) {
-        // Each block gets its own scale, within ±25% of `value`.
-        let v = value * (0.75 + 0.5 * rng.unit());
-        for &o in scale_offsets(dtype) {
-            block[o..o + 2].copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+        let sign = if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
+        let factor = sign * (0.75 + 0.5 * rng.unit());
+        for (&o, &v) in scale_offsets(dtype).iter().zip(fields) {
+            block[o..o + 2].copy_from_slice(&f16::from_f32(v * factor).to_bits().to_le_bytes());
         }
         if dtype == GgmlDType::Q8K {
-            block[..4].copy_from_slice(&v.to_le_bytes());
+            block[..4].copy_from_slice(&(fields[0] * factor).to_le_bytes());
         }
     }
 }
 
 /// Fills `bytes` (whole blocks of `dtype`) with random valid blocks whose
-/// weights have a standard deviation of about `std`.
+/// weights have a mean of about 0 and a standard deviation of about `std`.
 ///
-/// Quant blocks get random quants and finite scales; every weight of a
-/// GGML block is linear in its f16 scale fields, so the scale for `std` is
-/// found by decoding a sample at scale 1. Float types get uniform values.
+/// Quant blocks get random quants and finite scales. Every weight of a GGML
+/// block is linear in its (one or two) f16 scale fields, so the fields are
+/// calibrated on a sample decoded with unit fields: the second field (a min)
+/// cancels the mean the first one leaves, then both are scaled to `std`.
+/// Float types get uniform values.
 pub fn fill_random_blocks(dtype: GgmlDType, bytes: &mut [u8], std: f32, rng: &mut Rng) {
     match dtype {
         GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
@@ -107,27 +110,46 @@ pub fn fill_random_blocks(dtype: GgmlDType, bytes: &mut [u8], std: f32, rng: &mu
         }
         _ => {
             rng.fill(bytes);
-            set_scales(dtype, bytes, &mut rng.clone(), 1.0);
-            let unit_std = sample_std(dtype, bytes);
-            set_scales(dtype, bytes, rng, std / unit_std.max(1e-6));
+            let n = (bytes.len() / dtype.type_size()).min(64) * dtype.type_size();
+            let mut sample = bytes[..n].to_vec();
+            // Unit fields with the sign and size noise left out.
+            let moments = |fields: &[f32], sample: &mut Vec<u8>| {
+                for block in sample.chunks_exact_mut(dtype.type_size()) {
+                    for (&o, &v) in scale_offsets(dtype).iter().zip(fields) {
+                        block[o..o + 2].copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+                    }
+                    if dtype == GgmlDType::Q8K {
+                        block[..4].copy_from_slice(&fields[0].to_le_bytes());
+                    }
+                }
+                sample_moments(dtype, sample)
+            };
+            let mut fields = vec![1.0f32, 0.0];
+            if scale_offsets(dtype).len() == 2 {
+                let (a0, _) = moments(&[1.0, 0.0], &mut sample);
+                let (a1, _) = moments(&[0.0, 1.0], &mut sample);
+                if a1 != 0.0 {
+                    fields[1] = -a0 / a1;
+                }
+            }
+            let (_, unit_std) = moments(&fields, &mut sample);
+            let scale = std / unit_std.max(1e-6);
+            let fields: Vec<f32> = fields.iter().map(|f| f * scale).collect();
+            set_scales(dtype, bytes, rng, &fields);
         }
     }
 }
 
-/// Standard deviation of the weights in (up to 64 of) the first blocks.
-fn sample_std(dtype: GgmlDType, bytes: &[u8]) -> f32 {
-    let n_blocks = (bytes.len() / dtype.type_size()).min(64);
-    let mut w = vec![0f32; n_blocks * dtype.block_size()];
-    if w.is_empty()
-        || dequant::dequantize_blocks(dtype, &bytes[..n_blocks * dtype.type_size()], &mut w)
-            .is_err()
-    {
-        return 1.0;
+/// Mean and standard deviation of the weights in whole `dtype` blocks.
+fn sample_moments(dtype: GgmlDType, bytes: &[u8]) -> (f32, f32) {
+    let mut w = vec![0f32; bytes.len() / dtype.type_size() * dtype.block_size()];
+    if w.is_empty() || dequant::dequantize_blocks(dtype, bytes, &mut w).is_err() {
+        return (0.0, 1.0);
     }
     let n = w.len() as f64;
     let mean = w.iter().map(|&v| v as f64).sum::<f64>() / n;
     let var = w.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    var.sqrt() as f32
+    (mean as f32, var.sqrt() as f32)
 }
 
 // --- the streaming GGUF writer ----------------------------------------------
@@ -651,17 +673,23 @@ pub fn padded_tokenizer(source: &Content, vocab: usize) -> Result<Vec<(String, V
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     meta.sort_by(|a, b| a.0.cmp(&b.0));
-    meta.push(("tokenizer.ggml.tokens".into(), Value::Array(tokens)));
-    meta.push(("tokenizer.ggml.token_type".into(), Value::Array(types)));
     let id = |i: usize| Value::U32((special_base + i) as u32);
-    meta.push(("tokenizer.ggml.bos_token_id".into(), id(0)));
-    meta.push(("tokenizer.ggml.eos_token_id".into(), id(9)));
-    meta.push(("tokenizer.ggml.padding_token_id".into(), id(4)));
-    meta.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)));
-    meta.push((
-        "tokenizer.chat_template".into(),
-        Value::String(LLAMA3_CHAT_TEMPLATE.into()),
-    ));
+    for (key, value) in [
+        ("tokenizer.ggml.tokens", Value::Array(tokens)),
+        ("tokenizer.ggml.token_type", Value::Array(types)),
+        ("tokenizer.ggml.bos_token_id", id(0)),
+        ("tokenizer.ggml.eos_token_id", id(9)),
+        ("tokenizer.ggml.padding_token_id", id(4)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
+        (
+            "tokenizer.chat_template",
+            Value::String(LLAMA3_CHAT_TEMPLATE.into()),
+        ),
+    ] {
+        // Replace the source's value: llama.cpp refuses a file with a key twice.
+        meta.retain(|(k, _)| k != key);
+        meta.push((key.into(), value));
+    }
     Ok(meta)
 }
 

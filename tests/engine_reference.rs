@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use lensmap::lens::{lens_of_ids, LensQuery};
-use lensmap::model::{Model, Precision};
+use lensmap::model::{Checkpoint, Precision};
 
 struct Compared {
     max_entropy: f64,
@@ -17,7 +17,9 @@ struct Compared {
 fn compare(model_name: &str, reference_name: &str, precision: Precision) -> Compared {
     let reference = reference(reference_name);
     let ids = ids(&reference["input_ids"]);
-    let (model, _file) = Model::from_gguf(&model_file(model_name), precision).unwrap();
+    let model = Checkpoint::open(model_file(model_name))
+        .and_then(|c| c.load(precision))
+        .unwrap();
     let grid = lens_of_ids(&model, &ids, &LensQuery::top(5)).unwrap();
 
     let ref_h = grid_f64(&reference["entropy"]);

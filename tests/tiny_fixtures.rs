@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use lensmap::lens::{lens_of_ids, LensQuery};
-use lensmap::model::{Model, Precision};
+use lensmap::model::{Checkpoint, Model, Precision};
 use serde_json::Value;
 
 /// Entropy and KL tolerance, nats.
@@ -98,7 +98,9 @@ fn check_fixture(name: &str) {
         serde_json::from_str(&text).unwrap()
     };
     let ids = ids(&reference["input_ids"]);
-    let model = Model::from_hf_dir(&dir, Precision::F32).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = Checkpoint::open(&dir)
+        .and_then(|c| c.load(Precision::F32))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     check_config(&model, &reference["config_summary"]);
 
     let grid = lens_of_ids(&model, &ids, &LensQuery::top(5)).unwrap();

@@ -1,24 +1,27 @@
-//! Where weights come from: a `WeightSource` (GGUF here, safetensors in
-//! `safetensors.rs`) hands out tensors by their file name, dequantised to f32
-//! or kept quantised as the [`Precision`] asks.
+//! How weights are held and handed out: the [`Precision`] a model runs at,
+//! the [`WeightSource`] trait both formats implement (`gguf.rs`,
+//! `safetensors.rs`), and [`StoredMatrix`], a matrix at rest in a mapped
+//! file with the panel matmul that reads it.
 
-use std::fs::File;
-use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+};
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
 /// How matmul weights are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// The fastest exact choice for this device. On CPU that is f32 for
-    /// every tensor: candle's quantised kernels run at 9–44 GFLOP/s here while
-    /// f32 gemm reaches ~335 GFLOP/s, and a lens run is prefill-shaped (many
-    /// rows per matmul), where the dequantised path wins for every quant type.
+    /// f32 copies of every weight while they fit the memory budget (half
+    /// of what is available, or `--max-memory`), else [`Precision::Rest`].
+    /// Both are exact; the copies are a little faster. Resolved at load
+    /// ([`super::budget`]), so a loaded model never reports `Auto`.
     #[default]
     Auto,
     /// Dequantise everything to f32: the reference computation.
@@ -29,6 +32,12 @@ pub enum Precision {
     /// implementation by up to ~1e-4 in log p after 30 layers, purely from
     /// summation order, and f64 removes lensmap's share of that.
     F64,
+    /// Weights at rest: matmul weights, the embedding and the head stay as
+    /// stored (quant blocks, bf16/f16, f32) in the memory-mapped file; each
+    /// matmul dequantises a panel of rows at a time into a reused f32 buffer
+    /// and runs the f32 gemm on it. Same numbers as `F32` up to summation
+    /// order, at about the file's size in memory.
+    Rest,
     /// Keep quantised matmul weights quantised (less memory, llama.cpp-like
     /// arithmetic with q8 activations). Norms, embeddings and the unembedding
     /// are still f32, because the lens reads them at every row.
@@ -39,7 +48,7 @@ impl Precision {
     /// Whether a tensor of this type stays quantised under this precision.
     pub fn keep_quantized(self, dtype: GgmlDType) -> bool {
         match self {
-            Precision::Auto | Precision::F32 | Precision::F64 => false,
+            Precision::Auto | Precision::F32 | Precision::F64 | Precision::Rest => false,
             Precision::Quant => !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16),
         }
     }
@@ -57,6 +66,7 @@ impl Precision {
         match self {
             Precision::Auto | Precision::F32 => "f32",
             Precision::F64 => "f64",
+            Precision::Rest => "rest",
             Precision::Quant => "quant",
         }
     }
@@ -69,19 +79,22 @@ impl std::str::FromStr for Precision {
             "auto" => Ok(Precision::Auto),
             "f32" => Ok(Precision::F32),
             "f64" => Ok(Precision::F64),
+            "rest" => Ok(Precision::Rest),
             "quant" => Ok(Precision::Quant),
             _ => Err(Error::InvalidOption(format!(
-                "unknown precision `{s}` (expected auto, f32, f64 or quant)"
+                "unknown precision `{s}` (expected auto, f32, f64, rest or quant)"
             ))),
         }
     }
 }
 
-/// A matmul weight `[out, in]`, dense or quantised.
+/// A matmul weight `[out, in]`: a dense copy, candle's quantised form, or
+/// at rest in the mapped file.
 #[derive(Debug, Clone)]
 pub enum MatWeight {
     Dense(Tensor),
     Quant(QMatMul),
+    Stored(StoredMatrix),
 }
 
 /// A source of named tensors: one checkpoint.
@@ -97,216 +110,268 @@ pub trait WeightSource: Send + Sync {
         let _ = precision;
         Ok(MatWeight::Dense(self.f32(name)?))
     }
+    /// A 2-D tensor `[rows, cols]` at rest in the mapped file, or `None`
+    /// when its storage type cannot be read in place (then callers copy it).
+    fn stored(&self, name: &str) -> Result<Option<StoredMatrix>> {
+        let _ = name;
+        Ok(None)
+    }
     /// Whether a tensor exists.
     fn contains(&self, name: &str) -> bool {
         self.shape(name).is_some()
     }
 }
 
-/// Quant types candle can read, for error messages.
-pub const SUPPORTED_GGML: &str =
-    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
-
-/// A memory-mapped GGUF file.
-pub struct GgufFile {
-    path: PathBuf,
-    mmap: memmap2::Mmap,
-    /// Header: metadata and tensor index.
-    pub content: Content,
+/// A matrix `[rows, cols]` at rest in a memory-mapped file, in its stored
+/// type. Never copied out: readers dequantise the rows they need.
+#[derive(Clone)]
+pub struct StoredMatrix {
+    map: Arc<memmap2::Mmap>,
+    /// Byte range of the tensor in the map.
+    start: usize,
+    len: usize,
+    /// Storage type (GGML's names cover safetensors' F32/F16/BF16 too).
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    /// Stored `[cols, rows]` (GPT-2's Conv1D); float types only.
+    transposed: bool,
 }
 
-impl GgufFile {
-    /// Map the file and parse its header. Every tensor's byte range is checked
-    /// against the file length here, so a truncated download fails at once with
-    /// one line rather than deep inside a tensor read.
-    pub fn open(path: &Path) -> Result<Self> {
-        if !path.exists() {
-            return Err(Error::ModelNotFound(path.to_path_buf()));
+impl std::fmt::Debug for StoredMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StoredMatrix({:?}, [{}, {}]{})",
+            self.dtype,
+            self.rows,
+            self.cols,
+            if self.transposed { ", transposed" } else { "" }
+        )
+    }
+}
+
+impl StoredMatrix {
+    /// The matrix `[rows, cols]` at `start..start + len` of `map`; `None`
+    /// when the type cannot be read in place or the sizes disagree.
+    pub fn new(
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+    ) -> Option<Self> {
+        let block = dtype.block_size();
+        let float = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if cols % block != 0 || (transposed && !float) {
+            return None;
         }
-        let bad = |reason: String| Error::BadGguf {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only and lensmap never writes model files; a
-        // file changed underneath a run is outside what we can defend against.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        if mmap.len() < 4 || &mmap[..4] != b"GGUF" {
-            return Err(bad("no `GGUF` magic at the start".into()));
-        }
-        let content = Content::read(&mut Cursor::new(&mmap[..])).map_err(|e| {
-            let msg = first_line(&e.to_string()).to_string();
-            // candle rejects types it cannot read while parsing the header.
-            match msg
-                .strip_prefix("unknown dtype for tensor ")
-                .and_then(|n| n.trim().parse().ok())
-            {
-                Some(code) => Error::UnsupportedDtype {
-                    tensor: "(in header)".into(),
-                    dtype: ggml_type_name(code),
-                    supported: SUPPORTED_GGML.to_string(),
-                },
-                None => bad(format!("header: {msg}")),
-            }
-        })?;
-        for (name, info) in &content.tensor_infos {
-            let dtype = info.ggml_dtype;
-            let elems = info.shape.elem_count();
-            if elems % dtype.block_size() != 0 {
-                return Err(bad(format!(
-                    "tensor `{name}` has {elems} elements, not a multiple of the {dtype:?} block"
-                )));
-            }
-            let bytes = elems / dtype.block_size() * dtype.type_size();
-            let start = content.tensor_data_offset + info.offset;
-            let end = start.checked_add(bytes as u64);
-            if end.is_none_or(|end| end > mmap.len() as u64) {
-                return Err(bad(format!(
-                    "tensor `{name}` ends past the end of the file ({} bytes): the file is truncated",
-                    mmap.len()
-                )));
-            }
-        }
-        Ok(Self {
-            path: path.to_path_buf(),
-            mmap,
-            content,
+        let len = rows * cols / block * dtype.type_size();
+        (start + len <= map.len()).then_some(Self {
+            map,
+            start,
+            len,
+            dtype,
+            rows,
+            cols,
+            transposed,
         })
     }
 
-    /// A metadata value.
-    pub fn meta(&self, key: &str) -> Option<&Value> {
-        self.content.metadata.get(key)
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
     }
 
-    /// A required metadata value as u64.
-    pub fn meta_u64(&self, key: &str) -> Result<u64> {
-        match self.meta(key) {
-            Some(v) => v
-                .to_u64()
-                .or_else(|_| v.to_u32().map(u64::from))
-                .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
-                .map_err(|_| Error::Config(format!("GGUF key `{key}` is not an integer"))),
-            None => Err(Error::Config(format!("GGUF key `{key}` is missing"))),
+    /// Bytes in the file.
+    pub fn stored_bytes(&self) -> usize {
+        self.len
+    }
+
+    /// Rows `r0..r1` in f32 into `out` (`(r1 - r0) * cols` values), with
+    /// candle's own block decoders: the same values `QTensor::dequantize`
+    /// gives, so at rest equals the f32 copies bit for bit per weight.
+    pub fn rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        let cols = self.cols;
+        debug_assert_eq!(out.len(), (r1 - r0) * cols);
+        let bytes = &self.map[self.start..self.start + self.len];
+        if self.transposed {
+            // Element (r, c) of the logical matrix is stored at c * rows + r.
+            let size = self.dtype.type_size();
+            for (i, row) in out.chunks_exact_mut(cols).enumerate() {
+                let r = r0 + i;
+                for (c, y) in row.iter_mut().enumerate() {
+                    let at = (c * self.rows + r) * size;
+                    *y = float_at(&bytes[at..at + size], self.dtype);
+                }
+            }
+            return;
         }
+        let row_bytes = cols / self.dtype.block_size() * self.dtype.type_size();
+        let src = &bytes[r0 * row_bytes..r1 * row_bytes];
+        decode(src, self.dtype, out);
     }
 
-    /// An optional metadata value as f64.
-    pub fn meta_f64(&self, key: &str) -> Option<f64> {
-        let v = self.meta(key)?;
-        v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok()
+    /// Rows `ids` (in any order) in f32, `[ids.len(), cols]`: an embedding
+    /// lookup that reads only the looked-up rows.
+    pub fn gather(&self, ids: &[u32]) -> Result<Tensor> {
+        let cols = self.cols;
+        let mut out = vec![0f32; ids.len() * cols];
+        out.par_chunks_mut(cols).zip(ids).for_each(|(row, &id)| {
+            let r = id as usize;
+            self.rows_f32(r, r + 1, row);
+        });
+        Ok(Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)?)
     }
 
-    /// An optional metadata string.
-    pub fn meta_str(&self, key: &str) -> Option<&str> {
-        self.meta(key)
-            .and_then(|v| v.to_string().ok())
-            .map(String::as_str)
+    /// `x · Wᵀ`: `x` `[t, cols]` → `[t, rows]`, one panel of rows at a time.
+    /// Each panel is dequantised into a per-thread f32 buffer and the f32
+    /// gemm writes its product straight into the panel's output columns.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let (t, k) = x.dims2()?;
+        if k != self.cols {
+            return Err(Error::Config(format!(
+                "matmul of `[{t}, {k}]` by a `[{}, {}]` weight",
+                self.rows, self.cols
+            )));
+        }
+        let x = x
+            .to_dtype(candle_core::DType::F32)?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let n = self.rows;
+        let mut y = vec![0f32; t * n];
+        let p = panel_rows(k);
+        let panels = n.div_ceil(p);
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        (0..panels)
+            .into_par_iter()
+            .for_each_init(Vec::new, |buf, i| {
+                let (r0, r1) = (i * p, ((i + 1) * p).min(n));
+                buf.resize((r1 - r0) * k, 0.0);
+                self.rows_f32(r0, r1, buf);
+                // SAFETY: panels write disjoint column ranges r0..r1 of y, which
+                // is [t, n] row-major and outlives the loop; x is [t, k] and buf
+                // [r1 - r0, k], both row-major, read only.
+                unsafe {
+                    gemm::gemm(
+                        t,
+                        r1 - r0,
+                        k,
+                        y_ptr.get().add(r0),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        buf.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            });
+        Ok(Tensor::from_vec(y, (t, n), &Device::Cpu)?)
     }
 
-    fn qtensor(&self, name: &str) -> Result<QTensor> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor {
-                tensor: name.to_string(),
-                file: self.label(),
-            })?;
-        let mut cursor = Cursor::new(&self.mmap[..]);
-        info.read(&mut cursor, self.content.tensor_data_offset, &Device::Cpu)
-            .map_err(|e| Error::UnsupportedDtype {
-                tensor: name.to_string(),
-                dtype: format!("{:?} ({})", info.ggml_dtype, first_line(&e.to_string())),
-                supported: SUPPORTED_GGML.to_string(),
-            })
+    /// Ask the kernel to read the matrix ahead (the next block while this
+    /// one computes).
+    pub fn prefetch(&self) {
+        let _ = self
+            .map
+            .advise_range(memmap2::Advice::WillNeed, self.start, self.len);
+    }
+
+    /// Drop the matrix's pages from this process's resident set. They stay
+    /// in the page cache while memory allows; a later read faults them back.
+    pub fn release(&self) {
+        // SAFETY: the map is shared and read-only, so its pages are clean
+        // copies of the file; MADV_DONTNEED only unmaps them and any later
+        // access re-reads the same bytes.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.start,
+                self.len,
+            )
+        };
     }
 }
 
-impl WeightSource for GgufFile {
-    fn label(&self) -> String {
-        file_name(&self.path)
+/// A raw pointer the panel loop may share across threads.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint writes (see `matmul_t`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
     }
+}
 
-    fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.content
-            .tensor_infos
-            .get(name)
-            .map(|i| i.shape.dims().to_vec())
+/// Output rows per panel: about 1 MiB of f32 weights, so the panel stays in
+/// L2 while the gemm reads it, between 16 and 512 rows.
+fn panel_rows(cols: usize) -> usize {
+    ((1 << 18) / cols.max(1)).clamp(16, 512) / 16 * 16
+}
+
+/// One little-endian float of a float storage type.
+fn float_at(b: &[u8], dtype: GgmlDType) -> f32 {
+    match dtype {
+        GgmlDType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        GgmlDType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
     }
+}
 
-    fn f32(&self, name: &str) -> Result<Tensor> {
-        Ok(self.qtensor(name)?.dequantize(&Device::Cpu)?)
-    }
-
-    fn mat(&self, name: &str, precision: Precision) -> Result<MatWeight> {
-        let q = self.qtensor(name)?;
-        if precision.keep_quantized(q.dtype()) {
-            Ok(MatWeight::Quant(QMatMul::from_qtensor(q)?))
+/// Decode whole blocks of `dtype` from `src` into `out`.
+fn decode(src: &[u8], dtype: GgmlDType, out: &mut [f32]) {
+    fn blocks<B: GgmlType>(src: &[u8], out: &mut [f32]) {
+        let n = src.len() / std::mem::size_of::<B>();
+        if (src.as_ptr() as usize) % std::mem::align_of::<B>() == 0 {
+            // SAFETY: the blocks are plain `repr(C)` integers and halves with
+            // no invalid bit patterns, the pointer is aligned for `B` and the
+            // slice covers exactly `n` blocks of the map.
+            let xs = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<B>(), n) };
+            B::to_float(xs, out);
         } else {
-            Ok(MatWeight::Dense(q.dequantize(&Device::Cpu)?))
+            // An unaligned tensor (possible in safetensors): copy its bytes
+            // into aligned blocks first.
+            let mut xs = vec![B::zeros(); n];
+            // SAFETY: as above; `xs` has room for exactly `src.len()` bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), xs.as_mut_ptr().cast::<u8>(), src.len())
+            };
+            B::to_float(&xs, out);
         }
     }
-}
-
-/// GGML's name for a type code, for messages about types candle cannot read.
-fn ggml_type_name(code: u32) -> String {
-    const NAMES: [&str; 40] = [
-        "F32",
-        "F16",
-        "Q4_0",
-        "Q4_1",
-        "Q4_2",
-        "Q4_3",
-        "Q5_0",
-        "Q5_1",
-        "Q8_0",
-        "Q8_1",
-        "Q2_K",
-        "Q3_K",
-        "Q4_K",
-        "Q5_K",
-        "Q6_K",
-        "Q8_K",
-        "IQ2_XXS",
-        "IQ2_XS",
-        "IQ3_XXS",
-        "IQ1_S",
-        "IQ4_NL",
-        "IQ3_S",
-        "IQ2_S",
-        "IQ4_XS",
-        "I8",
-        "I16",
-        "I32",
-        "I64",
-        "F64",
-        "IQ1_M",
-        "BF16",
-        "Q4_0_4_4",
-        "Q4_0_4_8",
-        "Q4_0_8_8",
-        "TQ1_0",
-        "TQ2_0",
-        "IQ4_NL_4_4",
-        "IQ4_NL_4_8",
-        "IQ4_NL_8_8",
-        "MXFP4",
-    ];
-    match NAMES.get(code as usize) {
-        Some(name) => format!("{name} (type {code})"),
-        None => format!("type {code}"),
+    match dtype {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+            let size = dtype.type_size();
+            for (y, b) in out.iter_mut().zip(src.chunks_exact(size)) {
+                *y = float_at(b, dtype);
+            }
+        }
+        GgmlDType::Q4_0 => blocks::<BlockQ4_0>(src, out),
+        GgmlDType::Q4_1 => blocks::<BlockQ4_1>(src, out),
+        GgmlDType::Q5_0 => blocks::<BlockQ5_0>(src, out),
+        GgmlDType::Q5_1 => blocks::<BlockQ5_1>(src, out),
+        GgmlDType::Q8_0 => blocks::<BlockQ8_0>(src, out),
+        GgmlDType::Q8_1 => blocks::<BlockQ8_1>(src, out),
+        GgmlDType::Q2K => blocks::<BlockQ2K>(src, out),
+        GgmlDType::Q3K => blocks::<BlockQ3K>(src, out),
+        GgmlDType::Q4K => blocks::<BlockQ4K>(src, out),
+        GgmlDType::Q5K => blocks::<BlockQ5K>(src, out),
+        GgmlDType::Q6K => blocks::<BlockQ6K>(src, out),
+        GgmlDType::Q8K => blocks::<BlockQ8K>(src, out),
     }
-}
-
-/// The last component of a path, for messages.
-pub fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
-/// The first line of a multi-line message: our errors are one line.
-pub fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
 }

@@ -9,6 +9,7 @@ use crate::grid::{
     Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION,
 };
 use crate::lens::{apply_lens, LensQuery};
+use crate::model::budget::MemoryRequest;
 use crate::model::{Checkpoint, KvCache, Model, Precision, ResidualTrace};
 use crate::prompt::{build_prompt, Prompt, PromptSpec};
 use crate::rehearsal::{self, AnswerSource};
@@ -146,7 +147,11 @@ impl Session {
     ) -> Result<Self> {
         let ckpt = Checkpoint::open(spec)?;
         let tokenizer = TextTokenizer::from_checkpoint(&ckpt)?;
-        let model = ckpt.load_within(precision, max_memory)?;
+        let req = MemoryRequest {
+            max_memory,
+            run_bytes: crate::lens::working_bytes(ckpt.cfg.vocab_size),
+        };
+        let model = ckpt.load_within(precision, req)?;
         let location = ckpt.location;
         let template = match chat_template {
             Some(p) => Some(ChatTemplate::from_file(p)?),

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use lensmap::lens::{lens_of_ids, LensQuery};
+use lensmap::lens::{lens_of_ids, CellGrid, LensQuery};
 use lensmap::model::{Checkpoint, Model, Precision};
 use serde_json::Value;
 
@@ -91,7 +91,9 @@ fn top5_mismatch(got: &[(u32, f64)], ref_ids: &[u32], ref_p: &[f64]) -> Option<S
     None
 }
 
-fn check_fixture(name: &str) {
+/// Check one fixture at `precision` against the reference; returns the
+/// grid and the reference.
+fn check_fixture(name: &str, precision: Precision) -> (CellGrid, Value) {
     let dir = fixture_dir(name);
     let reference: Value = {
         let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
@@ -99,7 +101,7 @@ fn check_fixture(name: &str) {
     };
     let ids = ids(&reference["input_ids"]);
     let model = Checkpoint::open(&dir)
-        .and_then(|c| c.load(Precision::F32))
+        .and_then(|c| c.load(precision))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     check_config(&model, &reference["config_summary"]);
 
@@ -110,7 +112,12 @@ fn check_fixture(name: &str) {
     let got_h = cell_map(&grid, |c| c.entropy);
     let got_kl = cell_map(&grid, |c| c.kl_to_final);
     assert_eq!(got_h.len(), ref_h.len(), "{name}: rows");
-    eprintln!("== {name}: {} rows x {} positions", got_h.len(), ids.len());
+    eprintln!(
+        "== {name} ({}): {} rows x {} positions",
+        model.precision.label(),
+        got_h.len(),
+        ids.len()
+    );
     report_rows("entropy", &got_h, &ref_h);
     report_rows("KL", &got_kl, &ref_kl);
     let (max_h, hr, hp) = max_abs_diff(&got_h, &ref_h);
@@ -154,13 +161,17 @@ fn check_fixture(name: &str) {
         failures.len(),
         failures[0]
     );
+    (grid, reference)
 }
 
 macro_rules! fixture_tests {
     ($($name:ident),*) => {$(
         #[test]
         fn $name() {
-            check_fixture(stringify!($name));
+            let name = stringify!($name);
+            let (f32, reference) = check_fixture(name, Precision::F32);
+            let (rest, _) = check_fixture(name, Precision::Rest);
+            assert_same_lens(name, &f32, &rest, &reference);
         }
     )*};
 }

@@ -10,11 +10,13 @@ use super::checkpoint::Checkpoint;
 use super::weights::Precision;
 use crate::{Error, Result};
 
-/// Scratch the run itself needs next to the weights at rest: per-thread
-/// dequantisation panels and the lens's logit and final-row blocks are
-/// counted by the run's own budgets (`lens.rs`), so this is a floor for
-/// buffers, stacks and the allocator.
+/// Scratch the model needs next to its weights: per-thread dequantisation
+/// panels, activations of a short prompt. The lens's own blocks are the
+/// caller's `run_bytes`.
 const WORKING_BYTES: u64 = 16 << 20;
+/// Address space each worker thread reserves beyond what it touches: a glibc
+/// malloc arena (64 MiB) and its stack. Counts only against `RLIMIT_AS`.
+const THREAD_RESERVE: u64 = 72 << 20;
 
 /// What a checkpoint holds in memory at each precision, from its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,14 +73,14 @@ pub fn need(ckpt: &Checkpoint) -> Result<MemoryNeed> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryLimit {
     pub bytes: u64,
-    /// `MemAvailable`, `--max-memory`, `cgroup memory.max` or `RLIMIT_AS`.
+    /// `MemAvailable`, `cgroup memory.max` or `RLIMIT_AS`.
     pub source: String,
 }
 
 impl MemoryLimit {
-    /// The tightest of `MemAvailable`, the cgroup's room, the address space
-    /// left under `RLIMIT_AS` and `max_memory`.
-    pub fn current(max_memory: Option<u64>) -> Self {
+    /// The tightest of `MemAvailable`, the cgroup's room and the address
+    /// space left under `RLIMIT_AS`.
+    pub fn current() -> Self {
         let mut best = MemoryLimit {
             bytes: u64::MAX,
             source: "no limit found".into(),
@@ -97,7 +99,6 @@ impl MemoryLimit {
         );
         consider(cgroup_room(), "the cgroup's `memory.max`");
         consider(address_space_room(), "`RLIMIT_AS`");
-        consider(max_memory, "`--max-memory`");
         best
     }
 }
@@ -114,17 +115,25 @@ pub struct MemoryPlan {
     pub streaming: bool,
 }
 
+/// What a load may use: `--max-memory` for the model's own memory, and what
+/// the run needs beside it (the lens's logit blocks), checked with the
+/// model against the machine and process limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryRequest {
+    /// `--max-memory`: the most the model may hold.
+    pub max_memory: Option<u64>,
+    /// Bytes the run allocates beside the model.
+    pub run_bytes: u64,
+}
+
 /// Resolve `precision` against the memory available and check it fits.
 /// `Auto` keeps f32 copies while they fit the budget (`max_memory`, else half
 /// of what is available), else works at rest.
-pub fn plan(
-    ckpt: &Checkpoint,
-    precision: Precision,
-    max_memory: Option<u64>,
-) -> Result<MemoryPlan> {
+pub fn plan(ckpt: &Checkpoint, precision: Precision, req: MemoryRequest) -> Result<MemoryPlan> {
     let need = need(ckpt)?;
-    let limit = MemoryLimit::current(max_memory);
-    let budget = max_memory.unwrap_or(limit.bytes / 2).min(limit.bytes);
+    let limit = MemoryLimit::current();
+    let room = limit.bytes.saturating_sub(req.run_bytes);
+    let budget = req.max_memory.unwrap_or(limit.bytes / 2).min(room);
     let precision = match precision {
         Precision::Auto if need.f32_bytes <= budget => Precision::F32,
         Precision::Auto => Precision::Rest,
@@ -137,16 +146,20 @@ pub fn plan(
         // embedding and head dequantised: the f32 estimate bounds it.
         _ => need.f32_bytes,
     };
-    if needed > limit.bytes {
-        return Err(Error::OutOfMemory {
-            model: ckpt.location.label(),
-            precision: precision.label().to_string(),
-            needed: human_bytes(needed),
-            available: human_bytes(limit.bytes),
-            limit: limit.source,
-        });
+    let refuse = |needed: u64, available: u64, limit: String| Error::OutOfMemory {
+        model: ckpt.location.label(),
+        precision: precision.label().to_string(),
+        needed: human_bytes(needed),
+        available: human_bytes(available),
+        limit,
+    };
+    if let Some(max) = req.max_memory.filter(|&m| needed > m) {
+        return Err(refuse(needed, max, "`--max-memory`".into()));
     }
-    let streaming = precision == Precision::Rest && need.stored_bytes + needed > limit.bytes;
+    if needed + req.run_bytes > limit.bytes {
+        return Err(refuse(needed + req.run_bytes, limit.bytes, limit.source));
+    }
+    let streaming = precision == Precision::Rest && need.stored_bytes + needed > room;
     Ok(MemoryPlan {
         precision,
         need,
@@ -259,7 +272,8 @@ fn address_space_room() -> Option<u64> {
         return None;
     }
     let mapped = proc_field("/proc/self/status", "VmSize:")? * 1024;
-    Some((lim.rlim_cur as u64).saturating_sub(mapped))
+    let reserve = rayon::current_num_threads() as u64 * THREAD_RESERVE;
+    Some((lim.rlim_cur as u64).saturating_sub(mapped + reserve))
 }
 
 #[cfg(test)]

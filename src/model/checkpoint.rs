@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use super::arch::{self, GgufNames, HfNames, TensorNames};
-use super::budget;
+use super::budget::{self, MemoryRequest};
 use super::config::ModelConfig;
 use super::gguf::GgufFile;
 use super::hf::HfConfig;
@@ -109,12 +109,13 @@ impl Checkpoint {
     /// Build the model at `precision` after the memory preflight
     /// ([`budget::plan`]; `Auto` is resolved there).
     pub fn load(&self, precision: Precision) -> Result<Model> {
-        self.load_within(precision, None)
+        self.load_within(precision, MemoryRequest::default())
     }
 
-    /// As [`Checkpoint::load`], within `max_memory` bytes (`--max-memory`).
-    pub fn load_within(&self, precision: Precision, max_memory: Option<u64>) -> Result<Model> {
-        let plan = budget::plan(self, precision, max_memory)?;
+    /// As [`Checkpoint::load`], within `req` (`--max-memory`, and what the
+    /// run needs beside the model).
+    pub fn load_within(&self, precision: Precision, req: MemoryRequest) -> Result<Model> {
+        let plan = budget::plan(self, precision, req)?;
         Model::load(self, &plan)
     }
 }

@@ -99,17 +99,23 @@ impl Loader<'_> {
             Precision::Rest => self.stored(part, Some(layer), &[out, inp])?,
             _ => None,
         };
-        // Dense weights are stored transposed, `[in, out]` row-major: gemm
+        // Dense f64 weights are stored transposed, `[in, out]` row-major: gemm
         // then reads them without re-packing on every call, which cost more
         // than the multiply itself at prompt-sized M.
         let dtype = self.precision.activation_dtype();
         let weight = match at_rest {
             Some(m) => MatWeight::Stored(m),
             None => match self.src.mat(&name, self.precision)? {
+                // f32 copies go through the same panel routine as weights at
+                // rest, so the two precisions sum in the same order.
+                MatWeight::Dense(w) if dtype == DType::F32 => {
+                    MatWeight::Stored(StoredMatrix::copied(&w)?)
+                }
                 MatWeight::Dense(w) => MatWeight::Dense(w.t()?.contiguous()?.to_dtype(dtype)?),
                 q => q,
             },
         };
+
         let bias = if bias {
             Some(self.f32(part, Some(layer), true, &[out])?.to_dtype(dtype)?)
         } else {

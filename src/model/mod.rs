@@ -24,7 +24,7 @@ pub mod checkpoint;
 
 pub mod layers;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
 pub use budget::MemoryPlan;
@@ -90,43 +90,15 @@ pub struct Model {
     /// memory: the file is streamed block by block).
     pub streaming: bool,
     /// `[vocab, d]`, unscaled: an f32 copy, or at rest.
-    embed: Table,
+    embed: StoredMatrix,
     /// `[context, d]` learned positions (GPT-2).
     pos_embed: Option<Tensor>,
     blocks: Vec<Block>,
     final_norm: Norm,
-    /// `[vocab, d]`: the embedding itself when tied (one copy). Unlike block
-    /// weights it is not stored transposed: at lens sizes gemm is compute-bound
-    /// either way (measured ~350 GFLOP/s both), and transposing costs load time.
-    /// At rest it is streamed in vocabulary panels by [`StoredMatrix::matmul_t`].
-    head: Table,
-}
-
-/// A `[rows, d]` table read by row (embedding) and multiplied by (head).
-#[derive(Debug, Clone)]
-enum Table {
-    /// An f32 copy.
-    Dense(Tensor),
-    /// At rest in the mapped file.
-    Stored(StoredMatrix),
-}
-
-impl Table {
-    /// Rows `ids`, f32 `[ids.len(), d]`.
-    fn rows(&self, ids: &[u32]) -> Result<Tensor> {
-        match self {
-            Table::Dense(t) => Ok(t.index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?),
-            Table::Stored(s) => s.gather(ids),
-        }
-    }
-
-    /// `x · tableᵀ`: `[M, d]` → `[M, rows]`.
-    fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Table::Dense(t) => Ok(x.matmul(&t.t()?)?),
-            Table::Stored(s) => s.matmul_t(x),
-        }
-    }
+    /// `[vocab, d]`: the embedding itself when tied (one copy), multiplied
+    /// in vocabulary panels by [`StoredMatrix::matmul_t`], whose logits the
+    /// lens reads as whole-row blocks.
+    head: StoredMatrix,
 }
 
 impl Model {
@@ -142,13 +114,13 @@ impl Model {
             precision,
         };
         let (v, d) = (cfg.vocab_size, cfg.d_model);
-        let table = |part| -> Result<Table> {
+        let table = |part| -> Result<StoredMatrix> {
             if precision == Precision::Rest {
                 if let Some(m) = ld.stored(part, None, &[v, d])? {
-                    return Ok(Table::Stored(m));
+                    return Ok(m);
                 }
             }
-            Ok(Table::Dense(ld.f32(part, None, false, &[v, d])?))
+            StoredMatrix::copied(&ld.f32(part, None, false, &[v, d])?)
         };
         let embed = table(Part::TokenEmbd)?;
         let head = if cfg.tied_embeddings {
@@ -218,7 +190,7 @@ impl Model {
             cache.layers = vec![LayerCache::default(); self.cfg.n_layers];
         }
         // Row 0: the embedding output, scaled (Gemma) and with positions (GPT-2).
-        let mut x = self.embed.rows(ids)?;
+        let mut x = self.embed.gather(ids)?;
         if let Some(scale) = self.cfg.embed_scale {
             x = (x * scale as f32 as f64)?;
         }
@@ -267,13 +239,13 @@ impl Model {
     /// from the f32 copy or dequantised from the file: the accessor for
     /// anything that needs the head in its own layout (a packed copy).
     pub fn head_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
-        match &self.head {
-            Table::Stored(m) => m.rows_f32(r0, r1, out),
-            Table::Dense(t) => {
-                let rows = t.narrow(0, r0, r1 - r0)?.flatten_all()?.to_vec1::<f32>()?;
-                out.copy_from_slice(&rows);
-            }
+        if r0 > r1 || r1 > self.cfg.vocab_size || out.len() != (r1 - r0) * self.cfg.d_model {
+            return Err(Error::InvalidOption(format!(
+                "head rows `{r0}..{r1}` into {} values",
+                out.len()
+            )));
         }
+        self.head.rows_f32(r0, r1, out);
         Ok(())
     }
 

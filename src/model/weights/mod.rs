@@ -122,11 +122,14 @@ pub trait WeightSource: Send + Sync {
     }
 }
 
-/// A matrix `[rows, cols]` at rest in a memory-mapped file, in its stored
-/// type. Never copied out: readers dequantise the rows they need.
+/// A matrix `[rows, cols]` read through one panel routine: at rest in a
+/// memory-mapped file in its stored type (never copied out: readers
+/// dequantise the rows they need), or an f32 copy in memory. Both go through
+/// the same panel gemm, so the f32 copies and the weights at rest sum in the
+/// same order and give the same numbers.
 #[derive(Clone)]
 pub struct StoredMatrix {
-    map: Arc<memmap2::Mmap>,
+    backing: Backing,
     /// Byte range of the tensor in the map.
     start: usize,
     len: usize,
@@ -136,6 +139,15 @@ pub struct StoredMatrix {
     cols: usize,
     /// Stored `[cols, rows]` (GPT-2's Conv1D); float types only.
     transposed: bool,
+}
+
+/// Where a matrix's bytes live.
+#[derive(Clone)]
+enum Backing {
+    /// In the checkpoint's mapped file.
+    Mapped(Arc<memmap2::Mmap>),
+    /// An f32 copy, `[rows, cols]` row-major.
+    Copied(Arc<Vec<f32>>),
 }
 
 impl std::fmt::Debug for StoredMatrix {
@@ -169,7 +181,7 @@ impl StoredMatrix {
         }
         let len = rows * cols / block * dtype.type_size();
         (start + len <= map.len()).then_some(Self {
-            map,
+            backing: Backing::Mapped(map),
             start,
             len,
             dtype,
@@ -177,6 +189,29 @@ impl StoredMatrix {
             cols,
             transposed,
         })
+    }
+
+    /// An f32 copy of a `[rows, cols]` tensor.
+    pub fn copied(t: &Tensor) -> Result<Self> {
+        let (rows, cols) = t.dims2()?;
+        let values = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Self {
+            backing: Backing::Copied(Arc::new(values)),
+            start: 0,
+            len: rows * cols * 4,
+            dtype: GgmlDType::F32,
+            rows,
+            cols,
+            transposed: false,
+        })
+    }
+
+    /// Whether the matrix is at rest in a mapped file (not an f32 copy).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.backing, Backing::Mapped(_))
     }
 
     /// `[rows, cols]`.
@@ -195,7 +230,14 @@ impl StoredMatrix {
     pub fn rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) {
         let cols = self.cols;
         debug_assert_eq!(out.len(), (r1 - r0) * cols);
-        let bytes = &self.map[self.start..self.start + self.len];
+        let map = match &self.backing {
+            Backing::Copied(values) => {
+                out.copy_from_slice(&values[r0 * cols..r1 * cols]);
+                return;
+            }
+            Backing::Mapped(map) => map,
+        };
+        let bytes = &map[self.start..self.start + self.len];
         if self.transposed {
             // Element (r, c) of the logical matrix is stored at c * rows + r.
             let size = self.dtype.type_size();
@@ -250,10 +292,17 @@ impl StoredMatrix {
             .into_par_iter()
             .for_each_init(Vec::new, |buf, i| {
                 let (r0, r1) = (i * p, ((i + 1) * p).min(n));
-                buf.resize((r1 - r0) * k, 0.0);
-                self.rows_f32(r0, r1, buf);
+                // An f32 copy is read in place; anything else is decoded first.
+                let rhs = match &self.backing {
+                    Backing::Copied(values) => values[r0 * k..r1 * k].as_ptr(),
+                    Backing::Mapped(_) => {
+                        buf.resize((r1 - r0) * k, 0.0);
+                        self.rows_f32(r0, r1, buf);
+                        buf.as_ptr()
+                    }
+                };
                 // SAFETY: panels write disjoint column ranges r0..r1 of y, which
-                // is [t, n] row-major and outlives the loop; x is [t, k] and buf
+                // is [t, n] row-major and outlives the loop; x is [t, k] and rhs
                 // [r1 - r0, k], both row-major, read only.
                 unsafe {
                     gemm::gemm(
@@ -267,7 +316,7 @@ impl StoredMatrix {
                         x.as_ptr(),
                         1,
                         k as isize,
-                        buf.as_ptr(),
+                        rhs,
                         k as isize,
                         1,
                         0.0,
@@ -285,23 +334,22 @@ impl StoredMatrix {
     /// Ask the kernel to read the matrix ahead (the next block while this
     /// one computes).
     pub fn prefetch(&self) {
-        let _ = self
-            .map
-            .advise_range(memmap2::Advice::WillNeed, self.start, self.len);
+        if let Backing::Mapped(map) = &self.backing {
+            let _ = map.advise_range(memmap2::Advice::WillNeed, self.start, self.len);
+        }
     }
 
     /// Drop the matrix's pages from this process's resident set. They stay
     /// in the page cache while memory allows; a later read faults them back.
     pub fn release(&self) {
+        let Backing::Mapped(map) = &self.backing else {
+            return;
+        };
         // SAFETY: the map is shared and read-only, so its pages are clean
         // copies of the file; MADV_DONTNEED only unmaps them and any later
         // access re-reads the same bytes.
         let _ = unsafe {
-            self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                self.start,
-                self.len,
-            )
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.start, self.len)
         };
     }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use crate::grid::{
     Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION,
 };
-use crate::lens::{apply_lens, LensQuery};
+use crate::grid::LensInfo;
+use crate::lens::{apply_lens, Lens, LensQuery};
 use crate::model::locate::{self, ModelLocation};
 use crate::model::{GgufFile, KvCache, Model, Precision, ResidualTrace};
 use crate::prompt::{build_prompt, Prompt, PromptSpec};
@@ -101,6 +102,9 @@ pub struct LensRequest {
     pub alts: Vec<String>,
     /// A prompt limit tighter than the model's context (`serve --max-tokens`).
     pub max_tokens: Option<usize>,
+    /// `--lens`: the lenses to read the trace through, at least one. The
+    /// first makes the grid, the others its `more_lenses`.
+    pub lenses: Vec<Lens>,
 }
 
 /// The largest `--top-k` lensmap accepts.
@@ -126,6 +130,7 @@ impl Default for LensRequest {
             answer: AnswerSpec::None,
             alts: Vec::new(),
             max_tokens: None,
+            lenses: vec![Lens::Logit],
         }
     }
 }
@@ -289,23 +294,45 @@ impl Session {
             );
             tracked_ids.insert(auto_slot, id);
         }
-        let cells = apply_lens(
-            &self.model,
-            &trace,
-            &prompt.ids,
-            &LensQuery {
-                top_k: req.top_k,
-                tracked: tracked_ids.clone(),
-            },
-        )?;
-        drop(trace);
-        lap(&mut times.lens);
-        let mut grid = self.assemble(prompt, cells, req, &track, tracked_ids, answer);
         let (source, skip) = match req.answer {
             AnswerSpec::Auto { skip } => (AnswerSource::Auto, skip),
             _ => (AnswerSource::Given, 0),
         };
-        grid.rehearsal = rehearsal::summarize(&grid, req.top_k, source, skip);
+        let default_lens = [Lens::Logit];
+        let lenses = if req.lenses.is_empty() {
+            &default_lens[..]
+        } else {
+            &req.lenses[..]
+        };
+        // One trace, read through every lens; the first lens's grid holds the others.
+        let mut grids = Vec::with_capacity(lenses.len());
+        for lens in lenses {
+            let cells = apply_lens(
+                &self.model,
+                &trace,
+                &prompt.ids,
+                &LensQuery {
+                    top_k: req.top_k,
+                    tracked: tracked_ids.clone(),
+                    lens: lens.clone(),
+                },
+            )?;
+            let mut grid = self.assemble(
+                prompt.clone(),
+                cells,
+                req,
+                &track,
+                tracked_ids.clone(),
+                answer.clone(),
+            );
+            grid.lens = LensInfo::of(lens);
+            grid.rehearsal = rehearsal::summarize(&grid, req.top_k, source, skip);
+            grids.push(grid);
+        }
+        drop(trace);
+        lap(&mut times.lens);
+        let mut grid = grids.remove(0);
+        grid.more_lenses = grids;
         Ok((grid, times))
     }
 
@@ -396,6 +423,8 @@ impl Session {
             tracked,
             answer,
             rehearsal: None,
+            lens: LensInfo::default(),
+            more_lenses: Vec::new(),
         }
     }
 }

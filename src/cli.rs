@@ -117,7 +117,12 @@ pub struct LensArgs {
     /// (`h + h·W_iᵀ + b_i`) before the final norm and unembedding; the output
     /// row is the model's own. With two lenses the JSON holds both grids
     /// (`more_lenses`) and the figure shows them side by side on one scale.
-    #[arg(long, default_value = "logit", value_name = "LENS", help_heading = "Lens")]
+    #[arg(
+        long,
+        default_value = "logit",
+        value_name = "LENS",
+        help_heading = "Lens"
+    )]
     pub lens: String,
 }
 

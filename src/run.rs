@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::grid::LensInfo;
 use crate::grid::{
     Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION,
 };
-use crate::grid::LensInfo;
 use crate::lens::{apply_lens, Lens, LensQuery};
 use crate::model::locate::{self, ModelLocation};
 use crate::model::{GgufFile, KvCache, Model, Precision, ResidualTrace};
@@ -221,6 +221,9 @@ impl Session {
             clock = Instant::now();
         };
         check_top_k(req.top_k)?;
+        for lens in &req.lenses {
+            lens.check(&self.model)?;
+        }
         if matches!(req.answer, AnswerSpec::Auto { .. }) && req.generate == 0 {
             return Err(Error::InvalidOption(
                 "`--answer auto` takes the greedy answer, so it needs `--generate N`".into(),

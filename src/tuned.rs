@@ -84,8 +84,8 @@ impl TunedLens {
         };
         let config_path = dir.join("config.json");
         let config_bytes = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config: TunedConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| bad(format!("config.json: {e}")))?;
+        let config: TunedConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| bad(format!("config.json: {e}")))?;
         if config.lens_type != "linear_tuned_lens" {
             return Err(bad(format!(
                 "lens type `{}` is not supported (only `linear_tuned_lens`)",
@@ -150,10 +150,22 @@ impl TunedLens {
     /// that the right tensors were read.
     pub fn norms(&self) -> Result<(Vec<f64>, Vec<f64>)> {
         let norm = |t: &Tensor| -> Result<f64> {
-            Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
+            Ok(t.to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?
+                .sqrt())
         };
-        let w = self.translators.iter().map(|t| norm(&t.weight)).collect::<Result<_>>()?;
-        let b = self.translators.iter().map(|t| norm(&t.bias)).collect::<Result<_>>()?;
+        let w = self
+            .translators
+            .iter()
+            .map(|t| norm(&t.weight))
+            .collect::<Result<_>>()?;
+        let b = self
+            .translators
+            .iter()
+            .map(|t| norm(&t.bias))
+            .collect::<Result<_>>()?;
         Ok((w, b))
     }
 }

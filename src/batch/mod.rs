@@ -90,7 +90,12 @@ pub struct BatchArgs {
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Lens")]
     pub answer_skip: usize,
     /// `logit`, or `tuned:DIR` for a tuned lens (tuned-lens's `config.json` + `params.pt`)
-    #[arg(long, default_value = "logit", value_name = "LENS", help_heading = "Lens")]
+    #[arg(
+        long,
+        default_value = "logit",
+        value_name = "LENS",
+        help_heading = "Lens"
+    )]
     pub lens: String,
     /// Results directory: `prompts/` (one file per prompt) and the tables
     #[arg(long, value_name = "DIR", help_heading = "Output")]

@@ -37,6 +37,8 @@ pub enum Command {
     Batch(lensmap::batch::BatchArgs),
     /// Explore prompts live in a local web app
     Serve(lensmap::serve::ServeArgs),
+    /// Train a tuned lens (tuned-lens format) on a text corpus
+    TrainLens(lensmap::train::TrainArgs),
 }
 
 /// Which model and how to hold its weights.
@@ -229,6 +231,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => convert(args),
         Command::Batch(args) => Ok(lensmap::batch::run(args)?),
         Command::Serve(args) => Ok(lensmap::serve::run(args)?),
+        Command::TrainLens(args) => Ok(lensmap::train::run(args)?),
     }
 }
 

@@ -39,6 +39,7 @@ pub mod serve;
 pub mod stats;
 pub mod template;
 pub mod tokenize;
+pub mod train;
 pub mod tuned;
 
 pub use error::{Error, Result};

@@ -219,3 +219,121 @@ fn assemble(
     }
     Ok(out)
 }
+
+/// Write a lens directory that tuned-lens 0.2.0's `TunedLens.load` reads:
+/// `config.json` and `params.pt`, files replaced atomically.
+/// `translators[i]` is `(W_i` row-major `[d, d]` as `nn.Linear.weight`, `b_i)`.
+pub fn save_lens(dir: &Path, config: &TunedConfig, translators: &[(Vec<f32>, Vec<f32>)]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let json = serde_json::to_string(config).map_err(|e| Error::BadLens {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(&dir.join("config.json"), json.as_bytes())?;
+    let pt = torch_state_dict(config.d_model, translators).map_err(|e| Error::BadLens {
+        path: dir.to_path_buf(),
+        reason: format!("writing params.pt: {e}"),
+    })?;
+    write_atomic(&dir.join("params.pt"), &pt)
+}
+
+/// Write `bytes` to a temporary file next to `path`, then rename it over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The bytes of `torch.save(state_dict)` for `{i.weight, i.bias}` f32
+/// tensors, in the layout `../shared/reference/tuned/README.md` documents
+/// (zip archive `params/`, entries stored, storages 64-byte aligned, pickle
+/// protocol 2 with `OrderedDict`, `_rebuild_tensor_v2` and `FloatStorage`
+/// only). Hand-written because no Rust crate writes PyTorch's format; the
+/// pickle is the fixed subset torch itself emits for a state dict.
+fn torch_state_dict(
+    d: usize,
+    translators: &[(Vec<f32>, Vec<f32>)],
+) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    let mut pkl: Vec<u8> = vec![0x80, 2]; // PROTO 2
+    let global = |p: &mut Vec<u8>, module: &str, name: &str| {
+        p.push(b'c');
+        p.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+    };
+    let unicode = |p: &mut Vec<u8>, s: &str| {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    };
+    let int = |p: &mut Vec<u8>, v: usize| {
+        p.push(b'J'); // BININT
+        p.extend_from_slice(&(v as i32).to_le_bytes());
+    };
+    global(&mut pkl, "collections", "OrderedDict");
+    pkl.extend_from_slice(b")R("); // OrderedDict(), MARK
+    let mut storages: Vec<&[f32]> = Vec::new();
+    for (i, (w, b)) in translators.iter().enumerate() {
+        for (name, data, shape) in [
+            (format!("{i}.weight"), w.as_slice(), vec![d, d]),
+            (format!("{i}.bias"), b.as_slice(), vec![d]),
+        ] {
+            let key = storages.len();
+            storages.push(data);
+            unicode(&mut pkl, &name);
+            global(&mut pkl, "torch._utils", "_rebuild_tensor_v2");
+            pkl.push(b'('); // args
+            pkl.push(b'('); // persistent id
+            unicode(&mut pkl, "storage");
+            global(&mut pkl, "torch", "FloatStorage");
+            unicode(&mut pkl, &key.to_string());
+            unicode(&mut pkl, "cpu");
+            int(&mut pkl, data.len());
+            pkl.extend_from_slice(b"tQ"); // TUPLE, BINPERSID
+            int(&mut pkl, 0); // storage offset
+            pkl.push(b'(');
+            for &s in &shape {
+                int(&mut pkl, s);
+            }
+            pkl.push(b't');
+            pkl.push(b'(');
+            let strides: Vec<usize> = if shape.len() == 2 { vec![d, 1] } else { vec![1] };
+            for s in strides {
+                int(&mut pkl, s);
+            }
+            pkl.push(b't');
+            pkl.push(0x89); // NEWFALSE: requires_grad
+            global(&mut pkl, "collections", "OrderedDict");
+            pkl.extend_from_slice(b")R"); // backward hooks
+            pkl.extend_from_slice(b"tR"); // TUPLE, REDUCE
+        }
+    }
+    pkl.extend_from_slice(b"u."); // SETITEMS, STOP
+
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut out);
+    let opts = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .with_alignment(64);
+    let e = |e: zip::result::ZipError| e.to_string();
+    let io = |e: std::io::Error| e.to_string();
+    let mut put = |name: &str, bytes: &[u8]| -> std::result::Result<(), String> {
+        zip.start_file(format!("params/{name}"), opts).map_err(e)?;
+        zip.write_all(bytes).map_err(io)
+    };
+    put("data.pkl", &pkl)?;
+    put(".format_version", b"1")?;
+    put(".storage_alignment", b"64")?;
+    put("byteorder", b"little")?;
+    for (k, data) in storages.iter().enumerate() {
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        put(&format!("data/{k}"), &bytes)?;
+    }
+    put("version", b"3\n")?;
+    put(".data/serialization_id", b"lensmap-train-lens")?;
+    zip.finish().map_err(e)?;
+    Ok(out.into_inner())
+}

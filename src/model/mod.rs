@@ -199,6 +199,17 @@ impl Model {
         Ok(x)
     }
 
+    /// The final norm's `(weight, eps)` if it is an RMSNorm, and the
+    /// `[vocab, d]` f32 head: what the tuned-lens trainer's backward pass
+    /// needs. `None` for LayerNorm or a final soft-cap (not differentiated).
+    pub fn unembed_parts(&self) -> Option<(&Tensor, f32, &Tensor)> {
+        if self.cfg.final_softcap.is_some() {
+            return None;
+        }
+        let (w, eps) = self.final_norm.rms_parts()?;
+        Some((w, eps, &self.head))
+    }
+
     /// The model's own final-logit path on any residual: final norm, head,
     /// soft-cap. `h`: `[M, d]` → logits `[M, vocab]`. The lens calls this
     /// for every row, so lens row `n_layers` is exactly the model's output.

@@ -37,6 +37,8 @@ pub enum Command {
     Batch(lensmap::batch::BatchArgs),
     /// Explore prompts live in a local web app
     Serve(lensmap::serve::ServeArgs),
+    /// Train a tuned lens (tuned-lens format) on a text corpus
+    TrainLens(lensmap::train::TrainArgs),
 }
 
 /// Which model and how to hold its weights.
@@ -119,6 +121,20 @@ pub struct LensArgs {
     /// " Canberra" is token 6: `--answer auto --answer-skip 5` tracks it.
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Answer")]
     pub answer_skip: usize,
+    /// `logit`, `tuned:DIR` (a tuned-lens directory), or `logit,tuned:DIR` side by side
+    ///
+    /// DIR holds tuned-lens's `config.json` and `params.pt` (or
+    /// `params.safetensors`). Row i < L goes through translator i
+    /// (`h + h·W_iᵀ + b_i`) before the final norm and unembedding; the output
+    /// row is the model's own. With two lenses the JSON holds both grids
+    /// (`more_lenses`) and the figure shows them side by side on one scale.
+    #[arg(
+        long,
+        default_value = "logit",
+        value_name = "LENS",
+        help_heading = "Lens"
+    )]
+    pub lens: String,
 }
 
 /// How the figure looks.
@@ -224,11 +240,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => convert(args),
         Command::Batch(args) => Ok(lensmap::batch::run(args)?),
         Command::Serve(args) => Ok(lensmap::serve::run(args)?),
+        Command::TrainLens(args) => Ok(lensmap::train::run(args)?),
     }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     lensmap::run::check_top_k(args.lens.top_k)?;
+    let lenses = lensmap::lens::Lens::parse_list(&args.lens.lens)?;
     let clock = std::time::Instant::now();
     let session = Session::open_within(
         &args.model.model,
@@ -266,6 +284,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         answer,
         alts: args.lens.answer_alt.clone(),
         max_tokens: None,
+        lenses,
     };
     let (grid, times) = session.run_timed(&req)?;
     let clock = std::time::Instant::now();

@@ -57,6 +57,10 @@ pub enum Error {
     #[error("chat template: {0}")]
     Template(String),
 
+    /// A tuned-lens directory that cannot be read or does not fit the model.
+    #[error("tuned lens `{path}`: {reason}")]
+    BadLens { path: PathBuf, reason: String },
+
     // --- run-time limits and options ---------------------------------------
     /// The prompt does not fit the model's context.
     #[error("prompt is {tokens} tokens but the model's context is {context}")]

@@ -194,6 +194,12 @@ pub struct Norm {
 }
 
 impl Norm {
+    /// `(weight, eps)` of an RMSNorm (Gemma's `+1` folded into the weight);
+    /// `None` for LayerNorm. The tuned-lens trainer differentiates through it.
+    pub fn rms_parts(&self) -> Option<(&Tensor, f32)> {
+        self.bias.is_none().then_some((&self.weight, self.eps))
+    }
+
     /// Normalise `x` (f32 or f64); the result has `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Statistics in f64, like an exact reference: candle's fused kernels

@@ -219,6 +219,28 @@ impl Model {
         Ok(x)
     }
 
+    /// The final norm's `(weight, eps)` if it is an RMSNorm, and the
+    /// `[vocab, d]` head as an f32 tensor: what the tuned-lens trainer's
+    /// backward pass needs. The head is decoded here even when it is at rest
+    /// (training multiplies by it twice per layer per step). `None` for
+    /// LayerNorm or a final soft-cap (not differentiated).
+    pub fn unembed_parts(&self) -> Result<Option<(&Tensor, f32, Tensor)>> {
+        if self.cfg.final_softcap.is_some() {
+            return Ok(None);
+        }
+        let Some((w, eps)) = self.final_norm.rms_parts() else {
+            return Ok(None);
+        };
+        let (rows, cols) = self.head.dims();
+        let mut head = vec![0f32; rows * cols];
+        self.head.rows_f32(0, rows, &mut head);
+        Ok(Some((
+            w,
+            eps,
+            Tensor::from_vec(head, (rows, cols), &candle_core::Device::Cpu)?,
+        )))
+    }
+
     /// The model's own final-logit path on any residual: final norm, head,
     /// soft-cap. `h`: `[M, d]` → logits `[M, vocab]`. The lens calls this
     /// for every row, so lens row `n_layers` is exactly the model's output.

@@ -40,6 +40,8 @@ pub mod stats;
 pub mod synth;
 pub mod template;
 pub mod tokenize;
+pub mod train;
+pub mod tuned;
 
 pub use error::{Error, Result};
 pub use grid::LensGrid;

@@ -11,25 +11,8 @@
 use std::time::Instant;
 
 use candle_core::quantized::GgmlDType;
-use lensmap::model::dequant::{dequantize_blocks_with, Kernel};
+use lensmap::model::dequant::{dequantize_blocks_with, Kernel, TYPES};
 use lensmap::synth::{fill_random_blocks, Rng};
-
-const TYPES: [GgmlDType; 14] = [
-    GgmlDType::F32,
-    GgmlDType::F16,
-    GgmlDType::BF16,
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q2K,
-    GgmlDType::Q3K,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-    GgmlDType::Q8K,
-];
 
 fn main() {
     let weights: usize = std::env::args()

@@ -31,6 +31,25 @@ use half::{bf16, f16};
 
 use crate::{Error, Result};
 
+/// Every type candle reads (and this module decodes).
+pub const TYPES: [GgmlDType; 15] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q8_1,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+    GgmlDType::Q8K,
+];
+
 /// Which implementation decodes the hot types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -583,69 +602,15 @@ mod tests {
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
-    /// All types candle reads, with GGUF block layouts.
-    const TYPES: [GgmlDType; 15] = [
-        GgmlDType::F32,
-        GgmlDType::F16,
-        GgmlDType::BF16,
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q8_1,
-        GgmlDType::Q2K,
-        GgmlDType::Q3K,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-        GgmlDType::Q8K,
-    ];
-
-    /// xorshift64*: deterministic random bytes without a dependency.
-    fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x >> 12;
-                x ^= x << 25;
-                x ^= x >> 27;
-                (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-            })
-            .collect()
-    }
-
-    /// Random blocks with finite f16 scales (every other byte may be anything).
-    /// Offsets of each block's f16/f32 fields, per type.
+    /// Random valid blocks (finite scales, random quants).
     fn random_valid_blocks(dtype: GgmlDType, n_blocks: usize, seed: u64) -> Vec<u8> {
-        let size = dtype.type_size();
-        let mut bytes = random_bytes(n_blocks * size, seed);
-        let halves: &[usize] = match dtype {
-            GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => &[0],
-            GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q8_1 => &[0, 2],
-            GgmlDType::Q2K => &[80, 82],
-            GgmlDType::Q3K => &[108],
-            GgmlDType::Q4K | GgmlDType::Q5K => &[0, 2],
-            GgmlDType::Q6K => &[208],
-            _ => &[],
-        };
-        for block in bytes.chunks_mut(size) {
-            for &h in halves {
-                // An f16 in [2^-10, 2^-4) with a random sign and mantissa.
-                let v = f16::from_bits(
-                    (block[h + 1] as u16 & 0x80) << 8 | (0x18 << 8) | block[h] as u16 | 0x100,
-                );
-                block[h..h + 2].copy_from_slice(&v.to_bits().to_le_bytes());
-            }
-            if dtype == GgmlDType::Q8K {
-                block[..4].copy_from_slice(&0.013f32.to_le_bytes());
-            }
-        }
-        if dtype == GgmlDType::F32 {
-            for w in bytes.chunks_mut(4) {
-                w[3] &= 0xBF; // finite: exponent below 0x80
-            }
-        }
+        let mut bytes = vec![0u8; n_blocks * dtype.type_size()];
+        crate::synth::fill_random_blocks(
+            dtype,
+            &mut bytes,
+            0.02,
+            &mut crate::synth::Rng::new(seed),
+        );
         bytes
     }
 

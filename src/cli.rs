@@ -110,6 +110,18 @@ pub struct LensArgs {
     /// " Canberra" is token 6: `--answer auto --answer-skip 5` tracks it.
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Answer")]
     pub answer_skip: usize,
+    /// `f32` (exact, default) or `bf16`: round the normed residual and the unembedding to bf16
+    ///
+    /// bf16 products are summed in f32 on AVX512-BF16 where the CPU has it
+    /// (else in plain f32 on the rounded values); statistics stay f64. About
+    /// twice as fast; the error against f32 is in the README ("Precision").
+    #[arg(
+        long,
+        default_value = "f32",
+        value_name = "f32|bf16",
+        help_heading = "Lens"
+    )]
+    pub lens_precision: lensmap::lens::LensPrecision,
 }
 
 /// How the figure looks.
@@ -256,6 +268,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         answer,
         alts: args.lens.answer_alt.clone(),
         max_tokens: None,
+        lens_precision: args.lens.lens_precision,
     };
     let (grid, times) = session.run_timed(&req)?;
     let clock = std::time::Instant::now();
@@ -370,6 +383,9 @@ pub fn print_summary(
         "model     {} ({}, {} layers, d={}, vocab {}, {})",
         m.file, m.arch, m.n_layers, m.d_model, m.vocab_size, m.precision
     )?;
+    if let Some(note) = m.bf16_note() {
+        writeln!(out, "lens      {note}, not the exact f32 path")?;
+    }
     writeln!(out, "template  {}", template.unwrap_or("none"))?;
     let toks: Vec<String> = grid
         .tokens

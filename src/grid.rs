@@ -65,6 +65,28 @@ pub struct ModelInfo {
     /// `f32` or `quant`: how the weights were multiplied.
     #[serde(default)]
     pub precision: String,
+    /// `f32` (exact) or `bf16`: how the lens multiplied by the unembedding
+    /// (`--lens-precision`). Files from before this field read as `f32`.
+    #[serde(default = "f32_label")]
+    pub lens_precision: String,
+    /// The bf16 kernel that ran (`avx512-bf16`, `f32 on bf16 values`); absent for f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lens_kernel: Option<String>,
+}
+
+fn f32_label() -> String {
+    "f32".to_string()
+}
+
+impl ModelInfo {
+    /// `bf16 lens (avx512-bf16)` when the lens ran in bf16, else `None`:
+    /// what the terminal summary and the figure caption add.
+    pub fn bf16_note(&self) -> Option<String> {
+        (self.lens_precision != "f32").then(|| match &self.lens_kernel {
+            Some(k) => format!("{} lens ({k})", self.lens_precision),
+            None => format!("{} lens", self.lens_precision),
+        })
+    }
 }
 
 /// What put a token into the prompt.

@@ -10,6 +10,7 @@
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::kernels::bf16::Bf16Kernel;
 use crate::model::{KvCache, Model, ResidualTrace};
 use crate::stats::{cell_stats, CellQuery, CellStats, FinalDist};
 use crate::{Error, Result};
@@ -24,6 +25,48 @@ const MIN_CELLS_PER_MATMUL: usize = 256;
 /// Floats of final-row probabilities alive at once (32 MiB).
 const FINAL_BUDGET: usize = 8 << 20;
 
+/// How the lens multiplies by the unembedding (`--lens-precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LensPrecision {
+    /// Exactly the model's own f32 final-logit path ([`Model::unembed`]).
+    #[default]
+    F32,
+    /// The final-normed residual and the head rounded to bf16, products
+    /// summed in f32 ([`crate::kernels::bf16`]); soft-cap and statistics as in f32.
+    Bf16,
+}
+
+impl LensPrecision {
+    /// `f32` or `bf16`, as in the JSON's `model.lens_precision`.
+    pub fn label(self) -> &'static str {
+        match self {
+            LensPrecision::F32 => "f32",
+            LensPrecision::Bf16 => "bf16",
+        }
+    }
+
+    /// The kernel that runs the product on this CPU: `None` for f32 (candle's gemm).
+    pub fn kernel(self) -> Option<Bf16Kernel> {
+        match self {
+            LensPrecision::F32 => None,
+            LensPrecision::Bf16 => Some(Bf16Kernel::detect()),
+        }
+    }
+}
+
+impl std::str::FromStr for LensPrecision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(LensPrecision::F32),
+            "bf16" => Ok(LensPrecision::Bf16),
+            _ => Err(Error::InvalidOption(format!(
+                "`--lens-precision` must be `f32` or `bf16`, got `{s}`"
+            ))),
+        }
+    }
+}
+
 /// What the lens reports for every cell.
 #[derive(Debug, Clone)]
 pub struct LensQuery {
@@ -31,14 +74,17 @@ pub struct LensQuery {
     pub top_k: usize,
     /// Ids followed through every cell (target, answer, distractors).
     pub tracked: Vec<u32>,
+    /// f32 (exact, the default) or bf16.
+    pub precision: LensPrecision,
 }
 
 impl LensQuery {
-    /// The top `k` tokens of every cell, nothing tracked.
+    /// The top `k` tokens of every cell, nothing tracked, exact f32.
     pub fn top(k: usize) -> Self {
         LensQuery {
             top_k: k,
             tracked: Vec::new(),
+            precision: LensPrecision::F32,
         }
     }
 
@@ -104,9 +150,9 @@ pub fn apply_lens(
         }
 
         // The final row first: its distributions are the KL reference.
-        let logits = model.unembed(&trace.rows[last].narrow(0, p0, c)?)?;
+        let logits = unembed(model, &trace.rows[last].narrow(0, p0, c)?, q.precision)?;
         let (finals, stats): (Vec<FinalDist>, Vec<CellStats>) =
-            with_rows(&logits, vocab, |rows| {
+            logits.with_rows(vocab, |rows| {
                 rows.par_chunks(vocab)
                     .enumerate()
                     .map(|(i, z)| {
@@ -125,8 +171,8 @@ pub fn apply_lens(
             let h: Vec<Tensor> = (r0..r1)
                 .map(|r| trace.rows[r].narrow(0, p0, c))
                 .collect::<candle_core::Result<_>>()?;
-            let logits = model.unembed(&Tensor::cat(&h, 0)?)?;
-            let stats: Vec<CellStats> = with_rows(&logits, vocab, |rows| {
+            let logits = unembed(model, &Tensor::cat(&h, 0)?, q.precision)?;
+            let stats: Vec<CellStats> = logits.with_rows(vocab, |rows| {
                 rows.par_chunks(vocab)
                     .enumerate()
                     .map(|(i, z)| {
@@ -141,6 +187,39 @@ pub fn apply_lens(
         }
     }
     Ok(grid)
+}
+
+/// One block of logits, `[M, vocab]`: candle's (f32) or the bf16 kernel's.
+enum Logits {
+    Tensor(Tensor),
+    Vec(Vec<f32>),
+}
+
+impl Logits {
+    /// Borrow the logits as one row-major slice.
+    fn with_rows<T>(&self, vocab: usize, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+        match self {
+            Logits::Tensor(t) => with_rows(t, vocab, f),
+            Logits::Vec(v) => Ok(f(v)),
+        }
+    }
+}
+
+/// The final-logit path at the query's precision: [`Model::unembed`] in
+/// f32; in bf16 the same norm and soft-cap around the bf16 product.
+fn unembed(model: &Model, h: &Tensor, precision: LensPrecision) -> Result<Logits> {
+    let Some(kernel) = precision.kernel() else {
+        return Ok(Logits::Tensor(model.unembed(h)?));
+    };
+    let head = model.head_bf16()?;
+    let normed = model.final_normed(h)?;
+    let m = normed.dim(0)?;
+    let mut out = vec![0f32; m * head.rows()];
+    with_rows(&normed, model.cfg.d_model, |a| {
+        head.matmul(a, m, &mut out, kernel)
+    })?;
+    model.softcap_in_place(&mut out);
+    Ok(Logits::Vec(out))
 }
 
 /// Borrow a contiguous f32 CPU tensor's data without copying it.

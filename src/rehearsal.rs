@@ -235,6 +235,8 @@ mod tests {
                 d_model: 4,
                 vocab_size: 100,
                 precision: "f32".into(),
+                lens_precision: "f32".into(),
+                lens_kernel: None,
             },
             template_source: "none".into(),
             prompt_text: String::new(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::grid::{
     Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION,
 };
-use crate::lens::{apply_lens, LensQuery};
+use crate::lens::{apply_lens, LensPrecision, LensQuery};
 use crate::model::locate::{self, ModelLocation};
 use crate::model::{GgufFile, KvCache, Model, Precision, ResidualTrace};
 use crate::prompt::{build_prompt, Prompt, PromptSpec};
@@ -101,6 +101,8 @@ pub struct LensRequest {
     pub alts: Vec<String>,
     /// A prompt limit tighter than the model's context (`serve --max-tokens`).
     pub max_tokens: Option<usize>,
+    /// `--lens-precision`: exact f32 (default) or bf16.
+    pub lens_precision: LensPrecision,
 }
 
 /// The largest `--top-k` lensmap accepts.
@@ -126,6 +128,7 @@ impl Default for LensRequest {
             answer: AnswerSpec::None,
             alts: Vec::new(),
             max_tokens: None,
+            lens_precision: LensPrecision::F32,
         }
     }
 }
@@ -296,6 +299,7 @@ impl Session {
             &LensQuery {
                 top_k: req.top_k,
                 tracked: tracked_ids.clone(),
+                precision: req.lens_precision,
             },
         )?;
         drop(trace);
@@ -362,6 +366,8 @@ impl Session {
                 d_model: cfg.d_model,
                 vocab_size: cfg.vocab_size,
                 precision: self.model.precision.label().to_string(),
+                lens_precision: req.lens_precision.label().to_string(),
+                lens_kernel: req.lens_precision.kernel().map(|k| k.label().to_string()),
             },
             template_source: match (&self.template, req.prompt.raw) {
                 (Some(t), false) => t.source.clone(),

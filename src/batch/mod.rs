@@ -89,6 +89,14 @@ pub struct BatchArgs {
     /// Canberra.", where " Canberra" is token 6 (`--answer-skip 5`).
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Lens")]
     pub answer_skip: usize,
+    /// `f32` (exact, default) or `bf16` (see `lensmap run --help`)
+    #[arg(
+        long,
+        default_value = "f32",
+        value_name = "f32|bf16",
+        help_heading = "Lens"
+    )]
+    pub lens_precision: crate::lens::LensPrecision,
     /// Results directory: `prompts/` (one file per prompt) and the tables
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     pub out: PathBuf,
@@ -409,6 +417,7 @@ fn request(args: &BatchArgs, item: &PromptItem) -> LensRequest {
         },
         alts: item.alts.clone(),
         max_tokens: None,
+        lens_precision: args.lens_precision,
     }
 }
 
@@ -430,7 +439,7 @@ fn settings(args: &BatchArgs) -> Result<serde_json::Value> {
         }
         None => None,
     };
-    Ok(serde_json::json!({
+    let mut settings = serde_json::json!({
         "model_file": file_name(model_path),
         "model_bytes": model_bytes,
         "precision": args.precision.label(),
@@ -439,7 +448,12 @@ fn settings(args: &BatchArgs) -> Result<serde_json::Value> {
         "dummy_text": args.dummy_text,
         "generate": args.generate,
         "chat_template": template,
-    }))
+    });
+    // Only when not the default, so f32 keys stay those of earlier runs.
+    if args.lens_precision != crate::lens::LensPrecision::F32 {
+        settings["lens_precision"] = args.lens_precision.label().into();
+    }
+    Ok(settings)
 }
 
 /// The key of one prompt: the settings plus what applies to this item (its

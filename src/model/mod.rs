@@ -85,6 +85,9 @@ pub struct Model {
     /// weights it is not stored transposed: at lens sizes gemm is compute-bound
     /// either way (measured ~350 GFLOP/s both), and transposing costs load time.
     head: Tensor,
+    /// The head rounded to bf16 and packed for `--lens-precision bf16`, built
+    /// on first use from [`Model::head_f32`] (once per loaded model).
+    head_bf16: std::sync::OnceLock<crate::kernels::bf16::Bf16Head>,
 }
 
 impl Model {
@@ -140,6 +143,7 @@ impl Model {
             blocks,
             final_norm,
             head,
+            head_bf16: Default::default(),
             cfg,
         })
     }
@@ -203,16 +207,49 @@ impl Model {
     /// soft-cap. `h`: `[M, d]` → logits `[M, vocab]`. The lens calls this
     /// for every row, so lens row `n_layers` is exactly the model's output.
     pub fn unembed(&self, h: &Tensor) -> Result<Tensor> {
-        // The head stays f32 whatever the forward dtype: it is the lens's cost.
-        let normed = self
-            .final_norm
-            .forward(h)?
-            .to_dtype(candle_core::DType::F32)?;
-        let logits = normed.matmul(&self.head.t()?)?;
+        let logits = self.final_normed(h)?.matmul(&self.head_f32().t()?)?;
         Ok(match self.cfg.final_softcap {
             Some(c) => ((logits / c)?.tanh()? * c)?,
             None => logits,
         })
+    }
+
+    /// The first step of [`Model::unembed`]: the final norm, in f32 (the head
+    /// stays f32 whatever the forward dtype: it is the lens's cost).
+    pub fn final_normed(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .final_norm
+            .forward(h)?
+            .to_dtype(candle_core::DType::F32)?)
+    }
+
+    /// The last step of [`Model::unembed`] on logits already in a slice:
+    /// Gemma's soft-cap `c · tanh(z / c)`, nothing for other models. Same
+    /// f32 operations as candle's `(z / c).tanh() * c` in `unembed`: a
+    /// multiply by `1/c`, then `tanh`, then a multiply by `c`.
+    pub fn softcap_in_place(&self, logits: &mut [f32]) {
+        if let Some(c) = self.cfg.final_softcap {
+            let (inv, c) = ((1.0 / c) as f32, c as f32);
+            logits.iter_mut().for_each(|z| *z = (*z * inv).tanh() * c);
+        }
+    }
+
+    /// The unembedding `[vocab, d]` in f32: the one place the lens reads the
+    /// head from.
+    pub fn head_f32(&self) -> &Tensor {
+        &self.head
+    }
+
+    /// The unembedding rounded to bf16 and packed for the bf16 lens; packed
+    /// on the first call (about 0.1 s for SmolLM2), kept for the model's life.
+    pub fn head_bf16(&self) -> Result<&crate::kernels::bf16::Bf16Head> {
+        if let Some(h) = self.head_bf16.get() {
+            return Ok(h);
+        }
+        let (v, d) = (self.cfg.vocab_size, self.cfg.d_model);
+        let head = self.head_f32().contiguous()?.flatten_all()?;
+        let packed = crate::kernels::bf16::Bf16Head::pack(&head.to_vec1::<f32>()?, v, d);
+        Ok(self.head_bf16.get_or_init(|| packed))
     }
 
     /// Greedy decoding after `prompt` has been run into `cache`, starting

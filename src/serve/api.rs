@@ -565,6 +565,7 @@ async fn lens(
         answer,
         alts: b.answer_alt,
         max_tokens: Some(limits.max_tokens),
+        ..LensRequest::default()
     };
     run_job(&state, move || {
         let grid = session

@@ -122,6 +122,17 @@ pub struct LensArgs {
         help_heading = "Lens"
     )]
     pub lens_precision: lensmap::lens::LensPrecision,
+    /// Compute the lens only at these positions: `all`, `tail` or `A..B` (B exclusive)
+    ///
+    /// `tail` is the chat template's tail and the dummies after the user's
+    /// text. Other cells are `null` in the JSON and drawn as absent (grey).
+    #[arg(
+        long,
+        default_value = "all",
+        value_name = "all|tail|A..B",
+        help_heading = "Lens"
+    )]
+    pub positions: lensmap::lens::PositionSpec,
 }
 
 /// How the figure looks.
@@ -269,6 +280,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         alts: args.lens.answer_alt.clone(),
         max_tokens: None,
         lens_precision: args.lens.lens_precision,
+        positions: args.lens.positions,
     };
     let (grid, times) = session.run_timed(&req)?;
     let clock = std::time::Instant::now();
@@ -427,8 +439,10 @@ pub fn print_summary(
         let t = &grid.tokens[pos];
         write!(out, "{:>4} {:<12}", pos, show(&t.text, 12))?;
         for &r in &rows {
-            let top = grid.top1(r, pos);
-            let cell = format!("{} {:.1}", show(&top.text, 10), grid.entropy[r][pos]);
+            let cell = match grid.top1(r, pos) {
+                Some(top) => format!("{} {:.1}", show(&top.text, 10), grid.entropy[r][pos]),
+                None => "-".to_string(), // outside `--positions`
+            };
             write!(out, " {:>16}", cell)?;
         }
         writeln!(out)?;

@@ -7,9 +7,12 @@
 //! needs it), then the other rows a few at a time. Only one block of logits
 //! (`LOGIT_BUDGET` floats) and one chunk of final distributions exist at once.
 
+use std::ops::Range;
+
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::grid::TokenKind;
 use crate::kernels::bf16::Bf16Kernel;
 use crate::model::{KvCache, Model, ResidualTrace};
 use crate::stats::{cell_stats, CellQuery, CellStats, FinalDist};
@@ -67,6 +70,56 @@ impl std::str::FromStr for LensPrecision {
     }
 }
 
+/// Where the lens is computed (`--positions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PositionSpec {
+    /// Every position.
+    #[default]
+    All,
+    /// The positions after the user's text: the template's tail and dummies
+    /// (what rehearsal looks at).
+    Tail,
+    /// Positions `A..B` (B exclusive).
+    Range(usize, usize),
+}
+
+impl PositionSpec {
+    /// The positions to compute in a prompt of these token kinds; `None` = all.
+    pub fn resolve(self, kinds: &[TokenKind]) -> Result<Option<Range<usize>>> {
+        let t = kinds.len();
+        match self {
+            PositionSpec::All => Ok(None),
+            PositionSpec::Tail => {
+                let start = crate::grid::tail_start(kinds.iter().copied());
+                if start >= t {
+                    return Err(Error::InvalidOption(
+                        "`--positions tail`: no position follows the user's text".into(),
+                    ));
+                }
+                Ok(Some(start..t))
+            }
+            PositionSpec::Range(a, b) if b <= t => Ok(Some(a..b)),
+            PositionSpec::Range(a, b) => Err(Error::InvalidOption(format!(
+                "`--positions {a}..{b}` goes past the prompt's {t} positions"
+            ))),
+        }
+    }
+}
+
+impl std::str::FromStr for PositionSpec {
+    type Err = String;
+    /// `all`, `tail` or `A..B`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "all" => Ok(PositionSpec::All),
+            "tail" => Ok(PositionSpec::Tail),
+            _ => crate::parse::window(s)
+                .map(|(a, b)| PositionSpec::Range(a, b))
+                .map_err(|e| format!("expected `all`, `tail` or A..B: {e}")),
+        }
+    }
+}
+
 /// What the lens reports for every cell.
 #[derive(Debug, Clone)]
 pub struct LensQuery {
@@ -76,6 +129,9 @@ pub struct LensQuery {
     pub tracked: Vec<u32>,
     /// f32 (exact, the default) or bf16.
     pub precision: LensPrecision,
+    /// Positions whose cells are computed; `None` = all. Cells outside are
+    /// [`CellStats::absent`] (NaN, written as `null` in the JSON).
+    pub positions: Option<Range<usize>>,
 }
 
 impl LensQuery {
@@ -85,6 +141,7 @@ impl LensQuery {
             top_k: k,
             tracked: Vec::new(),
             precision: LensPrecision::F32,
+            positions: None,
         }
     }
 
@@ -132,9 +189,23 @@ pub fn apply_lens(
     let cells_per_matmul = (LOGIT_BUDGET / vocab).max(MIN_CELLS_PER_MATMUL);
     let rows_per_block = (cells_per_matmul / chunk).max(1);
 
-    let mut grid: CellGrid = (0..n_rows).map(|_| Vec::with_capacity(t)).collect();
-    for p0 in (0..t).step_by(chunk) {
-        let c = chunk.min(t - p0);
+    let span = q.positions.clone().unwrap_or(0..t);
+    if span.start >= span.end || span.end > t {
+        return Err(Error::InvalidOption(format!(
+            "`--positions {}..{}` is outside the prompt's {t} positions",
+            span.start, span.end
+        )));
+    }
+    let absent = CellStats::absent(q.tracked.len());
+    let mut grid: CellGrid = (0..n_rows)
+        .map(|_| {
+            let mut row = Vec::with_capacity(t);
+            row.resize(span.start, absent.clone());
+            row
+        })
+        .collect();
+    for p0 in span.clone().step_by(chunk) {
+        let c = chunk.min(span.end - p0);
         let next_ids: Vec<Option<u32>> = (p0..p0 + c).map(|p| ids.get(p + 1).copied()).collect();
         fn query<'a>(
             q: &'a LensQuery,
@@ -186,6 +257,8 @@ pub fn apply_lens(
             }
         }
     }
+    grid.iter_mut()
+        .for_each(|row| row.resize(t, absent.clone()));
     Ok(grid)
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::grid::{
     Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION,
 };
-use crate::lens::{apply_lens, LensPrecision, LensQuery};
+use crate::lens::{apply_lens, LensPrecision, LensQuery, PositionSpec};
 use crate::model::locate::{self, ModelLocation};
 use crate::model::{GgufFile, KvCache, Model, Precision, ResidualTrace};
 use crate::prompt::{build_prompt, Prompt, PromptSpec};
@@ -103,6 +103,8 @@ pub struct LensRequest {
     pub max_tokens: Option<usize>,
     /// `--lens-precision`: exact f32 (default) or bf16.
     pub lens_precision: LensPrecision,
+    /// `--positions`: where the lens is computed (all by default).
+    pub positions: PositionSpec,
 }
 
 /// The largest `--top-k` lensmap accepts.
@@ -129,6 +131,7 @@ impl Default for LensRequest {
             alts: Vec::new(),
             max_tokens: None,
             lens_precision: LensPrecision::F32,
+            positions: PositionSpec::All,
         }
     }
 }
@@ -225,6 +228,7 @@ impl Session {
             ));
         }
         let prompt = self.prompt(&req.prompt)?;
+        let positions = req.positions.resolve(&prompt.kinds)?;
         if let Some(limit) = req.max_tokens.filter(|&l| prompt.ids.len() > l) {
             return Err(Error::PromptOverLimit {
                 tokens: prompt.ids.len(),
@@ -300,6 +304,7 @@ impl Session {
                 top_k: req.top_k,
                 tracked: tracked_ids.clone(),
                 precision: req.lens_precision,
+                positions,
             },
         )?;
         drop(trace);

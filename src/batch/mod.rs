@@ -97,6 +97,14 @@ pub struct BatchArgs {
         help_heading = "Lens"
     )]
     pub lens_precision: crate::lens::LensPrecision,
+    /// Compute the lens only at `all`, `tail` or `A..B` positions (see `lensmap run --help`)
+    #[arg(
+        long,
+        default_value = "all",
+        value_name = "all|tail|A..B",
+        help_heading = "Lens"
+    )]
+    pub positions: crate::lens::PositionSpec,
     /// Results directory: `prompts/` (one file per prompt) and the tables
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     pub out: PathBuf,
@@ -418,6 +426,7 @@ fn request(args: &BatchArgs, item: &PromptItem) -> LensRequest {
         alts: item.alts.clone(),
         max_tokens: None,
         lens_precision: args.lens_precision,
+        positions: args.positions,
     }
 }
 
@@ -452,6 +461,9 @@ fn settings(args: &BatchArgs) -> Result<serde_json::Value> {
     // Only when not the default, so f32 keys stay those of earlier runs.
     if args.lens_precision != crate::lens::LensPrecision::F32 {
         settings["lens_precision"] = args.lens_precision.label().into();
+    }
+    if args.positions != crate::lens::PositionSpec::All {
+        settings["positions"] = format!("{:?}", args.positions).into();
     }
     Ok(settings)
 }

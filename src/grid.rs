@@ -84,7 +84,7 @@ fn nan_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 /// `[row][pos]` numbers with `null` for skipped cells, as NaN.
-fn nan_grid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<f64>>, D::Error> {
+pub(crate) fn nan_grid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<f64>>, D::Error> {
     let g = Vec::<Vec<Option<f64>>>::deserialize(d)?;
     Ok(g.into_iter()
         .map(|row| row.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())

@@ -535,6 +535,9 @@ fn print_summary(
             "model     {} ({}, {} layers, {})",
             m.file, m.arch, m.n_layers, m.precision
         )?;
+        if let Some(note) = m.bf16_note() {
+            writeln!(out, "lens      {note}, not the exact f32 path")?;
+        }
     }
     let a = &s.answers;
     write!(

@@ -247,8 +247,22 @@ impl Model {
             return Ok(h);
         }
         let (v, d) = (self.cfg.vocab_size, self.cfg.d_model);
-        let head = self.head_f32().contiguous()?.flatten_all()?;
-        let packed = crate::kernels::bf16::Bf16Head::pack(&head.to_vec1::<f32>()?, v, d);
+        let head = self.head_f32().contiguous()?;
+        let (storage, layout) = head.storage_and_layout();
+        // Read the f32 head in place (no 113 MB copy for SmolLM2).
+        let packed = match &*storage {
+            candle_core::Storage::Cpu(cpu) => {
+                let data: &[f32] = cpu.as_slice()?;
+                let start = layout.start_offset();
+                crate::kernels::bf16::Bf16Head::pack(&data[start..start + v * d], v, d)
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(Error::InvalidOption(
+                    "`--lens-precision bf16` runs on the CPU only".into(),
+                ))
+            }
+        };
         Ok(self.head_bf16.get_or_init(|| packed))
     }
 

@@ -12,10 +12,13 @@ use std::ops::Range;
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
 use crate::grid::TokenKind;
 use crate::kernels::bf16::Bf16Kernel;
 use crate::model::{KvCache, Model, ResidualTrace};
 use crate::stats::{cell_stats, CellQuery, CellStats, FinalDist};
+use crate::tuned::TunedLens;
 use crate::{Error, Result};
 
 /// Floats of logits alive at once (64 MiB), unless that is fewer than
@@ -27,6 +30,73 @@ const LOGIT_BUDGET: usize = 16 << 20;
 const MIN_CELLS_PER_MATMUL: usize = 256;
 /// Floats of final-row probabilities alive at once (32 MiB).
 const FINAL_BUDGET: usize = 8 << 20;
+
+/// Bytes the lens allocates at once for a vocabulary of `vocab`: one block of
+/// logits (and the copy the soft-cap or a non-contiguous result makes), the
+/// final-row distributions, and per-cell scratch. The memory preflight
+/// counts it beside the model.
+pub fn working_bytes(vocab: usize) -> u64 {
+    let cells = (LOGIT_BUDGET / vocab.max(1)).max(MIN_CELLS_PER_MATMUL);
+    let logits = (cells * vocab * 4) as u64;
+    2 * logits + (FINAL_BUDGET * 4) as u64 + (16 << 20)
+}
+
+/// Which lens reads the residual rows before the model's own unembedding.
+#[derive(Debug, Clone, Default)]
+pub enum Lens {
+    /// The logit lens: every row straight through [`Model::unembed`].
+    #[default]
+    Logit,
+    /// The tuned lens: row `i < n_layers` through translator `i` first.
+    Tuned(Arc<TunedLens>),
+}
+
+impl Lens {
+    /// `logit` or `tuned`, as in the JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Lens::Logit => "logit",
+            Lens::Tuned(_) => "tuned",
+        }
+    }
+
+    /// Parse `--lens`: `logit`, `tuned:DIR`, or several joined by commas
+    /// (`logit,tuned:DIR`), loading each tuned lens.
+    pub fn parse_list(spec: &str) -> Result<Vec<Lens>> {
+        let lenses = spec
+            .split(',')
+            .map(|one| match one.trim() {
+                "logit" => Ok(Lens::Logit),
+                s => match s.strip_prefix("tuned:") {
+                    Some(dir) if !dir.is_empty() => Ok(Lens::Tuned(Arc::new(TunedLens::open(
+                        std::path::Path::new(dir),
+                    )?))),
+                    _ => Err(Error::InvalidOption(format!(
+                        "`--lens` takes `logit`, `tuned:DIR` or both joined by a comma, got `{s}`"
+                    ))),
+                },
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(lenses)
+    }
+
+    /// Refuse a lens that does not fit `model` before any work.
+    pub fn check(&self, model: &Model) -> Result<()> {
+        match self {
+            Lens::Logit => Ok(()),
+            Lens::Tuned(t) => t.check(&model.cfg),
+        }
+    }
+
+    /// The per-row hook: the residual that [`Model::unembed`] reads at lens
+    /// row `row` (`h`: `[M, d]`, rows of that lens row only).
+    fn prepare(&self, row: usize, h: Tensor) -> Result<Tensor> {
+        match self {
+            Lens::Logit => Ok(h),
+            Lens::Tuned(t) => t.translate(row, &h),
+        }
+    }
+}
 
 /// How the lens multiplies by the unembedding (`--lens-precision`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,6 +197,8 @@ pub struct LensQuery {
     pub top_k: usize,
     /// Ids followed through every cell (target, answer, distractors).
     pub tracked: Vec<u32>,
+    /// The lens that reads the rows.
+    pub lens: Lens,
     /// f32 (exact, the default) or bf16.
     pub precision: LensPrecision,
     /// Positions whose cells are computed; `None` = all. Cells outside are
@@ -135,11 +207,12 @@ pub struct LensQuery {
 }
 
 impl LensQuery {
-    /// The top `k` tokens of every cell, nothing tracked, exact f32.
+    /// The top `k` tokens of every cell through the logit lens, nothing tracked.
     pub fn top(k: usize) -> Self {
         LensQuery {
             top_k: k,
             tracked: Vec::new(),
+            lens: Lens::Logit,
             precision: LensPrecision::F32,
             positions: None,
         }
@@ -182,6 +255,7 @@ pub fn apply_lens(
 ) -> Result<CellGrid> {
     let vocab = model.cfg.vocab_size;
     q.check(vocab)?;
+    q.lens.check(model)?;
     let n_rows = trace.rows.len();
     let t = ids.len();
     let last = n_rows - 1;
@@ -240,8 +314,8 @@ pub fn apply_lens(
         for r0 in (0..last).step_by(rows_per_block) {
             let r1 = (r0 + rows_per_block).min(last);
             let h: Vec<Tensor> = (r0..r1)
-                .map(|r| trace.rows[r].narrow(0, p0, c))
-                .collect::<candle_core::Result<_>>()?;
+                .map(|r| q.lens.prepare(r, trace.rows[r].narrow(0, p0, c)?))
+                .collect::<Result<_>>()?;
             let logits = unembed(model, &Tensor::cat(&h, 0)?, q.precision)?;
             let stats: Vec<CellStats> = logits.with_rows(vocab, |rows| {
                 rows.par_chunks(vocab)

@@ -107,23 +107,42 @@ impl Bf16Head {
     /// Round and pack a row-major `[n, k]` f32 matrix.
     pub fn pack(head: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(head.len(), n * k, "head is not [{n}, {k}]");
+        Self::pack_rows(n, k, |r0, r1, out| {
+            out.copy_from_slice(&head[r0 * k..r1 * k]);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|e| match e {})
+    }
+
+    /// Round and pack an `[n, k]` matrix read [`NR`] rows at a time by
+    /// `rows(r0, r1, out)` (f32, row-major), so a head kept quantised is
+    /// never decoded whole.
+    pub fn pack_rows<E: Send>(
+        n: usize,
+        k: usize,
+        rows: impl Fn(usize, usize, &mut [f32]) -> Result<(), E> + Sync,
+    ) -> Result<Self, E> {
         let k2 = k.div_ceil(2);
         let groups = n.div_ceil(NR);
         let mut data = vec![0u32; groups * k2 * NR];
-        data.par_chunks_mut(k2 * NR)
-            .enumerate()
-            .for_each(|(g, block)| {
+        data.par_chunks_mut(k2 * NR).enumerate().try_for_each_init(
+            || vec![0f32; NR * k],
+            |buf, (g, block)| {
+                let (r0, r1) = (g * NR, ((g + 1) * NR).min(n));
+                rows(r0, r1, &mut buf[..(r1 - r0) * k])?;
                 // Row by row (sequential reads); rows past n stay zero.
-                for c in 0..NR.min(n - g * NR) {
-                    let row = &head[(g * NR + c) * k..(g * NR + c + 1) * k];
+                for c in 0..r1 - r0 {
+                    let row = &buf[c * k..(c + 1) * k];
                     let pairs = row.chunks_exact(2);
                     let odd = pairs.remainder().first().map(|&x| pair(x, 0.0));
                     for (j, p) in pairs.map(|p| pair(p[0], p[1])).chain(odd).enumerate() {
                         block[j * NR + c] = p;
                     }
                 }
-            });
-        Bf16Head { n, k, data }
+                Ok(())
+            },
+        )?;
+        Ok(Bf16Head { n, k, data })
     }
 
     /// Rows of the head (the vocabulary).

@@ -6,25 +6,36 @@
 //! final norm, unembedding. The residual after each block goes to a
 //! [`Recorder`], which is how the lens sees the model.
 
-pub mod arch;
+// In layers, bottom up: file names; formats; weights and config; arch; the
+// one checkpoint opener and its memory preflight; the layers; `Model`.
+pub mod locate;
+
+pub mod gguf;
+pub mod safetensors;
+
 pub mod config;
 pub mod hf;
-pub mod layers;
-pub mod locate;
-pub mod safetensors;
 pub mod weights;
 
-use std::path::Path;
+pub mod arch;
 
-use candle_core::{Device, Tensor, D};
+pub mod budget;
+pub mod checkpoint;
+
+pub mod layers;
+
+use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
+pub use budget::MemoryPlan;
+pub use checkpoint::Checkpoint;
 pub use config::{Family, ModelConfig};
+pub use gguf::GgufFile;
 use layers::{Block, LayerCache, Loader, Norm, Rope};
-pub use weights::{GgufFile, Precision, WeightSource};
+pub use weights::{Precision, StoredMatrix, WeightSource};
 
 use crate::{Error, Result};
-use arch::{Part, TensorNames};
+use arch::Part;
 
 /// Receives the residual stream as the forward pass produces it.
 pub trait Recorder {
@@ -73,43 +84,52 @@ pub struct Model {
     pub cfg: ModelConfig,
     /// File name (or directory / HF id) it came from.
     pub label: String,
+    /// The precision it runs at (`Auto` resolved).
     pub precision: Precision,
-    /// `[vocab, d]`, f32, unscaled.
-    embed: Tensor,
+    /// Whether finished blocks are released to the page cache (larger than
+    /// memory: the file is streamed block by block).
+    pub streaming: bool,
+    /// `[vocab, d]`, unscaled: an f32 copy, or at rest.
+    embed: StoredMatrix,
     /// `[context, d]` learned positions (GPT-2).
     pos_embed: Option<Tensor>,
     blocks: Vec<Block>,
     final_norm: Norm,
-    /// `[vocab, d]` f32: the embedding itself when tied (one copy). Always
-    /// dense, because the lens multiplies by it at every row. Unlike block
-    /// weights it is not stored transposed: at lens sizes gemm is compute-bound
-    /// either way (measured ~350 GFLOP/s both), and transposing costs load time.
-    head: Tensor,
+    /// `[vocab, d]`: the embedding itself when tied (one copy), multiplied
+    /// in vocabulary panels by [`StoredMatrix::matmul_t`], whose logits the
+    /// lens reads as whole-row blocks.
+    head: StoredMatrix,
     /// The head rounded to bf16 and packed for `--lens-precision bf16`, built
-    /// on first use from [`Model::head_f32`] (once per loaded model).
+    /// on first use from [`Model::head_rows`] (once per loaded model).
     head_bf16: std::sync::OnceLock<crate::kernels::bf16::Bf16Head>,
 }
 
 impl Model {
-    /// Build a model from a resolved config, a weight source and its names.
-    pub fn load(
-        cfg: ModelConfig,
-        src: &dyn WeightSource,
-        names: &dyn TensorNames,
-        precision: Precision,
-    ) -> Result<Self> {
+    /// Build a model from an opened checkpoint, after the memory preflight
+    /// ([`budget::plan`]) has resolved the precision.
+    pub fn load(ckpt: &Checkpoint, plan: &MemoryPlan) -> Result<Self> {
+        let (cfg, src, names) = (&ckpt.cfg, ckpt.source(), ckpt.names());
+        let precision = plan.precision;
         let ld = Loader {
             src,
             names,
-            cfg: &cfg,
+            cfg,
             precision,
         };
         let (v, d) = (cfg.vocab_size, cfg.d_model);
-        let embed = ld.f32(Part::TokenEmbd, None, false, &[v, d])?;
+        let table = |part| -> Result<StoredMatrix> {
+            if precision == Precision::Rest {
+                if let Some(m) = ld.stored(part, None, &[v, d])? {
+                    return Ok(m);
+                }
+            }
+            StoredMatrix::copied(&ld.f32(part, None, false, &[v, d])?)
+        };
+        let embed = table(Part::TokenEmbd)?;
         let head = if cfg.tied_embeddings {
             embed.clone()
         } else {
-            ld.f32(Part::Output, None, false, &[v, d])?
+            table(Part::Output)?
         };
         let pos_embed = if cfg.learned_pos {
             let name = names.name(Part::PositionEmbd, None, false);
@@ -138,22 +158,15 @@ impl Model {
         Ok(Self {
             label: src.label(),
             precision,
+            streaming: plan.streaming,
             embed,
             pos_embed,
             blocks,
             final_norm,
             head,
             head_bf16: Default::default(),
-            cfg,
+            cfg: cfg.clone(),
         })
-    }
-
-    /// Open a GGUF file.
-    pub fn from_gguf(path: &Path, precision: Precision) -> Result<(Self, GgufFile)> {
-        let file = GgufFile::open(path)?;
-        let cfg = arch::config_from_gguf(&file)?;
-        let model = Self::load(cfg, &file, &arch::GgufNames, precision)?;
-        Ok((model, file))
     }
 
     /// Run `ids` at positions `cache.len()..`, recording every row if a
@@ -180,9 +193,8 @@ impl Model {
         if cache.layers.is_empty() {
             cache.layers = vec![LayerCache::default(); self.cfg.n_layers];
         }
-        let idx = Tensor::new(ids, &Device::Cpu)?;
         // Row 0: the embedding output, scaled (Gemma) and with positions (GPT-2).
-        let mut x = self.embed.index_select(&idx, 0)?;
+        let mut x = self.embed.gather(ids)?;
         if let Some(scale) = self.cfg.embed_scale {
             x = (x * scale as f32 as f64)?;
         }
@@ -194,7 +206,15 @@ impl Model {
             r.record(0, &x)?;
         }
         for (i, (block, lc)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+            // At rest, ask for the next block's pages while this one computes;
+            // when streaming, hand this block's back once it is done.
+            if let Some(next) = self.blocks.get(i + 1) {
+                next.advise(false);
+            }
             x = block.forward(&x, start, lc)?;
+            if self.streaming {
+                block.advise(true);
+            }
             if let Some(r) = recorder.as_deref_mut() {
                 r.record(i + 1, &x)?;
             }
@@ -203,11 +223,33 @@ impl Model {
         Ok(x)
     }
 
+    /// The final norm's `(weight, eps)` if it is an RMSNorm, and the
+    /// `[vocab, d]` head as an f32 tensor: what the tuned-lens trainer's
+    /// backward pass needs. The head is decoded here even when it is at rest
+    /// (training multiplies by it twice per layer per step). `None` for
+    /// LayerNorm or a final soft-cap (not differentiated).
+    pub fn unembed_parts(&self) -> Result<Option<(&Tensor, f32, Tensor)>> {
+        if self.cfg.final_softcap.is_some() {
+            return Ok(None);
+        }
+        let Some((w, eps)) = self.final_norm.rms_parts() else {
+            return Ok(None);
+        };
+        let (rows, cols) = self.head.dims();
+        let mut head = vec![0f32; rows * cols];
+        self.head.rows_f32(0, rows, &mut head);
+        Ok(Some((
+            w,
+            eps,
+            Tensor::from_vec(head, (rows, cols), &candle_core::Device::Cpu)?,
+        )))
+    }
+
     /// The model's own final-logit path on any residual: final norm, head,
     /// soft-cap. `h`: `[M, d]` → logits `[M, vocab]`. The lens calls this
     /// for every row, so lens row `n_layers` is exactly the model's output.
     pub fn unembed(&self, h: &Tensor) -> Result<Tensor> {
-        let logits = self.final_normed(h)?.matmul(&self.head_f32().t()?)?;
+        let logits = self.head.matmul_t(&self.final_normed(h)?)?;
         Ok(match self.cfg.final_softcap {
             Some(c) => ((logits / c)?.tanh()? * c)?,
             None => logits,
@@ -234,36 +276,32 @@ impl Model {
         }
     }
 
-    /// The unembedding `[vocab, d]` in f32: the one place the lens reads the
-    /// head from.
-    pub fn head_f32(&self) -> &Tensor {
-        &self.head
-    }
-
     /// The unembedding rounded to bf16 and packed for the bf16 lens; packed
-    /// on the first call (about 0.1 s for SmolLM2), kept for the model's life.
+    /// on the first call from [`Model::head_rows`] a panel at a time (about
+    /// 0.1 s for SmolLM2), kept for the model's life.
     pub fn head_bf16(&self) -> Result<&crate::kernels::bf16::Bf16Head> {
         if let Some(h) = self.head_bf16.get() {
             return Ok(h);
         }
         let (v, d) = (self.cfg.vocab_size, self.cfg.d_model);
-        let head = self.head_f32().contiguous()?;
-        let (storage, layout) = head.storage_and_layout();
-        // Read the f32 head in place (no 113 MB copy for SmolLM2).
-        let packed = match &*storage {
-            candle_core::Storage::Cpu(cpu) => {
-                let data: &[f32] = cpu.as_slice()?;
-                let start = layout.start_offset();
-                crate::kernels::bf16::Bf16Head::pack(&data[start..start + v * d], v, d)
-            }
-            #[allow(unreachable_patterns)]
-            _ => {
-                return Err(Error::InvalidOption(
-                    "`--lens-precision bf16` runs on the CPU only".into(),
-                ))
-            }
-        };
+        let packed = crate::kernels::bf16::Bf16Head::pack_rows(v, d, |r0, r1, out| {
+            self.head_rows(r0, r1, out)
+        })?;
         Ok(self.head_bf16.get_or_init(|| packed))
+    }
+
+    /// Head rows `r0..r1` in f32 into `out` (`(r1 - r0) * d_model` values),
+    /// from the f32 copy or dequantised from the file: the accessor for
+    /// anything that needs the head in its own layout (a packed copy).
+    pub fn head_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        if r0 > r1 || r1 > self.cfg.vocab_size || out.len() != (r1 - r0) * self.cfg.d_model {
+            return Err(Error::InvalidOption(format!(
+                "head rows `{r0}..{r1}` into {} values",
+                out.len()
+            )));
+        }
+        self.head.rows_f32(r0, r1, out);
+        Ok(())
     }
 
     /// Greedy decoding after `prompt` has been run into `cache`, starting

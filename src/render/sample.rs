@@ -196,6 +196,8 @@ pub fn grid_from_reference_json(text: &str) -> Result<LensGrid> {
         tracked,
         answer,
         rehearsal: None,
+        lens: Default::default(),
+        more_lenses: Vec::new(),
     })
 }
 
@@ -337,5 +339,7 @@ pub fn synthetic_grid(n_positions: usize, n_rows: usize) -> LensGrid {
             text: " Canberra".into(),
         }),
         rehearsal: None,
+        lens: Default::default(),
+        more_lenses: Vec::new(),
     }
 }

@@ -30,6 +30,8 @@ pub struct AppState {
     /// Bound to a loopback address: only accept loopback `Host` headers
     /// (a web page cannot reach the server through DNS rebinding).
     pub loopback_only: bool,
+    /// The lenses every request is read through (`serve --lens`).
+    pub lenses: Vec<crate::lens::Lens>,
 }
 
 type Shared = Arc<AppState>;
@@ -565,6 +567,7 @@ async fn lens(
         answer,
         alts: b.answer_alt,
         max_tokens: Some(limits.max_tokens),
+        lenses: state.lenses.clone(),
         ..LensRequest::default()
     };
     run_job(&state, move || {

@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod safetensors;
 
 pub mod config;
+pub mod dequant;
 pub mod hf;
 pub mod weights;
 

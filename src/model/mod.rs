@@ -246,8 +246,7 @@ impl Model {
                 out.len()
             )));
         }
-        self.head.rows_f32(r0, r1, out);
-        Ok(())
+        self.head.rows_f32(r0, r1, out)
     }
 
     /// Greedy decoding after `prompt` has been run into `cache`, starting

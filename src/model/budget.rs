@@ -212,6 +212,19 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// This process's memory for `--timings`: peak resident set (`VmHWM`), and
+/// the resident set now split into anonymous and file-backed (mapped
+/// weights) pages. `None` off Linux.
+pub fn resident_report() -> Option<String> {
+    let kib = |key| proc_field("/proc/self/status", key).map(|k| human_bytes(k * 1024));
+    Some(format!(
+        "peak RSS {}, now anonymous {}, file-backed {}",
+        kib("VmHWM:")?,
+        kib("RssAnon:")?,
+        kib("RssFile:")?
+    ))
+}
+
 /// A `/proc/meminfo` field in KiB.
 fn meminfo_kib(key: &str) -> Option<u64> {
     proc_field("/proc/meminfo", key)

@@ -296,7 +296,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             eprintln!(
                 "memory: precision {}{}, {memory}",
                 session.model.precision.label(),
-                if session.model.streaming { " (streaming)" } else { "" }
+                if session.model.streaming {
+                    " (streaming)"
+                } else {
+                    ""
+                }
             );
         }
     }

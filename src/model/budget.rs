@@ -5,9 +5,8 @@
 //! allocator abort or a silent OOM kill. `--precision auto` is resolved
 //! here: f32 copies while they fit the budget, else weights at rest.
 
-use super::arch::{all_names, Part};
-use super::checkpoint::Checkpoint;
-use super::weights::Precision;
+use super::arch::{all_names, Part, TensorNames};
+use super::weights::{Precision, WeightSource};
 use crate::{Error, Result};
 
 /// Scratch the model needs next to its weights: per-thread dequantisation
@@ -32,11 +31,13 @@ pub struct MemoryNeed {
     pub stored_bytes: u64,
 }
 
-/// The memory a checkpoint needs, from tensor shapes and storage types only.
-pub fn need(ckpt: &Checkpoint) -> Result<MemoryNeed> {
-    let src = ckpt.source();
-    let names = ckpt.names();
-    let n_layers = ckpt.cfg.n_layers;
+/// The memory a checkpoint of `n_layers` blocks needs, from tensor shapes
+/// and storage types only.
+pub fn need(
+    src: &dyn WeightSource,
+    names: &dyn TensorNames,
+    n_layers: usize,
+) -> Result<MemoryNeed> {
     let (mut f32_bytes, mut small, mut stored_total) = (0u64, 0u64, 0u64);
     let (mut largest, mut global_stored) = (0u64, 0u64);
     let mut per_block = vec![0u64; n_layers];
@@ -129,8 +130,13 @@ pub struct MemoryRequest {
 /// Resolve `precision` against the memory available and check it fits.
 /// `Auto` keeps f32 copies while they fit the budget (`max_memory`, else half
 /// of what is available), else works at rest.
-pub fn plan(ckpt: &Checkpoint, precision: Precision, req: MemoryRequest) -> Result<MemoryPlan> {
-    let need = need(ckpt)?;
+/// `label` names the model in the refusal.
+pub fn plan(
+    need: MemoryNeed,
+    label: &str,
+    precision: Precision,
+    req: MemoryRequest,
+) -> Result<MemoryPlan> {
     let limit = MemoryLimit::current();
     let room = limit.bytes.saturating_sub(req.run_bytes);
     let budget = req.max_memory.unwrap_or(limit.bytes / 2).min(room);
@@ -147,7 +153,7 @@ pub fn plan(ckpt: &Checkpoint, precision: Precision, req: MemoryRequest) -> Resu
         _ => need.f32_bytes,
     };
     let refuse = |needed: u64, available: u64, limit: String| Error::OutOfMemory {
-        model: ckpt.location.label(),
+        model: label.to_string(),
         precision: precision.label().to_string(),
         needed: human_bytes(needed),
         available: human_bytes(available),

@@ -115,7 +115,8 @@ impl Checkpoint {
     /// As [`Checkpoint::load`], within `req` (`--max-memory`, and what the
     /// run needs beside the model).
     pub fn load_within(&self, precision: Precision, req: MemoryRequest) -> Result<Model> {
-        let plan = budget::plan(self, precision, req)?;
+        let need = budget::need(self.source(), self.names(), self.cfg.n_layers)?;
+        let plan = budget::plan(need, &self.location.label(), precision, req)?;
         Model::load(self, &plan)
     }
 }

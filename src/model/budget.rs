@@ -75,7 +75,7 @@ pub fn need(
 pub struct MemoryLimit {
     pub bytes: u64,
     /// `MemAvailable`, `cgroup memory.max` or `RLIMIT_AS`.
-    pub source: String,
+    pub source: &'static str,
 }
 
 impl MemoryLimit {
@@ -84,14 +84,11 @@ impl MemoryLimit {
     pub fn current() -> Self {
         let mut best = MemoryLimit {
             bytes: u64::MAX,
-            source: "no limit found".into(),
+            source: "no limit found",
         };
-        let mut consider = |bytes: Option<u64>, source: &str| {
+        let mut consider = |bytes: Option<u64>, source: &'static str| {
             if let Some(b) = bytes.filter(|&b| b < best.bytes) {
-                best = MemoryLimit {
-                    bytes: b,
-                    source: source.into(),
-                };
+                best = MemoryLimit { bytes: b, source };
             }
         };
         consider(
@@ -152,15 +149,15 @@ pub fn plan(
         // embedding and head dequantised: the f32 estimate bounds it.
         _ => need.f32_bytes,
     };
-    let refuse = |needed: u64, available: u64, limit: String| Error::OutOfMemory {
+    let refuse = |needed: u64, available: u64, limit: &'static str| Error::OutOfMemory {
         model: label.to_string(),
-        precision: precision.label().to_string(),
+        precision: precision.label(),
         needed: human_bytes(needed),
         available: human_bytes(available),
         limit,
     };
     if let Some(max) = req.max_memory.filter(|&m| needed > m) {
-        return Err(refuse(needed, max, "`--max-memory`".into()));
+        return Err(refuse(needed, max, "`--max-memory`"));
     }
     if needed + req.run_bytes > limit.bytes {
         return Err(refuse(needed + req.run_bytes, limit.bytes, limit.source));
@@ -292,7 +289,7 @@ fn address_space_room() -> Option<u64> {
     }
     let mapped = proc_field("/proc/self/status", "VmSize:")? * 1024;
     let reserve = rayon::current_num_threads() as u64 * THREAD_RESERVE;
-    Some((lim.rlim_cur as u64).saturating_sub(mapped + reserve))
+    Some(lim.rlim_cur.saturating_sub(mapped + reserve))
 }
 
 #[cfg(test)]

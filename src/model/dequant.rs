@@ -84,7 +84,7 @@ impl Kernel {
 /// `row_len` is not a whole number of blocks.
 pub fn row_bytes(dtype: GgmlDType, row_len: usize) -> Result<usize> {
     let block = dtype.block_size();
-    if row_len % block != 0 {
+    if !row_len.is_multiple_of(block) {
         return Err(bad(format!(
             "a row of {row_len} weights is not a whole number of {dtype:?} blocks of {block}"
         )));
@@ -135,7 +135,7 @@ pub fn dequantize_blocks_with(
     out: &mut [f32],
 ) -> Result<()> {
     let (block, size) = (dtype.block_size(), dtype.type_size());
-    if src.len() % size != 0 || src.len() / size * block != out.len() {
+    if !src.len().is_multiple_of(size) || src.len() / size * block != out.len() {
         return Err(bad(format!(
             "{} bytes of {dtype:?} do not decode to {} weights",
             src.len(),
@@ -200,7 +200,7 @@ fn via_candle<T: GgmlType>(src: &[u8], out: &mut [f32]) {
     let size = std::mem::size_of::<T>();
     let block = T::BLCK_SIZE;
     let n = src.len() / size;
-    if (src.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+    if (src.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         // SAFETY: aligned, in bounds (n * size <= src.len()), valid for any bits.
         let blocks = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<T>(), n) };
         T::to_float(blocks, out);

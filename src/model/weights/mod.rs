@@ -173,7 +173,7 @@ impl StoredMatrix {
     ) -> Option<Self> {
         let block = dtype.block_size();
         let float = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        if cols % block != 0 || (transposed && !float) {
+        if !cols.is_multiple_of(block) || (transposed && !float) {
             return None;
         }
         let len = rows * cols / block * dtype.type_size();

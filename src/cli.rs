@@ -204,7 +204,8 @@ pub struct RunArgs {
     /// Print nothing but errors
     #[arg(long, short = 'q', help_heading = "Output")]
     pub quiet: bool,
-    /// Print the wall time of each stage to stderr
+    /// Print the wall time of each stage, the precision used and the peak
+    /// resident memory to stderr
     #[arg(long, help_heading = "Output")]
     pub timings: bool,
 }
@@ -335,6 +336,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             times.generate.as_secs_f64(),
             clock.elapsed().as_secs_f64()
         );
+        if let Some(memory) = lensmap::model::budget::resident_report() {
+            eprintln!(
+                "memory: precision {}{}, {memory}",
+                session.model.precision.label(),
+                if session.model.streaming {
+                    " (streaming)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     if !args.quiet {
         let mut out = std::io::stdout().lock();

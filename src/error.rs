@@ -76,11 +76,11 @@ pub enum Error {
     #[error("`{model}` at precision `{precision}` needs {needed} of memory but only {available} is available ({limit})")]
     OutOfMemory {
         model: String,
-        precision: String,
+        precision: &'static str,
         needed: String,
         available: String,
         /// What set the limit: `MemAvailable`, `--max-memory`, the cgroup, `RLIMIT_AS`.
-        limit: String,
+        limit: &'static str,
     },
 
     // --- plumbing ------------------------------------------------------------
@@ -115,7 +115,7 @@ impl Error {
             Error::Template(_) => Some(
                 "pass `--chat-template FILE` to use another template, or `--raw` to skip it".into(),
             ),
-            Error::OutOfMemory { precision, .. } if precision == "rest" => Some(
+            Error::OutOfMemory { precision, .. } if *precision == "rest" => Some(
                 "raise `--max-memory` or the process limit, or free memory: at rest only the small tensors and one block's weights need to be resident".into(),
             ),
             Error::OutOfMemory { .. } => Some(

@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod safetensors;
 
 pub mod config;
+pub mod dequant;
 pub mod hf;
 pub mod weights;
 
@@ -300,8 +301,7 @@ impl Model {
                 out.len()
             )));
         }
-        self.head.rows_f32(r0, r1, out);
-        Ok(())
+        self.head.rows_f32(r0, r1, out)
     }
 
     /// Greedy decoding after `prompt` has been run into `cache`, starting

@@ -238,7 +238,7 @@ impl Model {
         };
         let (rows, cols) = self.head.dims();
         let mut head = vec![0f32; rows * cols];
-        self.head.rows_f32(0, rows, &mut head);
+        self.head.rows_f32(0, rows, &mut head)?;
         Ok(Some((
             w,
             eps,

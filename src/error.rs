@@ -67,6 +67,9 @@ pub enum Error {
     /// An option is out of range or inconsistent.
     #[error("{0}")]
     InvalidOption(String),
+    /// The caller stopped the run (Ctrl-C in Python).
+    #[error("interrupted")]
+    Interrupted,
 
     // --- plumbing ------------------------------------------------------------
     /// File I/O with the path it concerned.

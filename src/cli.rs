@@ -218,9 +218,7 @@ impl FigureArgs {
             stat: self.stat,
             window: self.window,
             zoom: self.zoom,
-            model_label: grid.model.file.clone(),
-            // The user's words for the subtitle.
-            prompt_label: grid.text_prompt(),
+            ..FigureOptions::labelled(grid)
         }
     }
 }

@@ -379,13 +379,15 @@ mod parquet_table {
             .build()
     }
 
-    /// One prompt's cells table as Parquet bytes, as `cells.parquet` would
-    /// hold them (the Python bindings hand these to pyarrow).
-    pub fn cells_parquet(rec: &PromptRecord) -> Result<Vec<u8>> {
+    /// The cells table of these records as Parquet bytes, as `cells.parquet`
+    /// would hold them (the Python bindings hand these to pyarrow).
+    pub fn cells_parquet(recs: &[PromptRecord]) -> Result<Vec<u8>> {
         let schema = schema();
         let mut w =
             ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties())).map_err(pq_err)?;
-        w.write(&cells_batch(schema, rec)?).map_err(pq_err)?;
+        for rec in recs {
+            w.write(&cells_batch(schema.clone(), rec)?).map_err(pq_err)?;
+        }
         w.into_inner().map_err(pq_err)
     }
 

@@ -101,7 +101,7 @@ struct BatchCommand {
 }
 
 /// Keyword options of `Model.batch` and `Model.batch_cells`, as CLI flags.
-#[derive(Default, FromPyObject)]
+#[derive(Default)]
 struct BatchFlags {
     system: Option<String>,
     dummy: Option<usize>,
@@ -146,7 +146,11 @@ impl Model {
         argv.extend(extra.iter().cloned());
         BatchCommand::try_parse_from(argv)
             .map(|c| c.args)
-            .map_err(|e| option_err(e.render().to_string().lines().next().unwrap_or("")))
+            .map_err(|e| {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or("");
+                option_err(first.trim_start_matches("error: "))
+            })
     }
 }
 

@@ -38,7 +38,7 @@ from tuned_lens.plotting import PredictionTrajectory
 hf_dir, ids, runs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(2)
 t = time.perf_counter()
-model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
 load = time.perf_counter() - t
 lens = LogitLens.from_model(model)
 times = []

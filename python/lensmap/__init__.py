@@ -35,6 +35,7 @@ def figure(
     top_ids=None,
     kl_to_final=None,
     model: str = "",
+    vocab_size: int = 0,
     stat: Optional[str] = None,
     window: Optional[Tuple[int, int]] = None,
     zoom: Optional[int] = None,
@@ -49,7 +50,8 @@ def figure(
     top_probs: ``[rows, positions, k]`` probabilities (default 0, shown as such
     in tooltips); top_ids: ``[rows, positions, k]`` token ids (default: one id
     per distinct text); kl_to_final: ``[rows, positions]`` (default 0).
-    model: the model's name for the subtitle. stat, window, zoom, title: as
+    model: the model's name for the subtitle; vocab_size: its vocabulary
+    (the entropy colour bar marks ln|V| when given). stat, window, zoom, title: as
     in :meth:`Model.lens`.
 
     Returns a :class:`Result`: ``.svg()``, ``.save(...)``, inline in Jupyter.
@@ -88,6 +90,7 @@ def figure(
         i.tolist(),
         kl.tolist(),
         model,
+        int(vocab_size),
         stat,
         None if window is None else tuple(int(x) for x in window),
         zoom,

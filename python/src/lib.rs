@@ -319,12 +319,15 @@ impl Model {
         };
         let args = self.batch_args(&input, &out, &flags, &extra)?;
         let summary_dir = match &args.shard {
-            Some(s) => out.join("shards").join(format!("{}-of-{}", s.index, s.count)),
+            Some(s) => out
+                .join("shards")
+                .join(format!("{}-of-{}", s.index, s.count)),
             None => out.clone(),
         };
         py.detach(|| lensmap::batch::run(args)).map_err(py_err)?;
         let path = summary_dir.join("summary.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| py_err(lensmap::Error::io(&path, e)))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| py_err(lensmap::Error::io(&path, e)))?;
         py.import("json")?.call_method1("loads", (text,))
     }
 
@@ -396,6 +399,12 @@ impl Model {
     }
 }
 
+/// A small serialisable value (metadata, not arrays) as Python dicts and lists.
+fn to_python<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
+    let text = serde_json::to_string(value).map_err(|e| option_err(format!("to JSON: {e}")))?;
+    py.import("json")?.call_method1("loads", (text,))
+}
+
 /// Parquet bytes read back by pyarrow.
 fn read_parquet<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     let reader = py
@@ -434,23 +443,14 @@ impl LensResult {
         self.grid.tracked.iter().find(|t| t.role == role)
     }
 
-    fn topk_array<T: numpy::Element>(
+    fn topk_array<T: numpy::Element + Clone>(
         &self,
         py: Python<'_>,
         f: impl Fn(&TopToken) -> T,
         fill: T,
-    ) -> PyResult<Py<PyArray3<T>>>
-    where
-        T: Clone,
-    {
+    ) -> PyResult<Py<PyArray3<T>>> {
         let g = &self.grid;
-        let k = g
-            .topk
-            .iter()
-            .flatten()
-            .map(Vec::len)
-            .max()
-            .unwrap_or(0);
+        let k = g.topk.iter().flatten().map(Vec::len).max().unwrap_or(0);
         let (r, n) = (g.n_rows, g.n_positions());
         let mut flat = vec![fill; r * n * k];
         for (ri, row) in g.topk.iter().enumerate() {
@@ -586,9 +586,7 @@ impl LensResult {
     /// The rehearsal summary (as in the JSON's `rehearsal`), a dict, or None.
     #[getter]
     fn rehearsal<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let text = serde_json::to_string(&self.grid.rehearsal)
-            .map_err(|e| option_err(format!("rehearsal to JSON: {e}")))?;
-        py.import("json")?.call_method1("loads", (text,))
+        to_python(py, &self.grid.rehearsal)
     }
 
     /// Lens rows: `n_layers + 1` (row 0 the embeddings, the last the model's output).
@@ -600,9 +598,7 @@ impl LensResult {
     /// The model behind the result: `{file, arch, n_layers, d_model, vocab_size, precision}`.
     #[getter]
     fn model<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let text = serde_json::to_string(&self.grid.model)
-            .map_err(|e| option_err(format!("model to JSON: {e}")))?;
-        py.import("json")?.call_method1("loads", (text,))
+        to_python(py, &self.grid.model)
     }
 
     /// The prompt exactly as tokenised (after the chat template, before dummies).
@@ -745,7 +741,7 @@ fn load(path: PathBuf) -> PyResult<LensResult> {
 /// Build a result from arrays computed elsewhere (called by `lensmap.figure`,
 /// which converts numpy arrays to lists first).
 #[pyfunction]
-#[pyo3(signature = (entropy, top_tokens, tokens, kinds, top_probs, top_ids, kl_to_final, model, stat, window, zoom, title))]
+#[pyo3(signature = (entropy, top_tokens, tokens, kinds, top_probs, top_ids, kl_to_final, model, vocab_size, stat, window, zoom, title))]
 #[allow(clippy::too_many_arguments)]
 fn _figure(
     entropy: Vec<Vec<f64>>,
@@ -756,6 +752,7 @@ fn _figure(
     top_ids: Vec<Vec<Vec<u32>>>,
     kl_to_final: Vec<Vec<f64>>,
     model: String,
+    vocab_size: usize,
     stat: Option<String>,
     window: Option<(usize, usize)>,
     zoom: Option<usize>,
@@ -809,7 +806,7 @@ fn _figure(
             arch: String::new(),
             n_layers: n_rows.saturating_sub(1),
             d_model: 0,
-            vocab_size: 0,
+            vocab_size,
             precision: String::new(),
         },
         template_source: "none".into(),

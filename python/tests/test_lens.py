@@ -106,7 +106,8 @@ def test_load_of_cli_json_equals_in_process(seed, tmp_path):
     np.testing.assert_array_equal(loaded.answer_prob, seed.answer_prob)
     # save() writes what the CLI writes.
     seed.save(tmp_path / "py", formats=["json", "svg"])
-    assert (tmp_path / "py.json").read_text() == out.read_text()
+    # (`--json` leaves out the final newline that `--out` writes.)
+    assert (tmp_path / "py.json").read_text() == out.read_text() + "\n"
 
 
 def test_bad_model_path_raises_the_cli_message(tmp_path):
@@ -134,7 +135,8 @@ def test_bad_options_raise(model):
 
 def test_figure_from_arrays_writes_the_cli_svg(tmp_path):
     base = tmp_path / "cli"
-    run_cli("run", "--model", SMOLLM2, "--prompt", QUESTION, *SEED_FLAGS,
+    # No --generate: arrays from elsewhere carry no greedy answer for the subtitle.
+    run_cli("run", "--model", SMOLLM2, "--prompt", QUESTION, "--dummy", "8",
             "--out", base, "--format", "json,svg", "--quiet")
     g = json.loads((tmp_path / "cli.json").read_text())
     cell = lambda key: [[[t[key] for t in c] for c in row] for row in g["topk"]]  # noqa: E731
@@ -147,6 +149,7 @@ def test_figure_from_arrays_writes_the_cli_svg(tmp_path):
         top_ids=cell("id"),
         kl_to_final=g["kl_to_final"],
         model=g["model"]["file"],
+        vocab_size=g["model"]["vocab_size"],
     )
     assert fig.svg() == (tmp_path / "cli.svg").read_text()
     with pytest.raises(lensmap.LensmapError, match="tokens"):

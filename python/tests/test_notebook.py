@@ -116,7 +116,7 @@ def test_ray_example_equals_lensmap_batch(tmp_path):
             "--dummy", "4", "--generate", "8", "--answer-skip", "5", "--quiet")
     res = subprocess.run(
         [sys.executable, str(REPO / "examples" / "ray_batch.py"), "--model", str(SMOLLM2), "--prompts", str(prompts),
-         "--out", str(tmp_path / "ray"), "--num-cpus", "2", "--actors", "2",
+         "--out", str(tmp_path / "ray"), "--num-cpus", "2", "--actors", "2", "--cpus-per-actor", "0.5",
          "--dummy", "4", "--generate", "8", "--answer-skip", "5"],
         capture_output=True, text=True, timeout=900,
     )

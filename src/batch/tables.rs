@@ -386,7 +386,8 @@ mod parquet_table {
         let mut w =
             ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties())).map_err(pq_err)?;
         for rec in recs {
-            w.write(&cells_batch(schema.clone(), rec)?).map_err(pq_err)?;
+            w.write(&cells_batch(schema.clone(), rec)?)
+                .map_err(pq_err)?;
         }
         w.into_inner().map_err(pq_err)
     }

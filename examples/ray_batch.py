@@ -15,7 +15,9 @@ head node (or submit it with ``ray job submit -- python examples/ray_batch.py
 installed and the model at the same path (a shared filesystem, or copy it
 first); ``--out`` must be a path every node can write (shared storage, or an
 ``s3://`` URI Ray can write to). ``--actors`` sets how many models run at
-once; each uses ``--cpus-per-actor`` cores.
+once; each reserves ``--cpus-per-actor`` CPUs, and Ray Data needs a CPU left
+for its read and write tasks, else the pipeline waits forever (on 2 cores:
+``--actors 2 --cpus-per-actor 0.5``).
 """
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use lensmap::grid::{LensGrid, TokenKind, TrackedRole};
+use lensmap::grid::{LensGrid, TokenKind};
 use lensmap::model::Precision;
-use lensmap::prompt::PromptSpec;
+use lensmap::prompt::DEFAULT_DUMMY_TEXT;
 use lensmap::render::{self, FigureOptions, OutputFormat, Stat};
-use lensmap::run::{AnswerSpec, LensRequest, Session, TrackSpec};
+use lensmap::run::{LensFlags, LensRequest, Session, DEFAULT_TOP_K};
 
 /// The logit lens for local language models: what every layer would predict,
 /// at every token, and how sure it is.
@@ -80,12 +80,7 @@ pub struct PromptArgs {
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Prompt")]
     pub dummy: usize,
     /// The filler text; must be a single token
-    #[arg(
-        long,
-        default_value = ".",
-        value_name = "TEXT",
-        help_heading = "Prompt"
-    )]
+    #[arg(long, default_value = DEFAULT_DUMMY_TEXT, value_name = "TEXT", help_heading = "Prompt")]
     pub dummy_text: String,
 }
 
@@ -93,7 +88,7 @@ pub struct PromptArgs {
 #[derive(Debug, Args)]
 pub struct LensArgs {
     /// Tokens listed per cell
-    #[arg(long, default_value_t = 5, value_name = "K", help_heading = "Lens")]
+    #[arg(long, default_value_t = DEFAULT_TOP_K, value_name = "K", help_heading = "Lens")]
     pub top_k: usize,
     /// Track the probability and rank of this text's first token in every cell
     #[arg(long, value_name = "TEXT", help_heading = "Lens")]
@@ -241,6 +236,33 @@ pub struct ConvertArgs {
     pub out: PathBuf,
 }
 
+impl RunArgs {
+    /// The lens request these flags describe.
+    fn request(&self, lenses: Vec<lensmap::lens::Lens>) -> anyhow::Result<LensRequest> {
+        let (p, l) = (&self.prompt, &self.lens);
+        LensFlags {
+            prompt: p.prompt.clone(),
+            system: p.system.clone(),
+            raw: p.raw,
+            dummy: p.dummy,
+            dummy_text: p.dummy_text.clone(),
+            top_k: l.top_k,
+            target: l.target.clone(),
+            generate: l.generate,
+            answer: l.answer.clone(),
+            answer_alt: l.answer_alt.clone(),
+            answer_skip: l.answer_skip,
+            lenses,
+            lens_precision: l.lens_precision,
+            positions: l.positions,
+        }
+        .request()
+        .map_err(|_| {
+            anyhow::anyhow!("`--answer-skip` applies to `--answer auto` (with `--generate N`) only")
+        })
+    }
+}
+
 impl FigureArgs {
     fn options(&self, grid: &LensGrid) -> FigureOptions {
         FigureOptions {
@@ -248,9 +270,7 @@ impl FigureArgs {
             stat: self.stat,
             window: self.window,
             zoom: self.zoom,
-            model_label: grid.model.file.clone(),
-            // The user's words for the subtitle.
-            prompt_label: grid.text_prompt(),
+            ..FigureOptions::labelled(grid)
         }
     }
 }
@@ -279,39 +299,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         args.prompt.chat_template.as_deref(),
     )?;
     let load = clock.elapsed();
-    let answer = AnswerSpec::from_flags(
-        args.lens.answer.as_deref(),
-        args.lens.answer_skip,
-        args.lens.generate,
-    )
-    .map_err(|_| {
-        anyhow::anyhow!("`--answer-skip` applies to `--answer auto` (with `--generate N`) only")
-    })?;
-    let mut track = Vec::new();
-    if let Some(t) = &args.lens.target {
-        track.push(TrackSpec {
-            text: t.clone(),
-            role: TrackedRole::Target,
-        });
-    }
-    let req = LensRequest {
-        prompt: PromptSpec {
-            user: args.prompt.prompt.clone(),
-            system: args.prompt.system.clone(),
-            raw: args.prompt.raw,
-            dummy: args.prompt.dummy,
-            dummy_text: Some(args.prompt.dummy_text.clone()),
-        },
-        top_k: args.lens.top_k,
-        track,
-        generate: args.lens.generate,
-        answer,
-        alts: args.lens.answer_alt.clone(),
-        max_tokens: None,
-        lens_precision: args.lens.lens_precision,
-        positions: args.lens.positions,
-        lenses,
-    };
+    let req = args.request(lenses)?;
     let (grid, times) = session.run_timed(&req)?;
     let clock = std::time::Instant::now();
     if let Some(path) = &args.json {

@@ -83,6 +83,10 @@ pub enum Error {
         limit: &'static str,
     },
 
+    /// The caller stopped the run (Ctrl-C in Python).
+    #[error("interrupted")]
+    Interrupted,
+
     // --- plumbing ------------------------------------------------------------
     /// File I/O with the path it concerned.
     #[error("`{path}`: {source}")]

@@ -11,8 +11,8 @@ use crate::grid::{
 };
 use crate::lens::{apply_lens, Lens, LensPrecision, LensQuery, PositionSpec};
 use crate::model::budget::MemoryRequest;
-use crate::model::{Checkpoint, KvCache, Model, Precision, ResidualTrace};
-use crate::prompt::{build_prompt, Prompt, PromptSpec};
+use crate::model::{Checkpoint, KvCache, Model, Precision, Recorder, ResidualTrace};
+use crate::prompt::{build_prompt, Prompt, PromptSpec, DEFAULT_DUMMY_TEXT};
 use crate::rehearsal::{self, AnswerSource};
 use crate::template::ChatTemplate;
 use crate::tokenize::TextTokenizer;
@@ -124,11 +124,14 @@ pub fn check_top_k(k: usize) -> Result<()> {
     Ok(())
 }
 
+/// `--top-k` when not given.
+pub const DEFAULT_TOP_K: usize = 5;
+
 impl Default for LensRequest {
     fn default() -> Self {
         Self {
             prompt: PromptSpec::default(),
-            top_k: 5,
+            top_k: DEFAULT_TOP_K,
             track: Vec::new(),
             generate: 0,
             answer: AnswerSpec::None,
@@ -138,6 +141,111 @@ impl Default for LensRequest {
             lens_precision: LensPrecision::F32,
             positions: PositionSpec::All,
         }
+    }
+}
+
+/// The options of `lensmap run` that shape one request, by their CLI names
+/// (the Python API's keyword arguments): both front ends fill this in and
+/// turn it into a [`LensRequest`] with [`LensFlags::request`], so defaults
+/// and checks live in one place.
+#[derive(Debug, Clone)]
+pub struct LensFlags {
+    /// `--prompt`: the user message (the whole text with `raw`).
+    pub prompt: String,
+    /// `--system`.
+    pub system: Option<String>,
+    /// `--raw`: no chat template.
+    pub raw: bool,
+    /// `--dummy N`.
+    pub dummy: usize,
+    /// `--dummy-text`.
+    pub dummy_text: String,
+    /// `--top-k`.
+    pub top_k: usize,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--generate N`.
+    pub generate: usize,
+    /// `--answer auto|TEXT`.
+    pub answer: Option<String>,
+    /// `--answer-alt` (repeatable).
+    pub answer_alt: Vec<String>,
+    /// `--answer-skip N`.
+    pub answer_skip: usize,
+    /// `--lens`, already loaded ([`Lens::parse_list`]).
+    pub lenses: Vec<Lens>,
+    /// `--lens-precision`.
+    pub lens_precision: LensPrecision,
+    /// `--positions`.
+    pub positions: PositionSpec,
+}
+
+impl Default for LensFlags {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            system: None,
+            raw: false,
+            dummy: 0,
+            dummy_text: DEFAULT_DUMMY_TEXT.to_string(),
+            top_k: DEFAULT_TOP_K,
+            target: None,
+            generate: 0,
+            answer: None,
+            answer_alt: Vec::new(),
+            answer_skip: 0,
+            lenses: vec![Lens::Logit],
+            lens_precision: LensPrecision::F32,
+            positions: PositionSpec::All,
+        }
+    }
+}
+
+impl LensFlags {
+    /// The request these options describe (see [`AnswerSpec::from_flags`]).
+    pub fn request(&self) -> std::result::Result<LensRequest, SkipWithoutAuto> {
+        let answer =
+            AnswerSpec::from_flags(self.answer.as_deref(), self.answer_skip, self.generate)?;
+        let track = self
+            .target
+            .iter()
+            .map(|t| TrackSpec {
+                text: t.clone(),
+                role: TrackedRole::Target,
+            })
+            .collect();
+        Ok(LensRequest {
+            prompt: PromptSpec {
+                user: self.prompt.clone(),
+                system: self.system.clone(),
+                raw: self.raw,
+                dummy: self.dummy,
+                dummy_text: Some(self.dummy_text.clone()),
+            },
+            top_k: self.top_k,
+            track,
+            generate: self.generate,
+            answer,
+            alts: self.answer_alt.clone(),
+            max_tokens: None,
+            lenses: self.lenses.clone(),
+            lens_precision: self.lens_precision,
+            positions: self.positions,
+        })
+    }
+}
+
+/// A [`Recorder`] that keeps the trace and calls a check after every layer;
+/// an error from the check aborts the forward pass.
+struct CheckedTrace<'a> {
+    trace: ResidualTrace,
+    check: &'a mut dyn FnMut() -> Result<()>,
+}
+
+impl Recorder for CheckedTrace<'_> {
+    fn record(&mut self, row: usize, residual: &candle_core::Tensor) -> Result<()> {
+        (self.check)()?;
+        self.trace.record(row, residual)
     }
 }
 
@@ -225,6 +333,17 @@ impl Session {
 
     /// Run the lens for one request and report how long each stage took.
     pub fn run_timed(&self, req: &LensRequest) -> Result<(LensGrid, StageTimes)> {
+        self.run_checked(req, &mut || Ok(()))
+    }
+
+    /// [`Session::run_timed`], calling `check` after every layer of the
+    /// forward pass and before generation and the lens; an error from it
+    /// ends the run with that error (the Python bindings stop on Ctrl-C so).
+    pub fn run_checked(
+        &self,
+        req: &LensRequest,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<(LensGrid, StageTimes)> {
         let mut times = StageTimes::default();
         let mut clock = Instant::now();
         let mut lap = |slot: &mut Duration| {
@@ -268,11 +387,16 @@ impl Session {
             .collect::<Result<Vec<_>>>()?;
         lap(&mut times.prompt);
 
-        let mut trace = ResidualTrace::default();
+        let mut checked = CheckedTrace {
+            trace: ResidualTrace::default(),
+            check,
+        };
         let mut cache = KvCache::default();
         let last = self
             .model
-            .forward(&prompt.ids, &mut cache, Some(&mut trace))?;
+            .forward(&prompt.ids, &mut cache, Some(&mut checked))?;
+        let CheckedTrace { trace, check } = checked;
+        check()?;
         lap(&mut times.forward);
         // Generate before the lens (the trace stays alive meanwhile) so an
         // `auto` answer can be tracked in every cell.
@@ -291,6 +415,7 @@ impl Session {
             None
         };
         drop(cache);
+        check()?;
         lap(&mut times.generate);
         if let (AnswerSpec::Auto { skip }, Some(a)) = (&req.answer, &answer) {
             let id = *a.ids.get(*skip).ok_or_else(|| {

@@ -420,7 +420,7 @@ fn figure_subtitle(s: &BatchSummary, args: &BatchArgs) -> Vec<String> {
 }
 
 /// The request for one prompt: its named answer, else its greedy answer.
-fn request(args: &BatchArgs, item: &PromptItem, lens: &crate::lens::Lens) -> LensRequest {
+pub fn request(args: &BatchArgs, item: &PromptItem, lens: &crate::lens::Lens) -> LensRequest {
     LensRequest {
         prompt: PromptSpec {
             user: item.prompt.clone(),

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the lens on one prompt and write JSON and figures
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Redraw figures from a saved JSON file, without the model
     Plot(PlotArgs),
     /// Describe a model: architecture, sizes, template, special tokens
@@ -278,7 +278,7 @@ impl FigureArgs {
 /// Run the parsed command.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Plot(args) => plot(args),
         Command::Info(args) => info(args),
         Command::Convert(args) => convert(args),

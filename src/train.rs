@@ -285,6 +285,9 @@ fn translate(h: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok((h + h.matmul(&w.t()?)?.broadcast_add(b)?)?)
 }
 
+/// One translator's gradients `(dW, db)`, row-major like [`Param`].
+type Grads = (Vec<f32>, Vec<f32>);
+
 /// Loss of every layer (mean KL over tokens) and the gradients `(dW, db)`.
 fn step_grads(
     u: &Unembed,
@@ -292,7 +295,7 @@ fn step_grads(
     t: &Targets,
     params: &[Param],
     d: usize,
-) -> Result<(Vec<f64>, Vec<(Vec<f32>, Vec<f32>)>)> {
+) -> Result<(Vec<f64>, Vec<Grads>)> {
     let mut losses = Vec::with_capacity(params.len());
     let mut grads = Vec::with_capacity(params.len());
     for (i, p) in params.iter().enumerate() {
@@ -349,12 +352,13 @@ impl Optimiser {
                     *x -= (lr * (g + 0.9 * buf)) as f32;
                 }
             };
-            for j in 0..n_w {
-                update(&mut p.w[j], gw[j], &mut p.m[j], &mut p.v[j]);
+            let (m_w, m_b) = p.m.split_at_mut(n_w);
+            let (v_w, v_b) = p.v.split_at_mut(n_w);
+            for (((x, &g), m), v) in p.w.iter_mut().zip(gw.iter()).zip(m_w).zip(v_w) {
+                update(x, g, m, v);
             }
-            for j in 0..p.b.len() {
-                let k = n_w + j;
-                update(&mut p.b[j], gb[j], &mut p.m[k], &mut p.v[k]);
+            for (((x, &g), m), v) in p.b.iter_mut().zip(gb.iter()).zip(m_b).zip(v_b) {
+                update(x, g, m, v);
             }
         });
     }

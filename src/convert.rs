@@ -45,6 +45,12 @@ pub struct Converted {
 /// Convert a GGUF model into an HF directory at `out_dir` (created if needed;
 /// files of the same names are replaced).
 pub fn to_safetensors(gguf: &Path, out_dir: &Path) -> Result<Converted> {
+    if gguf.is_dir() {
+        return Err(Error::InvalidOption(format!(
+            "`{}` is a directory: `convert` reads one GGUF file (an HF directory is already safetensors; pass it to `run` as it is)",
+            gguf.display()
+        )));
+    }
     let file = GgufFile::open(gguf)?;
     let cfg = arch::config_from_gguf(&file)?;
     if cfg.rope.as_ref().is_some_and(|r| r.freq_factors.is_some()) {

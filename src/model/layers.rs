@@ -49,7 +49,9 @@ impl Loader<'_> {
     ) -> Result<Tensor> {
         let name = self.name(part, layer, bias);
         self.check_shape(&name, shape)?;
-        Ok(self.src.f32(&name)?.reshape(shape)?)
+        let t = self.src.f32(&name)?;
+        super::bounds::check_finite(&t, || format!("tensor `{name}`"))?;
+        Ok(t.reshape(shape)?)
     }
 
     fn check_shape(&self, name: &str, expected: &[usize]) -> Result<()> {
@@ -85,7 +87,10 @@ impl Loader<'_> {
         // than the multiply itself at prompt-sized M.
         let dtype = self.precision.activation_dtype();
         let weight = match self.src.mat(&name, self.precision)? {
-            MatWeight::Dense(w) => MatWeight::Dense(w.t()?.contiguous()?.to_dtype(dtype)?),
+            MatWeight::Dense(w) => {
+                super::bounds::check_finite(&w, || format!("tensor `{name}`"))?;
+                MatWeight::Dense(w.t()?.contiguous()?.to_dtype(dtype)?)
+            }
             q => q,
         };
         let bias = if bias {

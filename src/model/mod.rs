@@ -7,6 +7,7 @@
 //! [`Recorder`], which is how the lens sees the model.
 
 pub mod arch;
+pub mod bounds;
 pub mod config;
 pub mod hf;
 pub mod layers;
@@ -186,11 +187,13 @@ impl Model {
             x = (x + pe.narrow(0, start, ids.len())?)?;
         }
         let mut x = x.to_dtype(self.precision.activation_dtype())?;
+        bounds::check_finite(&x, || "the embedding output".into())?;
         if let Some(r) = recorder.as_deref_mut() {
             r.record(0, &x)?;
         }
         for (i, (block, lc)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             x = block.forward(&x, start, lc)?;
+            bounds::check_finite(&x, || format!("the residual after block {i}"))?;
             if let Some(r) = recorder.as_deref_mut() {
                 r.record(i + 1, &x)?;
             }

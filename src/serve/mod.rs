@@ -15,6 +15,8 @@
 //! Tests and benchmarks start a server in-process with [`start`].
 
 mod api;
+#[doc(hidden)]
+pub use api::check_lens_body;
 mod error;
 mod pool;
 

@@ -68,6 +68,9 @@ pub enum Error {
     /// would otherwise draw garbage as certainty.
     #[error("{what} holds a non-finite value (`{value}`): the model file is corrupt or its config makes the arithmetic overflow")]
     NonFinite { what: String, value: f64 },
+    /// The request was withdrawn (its client disconnected) mid-computation.
+    #[error("cancelled: the client disconnected")]
+    Cancelled,
     /// An option is out of range or inconsistent.
     #[error("{0}")]
     InvalidOption(String),

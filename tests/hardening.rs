@@ -385,3 +385,94 @@ fn bad_zoom_and_window_fail_before_any_work() {
     assert_error(&out, "window `5..100000`");
     assert!(!json.exists());
 }
+
+// --- item 6: serve lets go ---------------------------------------------------------
+
+/// 200 clients send half a request line and stall. The server still answers
+/// a normal request, refuses an oversized `Content-Length` at once, and
+/// exits within 2 s of SIGTERM. The whole test is bounded to 20 s.
+#[test]
+fn slow_loris_clients_do_not_hold_the_server() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let m = common::reference_dir().join("tiny/llama");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lensmap"))
+        .args([
+            "serve",
+            "--model",
+            m.to_str().unwrap(),
+            "--port",
+            "0",
+            "--workers",
+            "1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .trim_start_matches("listening on http://")
+        .parse()
+        .unwrap();
+
+    let slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"POST /api/lens HTTP/1.1\r\nHost: local")
+                .unwrap();
+            s
+        })
+        .collect();
+
+    let ask = |req: &str| -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let health = ask(&format!(
+        "GET /api/health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // A body declared over the limit: 413 without sending a byte of it.
+    let big = ask(&format!(
+        "POST /api/lens HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n"
+    ));
+    assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    // A host that only resolves to loopback is still refused.
+    let foreign = ask("GET /api/health HTTP/1.1\r\nHost: 127.1.2.3\r\nConnection: close\r\n\r\n");
+    assert!(foreign.starts_with("HTTP/1.1 403"), "{foreign}");
+
+    // SIGTERM with 200 half-sent requests open: out within 2 s.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let term = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if term.elapsed() > Duration::from_secs(2) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop(slow);
+    assert!(status.is_some(), "still running 2 s after SIGTERM");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "bounded to 20 s"
+    );
+}

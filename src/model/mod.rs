@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod bounds;
+pub mod cancel;
 pub mod config;
 pub mod hf;
 pub mod layers;
@@ -194,6 +195,7 @@ impl Model {
         for (i, (block, lc)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             x = block.forward(&x, start, lc)?;
             bounds::check_finite(&x, || format!("the residual after block {i}"))?;
+            cancel::check()?;
             if let Some(r) = recorder.as_deref_mut() {
                 r.record(i + 1, &x)?;
             }

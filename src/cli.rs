@@ -37,6 +37,8 @@ pub enum Command {
     Batch(lensmap::batch::BatchArgs),
     /// Explore prompts live in a local web app
     Serve(lensmap::serve::ServeArgs),
+    /// Train a tuned lens (tuned-lens format) on a text corpus
+    TrainLens(lensmap::train::TrainArgs),
 }
 
 /// Which model and how to hold its weights.
@@ -45,9 +47,18 @@ pub struct ModelArgs {
     /// A `.gguf` file, an HF model directory, or `org/name` in the HF cache
     #[arg(long, short = 'm', help_heading = "Model")]
     pub model: String,
-    /// `auto` (fastest exact: f32 on CPU), `f32`, or `quant` (keep quantised weights)
+    /// `auto` (f32 copies while they fit the memory budget, else `rest`), `f32`,
+    /// `rest` (weights stay in the mapped file, exact), `f64`, or `quant`
     #[arg(long, default_value = "auto", help_heading = "Model")]
     pub precision: Precision,
+    /// Memory the model may hold, e.g. `6G` or `512M` (default: what is
+    /// available; `auto` keeps f32 copies only within half of it)
+    #[arg(long, value_name = "SIZE", value_parser = parse_max_memory, help_heading = "Model")]
+    pub max_memory: Option<u64>,
+}
+
+fn parse_max_memory(s: &str) -> Result<u64, String> {
+    lensmap::model::budget::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 /// What to feed the model.
@@ -111,6 +122,20 @@ pub struct LensArgs {
     /// " Canberra" is token 6: `--answer auto --answer-skip 5` tracks it.
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Answer")]
     pub answer_skip: usize,
+    /// `logit`, `tuned:DIR` (a tuned-lens directory), or `logit,tuned:DIR` side by side
+    ///
+    /// DIR holds tuned-lens's `config.json` and `params.pt` (or
+    /// `params.safetensors`). Row i < L goes through translator i
+    /// (`h + h·W_iᵀ + b_i`) before the final norm and unembedding; the output
+    /// row is the model's own. With two lenses the JSON holds both grids
+    /// (`more_lenses`) and the figure shows them side by side on one scale.
+    #[arg(
+        long,
+        default_value = "logit",
+        value_name = "LENS",
+        help_heading = "Lens"
+    )]
+    pub lens: String,
 }
 
 /// How the figure looks.
@@ -216,15 +241,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => convert(args),
         Command::Batch(args) => Ok(lensmap::batch::run(args)?),
         Command::Serve(args) => Ok(lensmap::serve::run(args)?),
+        Command::TrainLens(args) => Ok(lensmap::train::run(args)?),
     }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     lensmap::run::check_top_k(args.lens.top_k)?;
+    let lenses = lensmap::lens::Lens::parse_list(&args.lens.lens)?;
     let clock = std::time::Instant::now();
-    let session = Session::open(
+    let session = Session::open_within(
         &args.model.model,
         args.model.precision,
+        args.model.max_memory,
         args.prompt.chat_template.as_deref(),
     )?;
     let load = clock.elapsed();
@@ -257,6 +285,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         answer,
         alts: args.lens.answer_alt.clone(),
         max_tokens: None,
+        lenses,
     };
     session.check_figure_positions(&req, args.figure.window, args.figure.zoom)?;
     let (grid, times) = session.run_timed(&req)?;

@@ -50,6 +50,60 @@ pub struct LensGrid {
     /// user's text, when an answer is tracked (`--answer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rehearsal: Option<crate::rehearsal::RehearsalSummary>,
+    /// Which lens made the numbers; files without it are logit-lens files.
+    #[serde(default)]
+    pub lens: LensInfo,
+    /// The same prompt read through further lenses (`--lens logit,tuned:DIR`),
+    /// each a complete grid with its own `lens`; empty for one lens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_lenses: Vec<LensGrid>,
+}
+
+/// The lens behind a grid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LensInfo {
+    /// `logit` or `tuned`.
+    pub kind: String,
+    /// The tuned lens's directory, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The tuned lens's `config.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::tuned::TunedConfig>,
+    /// sha256 of the tuned lens's files, by file name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_sha256: Vec<(String, String)>,
+}
+
+impl Default for LensInfo {
+    fn default() -> Self {
+        LensInfo {
+            kind: "logit".into(),
+            path: None,
+            config: None,
+            files_sha256: Vec::new(),
+        }
+    }
+}
+
+impl LensInfo {
+    /// Describe a lens.
+    pub fn of(lens: &crate::lens::Lens) -> Self {
+        match lens {
+            crate::lens::Lens::Logit => LensInfo::default(),
+            crate::lens::Lens::Tuned(t) => LensInfo {
+                kind: "tuned".into(),
+                path: Some(t.dir.display().to_string()),
+                config: Some(t.config.clone()),
+                files_sha256: t.files_sha256.clone(),
+            },
+        }
+    }
+
+    /// A short label for figures: `logit lens` or `tuned lens`.
+    pub fn title(&self) -> String {
+        format!("{} lens", self.kind)
+    }
 }
 
 /// The model behind a grid.

@@ -10,8 +10,11 @@
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
 use crate::model::{KvCache, Model, ResidualTrace};
 use crate::stats::{cell_stats, CellQuery, CellStats, FinalDist};
+use crate::tuned::TunedLens;
 use crate::{Error, Result};
 
 /// Floats of logits alive at once (64 MiB), unless that is fewer than
@@ -24,6 +27,73 @@ const MIN_CELLS_PER_MATMUL: usize = 256;
 /// Floats of final-row probabilities alive at once (32 MiB).
 const FINAL_BUDGET: usize = 8 << 20;
 
+/// Bytes the lens allocates at once for a vocabulary of `vocab`: one block of
+/// logits (and the copy the soft-cap or a non-contiguous result makes), the
+/// final-row distributions, and per-cell scratch. The memory preflight
+/// counts it beside the model.
+pub fn working_bytes(vocab: usize) -> u64 {
+    let cells = (LOGIT_BUDGET / vocab.max(1)).max(MIN_CELLS_PER_MATMUL);
+    let logits = (cells * vocab * 4) as u64;
+    2 * logits + (FINAL_BUDGET * 4) as u64 + (16 << 20)
+}
+
+/// Which lens reads the residual rows before the model's own unembedding.
+#[derive(Debug, Clone, Default)]
+pub enum Lens {
+    /// The logit lens: every row straight through [`Model::unembed`].
+    #[default]
+    Logit,
+    /// The tuned lens: row `i < n_layers` through translator `i` first.
+    Tuned(Arc<TunedLens>),
+}
+
+impl Lens {
+    /// `logit` or `tuned`, as in the JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Lens::Logit => "logit",
+            Lens::Tuned(_) => "tuned",
+        }
+    }
+
+    /// Parse `--lens`: `logit`, `tuned:DIR`, or several joined by commas
+    /// (`logit,tuned:DIR`), loading each tuned lens.
+    pub fn parse_list(spec: &str) -> Result<Vec<Lens>> {
+        let lenses = spec
+            .split(',')
+            .map(|one| match one.trim() {
+                "logit" => Ok(Lens::Logit),
+                s => match s.strip_prefix("tuned:") {
+                    Some(dir) if !dir.is_empty() => Ok(Lens::Tuned(Arc::new(TunedLens::open(
+                        std::path::Path::new(dir),
+                    )?))),
+                    _ => Err(Error::InvalidOption(format!(
+                        "`--lens` takes `logit`, `tuned:DIR` or both joined by a comma, got `{s}`"
+                    ))),
+                },
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(lenses)
+    }
+
+    /// Refuse a lens that does not fit `model` before any work.
+    pub fn check(&self, model: &Model) -> Result<()> {
+        match self {
+            Lens::Logit => Ok(()),
+            Lens::Tuned(t) => t.check(&model.cfg),
+        }
+    }
+
+    /// The per-row hook: the residual that [`Model::unembed`] reads at lens
+    /// row `row` (`h`: `[M, d]`, rows of that lens row only).
+    fn prepare(&self, row: usize, h: Tensor) -> Result<Tensor> {
+        match self {
+            Lens::Logit => Ok(h),
+            Lens::Tuned(t) => t.translate(row, &h),
+        }
+    }
+}
+
 /// What the lens reports for every cell.
 #[derive(Debug, Clone)]
 pub struct LensQuery {
@@ -31,14 +101,17 @@ pub struct LensQuery {
     pub top_k: usize,
     /// Ids followed through every cell (target, answer, distractors).
     pub tracked: Vec<u32>,
+    /// The lens that reads the rows.
+    pub lens: Lens,
 }
 
 impl LensQuery {
-    /// The top `k` tokens of every cell, nothing tracked.
+    /// The top `k` tokens of every cell through the logit lens, nothing tracked.
     pub fn top(k: usize) -> Self {
         LensQuery {
             top_k: k,
             tracked: Vec::new(),
+            lens: Lens::Logit,
         }
     }
 
@@ -79,6 +152,7 @@ pub fn apply_lens(
 ) -> Result<CellGrid> {
     let vocab = model.cfg.vocab_size;
     q.check(vocab)?;
+    q.lens.check(model)?;
     let n_rows = trace.rows.len();
     let t = ids.len();
     let last = n_rows - 1;
@@ -123,8 +197,8 @@ pub fn apply_lens(
         for r0 in (0..last).step_by(rows_per_block) {
             let r1 = (r0 + rows_per_block).min(last);
             let h: Vec<Tensor> = (r0..r1)
-                .map(|r| trace.rows[r].narrow(0, p0, c))
-                .collect::<candle_core::Result<_>>()?;
+                .map(|r| q.lens.prepare(r, trace.rows[r].narrow(0, p0, c)?))
+                .collect::<Result<_>>()?;
             let logits = model.unembed(&Tensor::cat(&h, 0)?)?;
             let stats: Vec<CellStats> = with_rows(&logits, vocab, |rows| {
                 rows.par_chunks(vocab)

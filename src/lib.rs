@@ -39,6 +39,8 @@ pub mod serve;
 pub mod stats;
 pub mod template;
 pub mod tokenize;
+pub mod train;
+pub mod tuned;
 
 pub use error::{Error, Result};
 pub use grid::LensGrid;

@@ -261,6 +261,8 @@ mod tests {
             }],
             answer: None,
             rehearsal: None,
+            lens: Default::default(),
+            more_lenses: Vec::new(),
         }
     }
 

@@ -5,12 +5,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::grid::LensInfo;
 use crate::grid::{
     Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION,
 };
-use crate::lens::{apply_lens, LensQuery};
-use crate::model::locate::{self, ModelLocation};
-use crate::model::{GgufFile, KvCache, Model, Precision, ResidualTrace};
+use crate::lens::{apply_lens, Lens, LensQuery};
+use crate::model::budget::MemoryRequest;
+use crate::model::{Checkpoint, KvCache, Model, Precision, ResidualTrace};
 use crate::prompt::{build_prompt, Prompt, PromptSpec};
 use crate::rehearsal::{self, AnswerSource};
 use crate::template::ChatTemplate;
@@ -101,6 +102,9 @@ pub struct LensRequest {
     pub alts: Vec<String>,
     /// A prompt limit tighter than the model's context (`serve --max-tokens`).
     pub max_tokens: Option<usize>,
+    /// `--lens`: the lenses to read the trace through, at least one. The
+    /// first makes the grid, the others its `more_lenses`.
+    pub lenses: Vec<Lens>,
 }
 
 /// The largest `--top-k` lensmap accepts.
@@ -126,6 +130,7 @@ impl Default for LensRequest {
             answer: AnswerSpec::None,
             alts: Vec::new(),
             max_tokens: None,
+            lenses: vec![Lens::Logit],
         }
     }
 }
@@ -134,20 +139,25 @@ impl Session {
     /// Open a model: a `.gguf` file, an HF directory, or an `org/name` in the HF cache.
     /// `chat_template` overrides the model's own template.
     pub fn open(spec: &str, precision: Precision, chat_template: Option<&Path>) -> Result<Self> {
-        let location = locate::resolve(spec)?;
-        let (model, tokenizer) = match &location {
-            ModelLocation::Gguf(path) => {
-                let file = GgufFile::open(path)?;
-                let cfg = crate::model::arch::config_from_gguf(&file)?;
-                let tokenizer = TextTokenizer::from_gguf(&file.content.metadata)?;
-                let model = Model::load(cfg, &file, &crate::model::arch::GgufNames, precision)?;
-                (model, tokenizer)
-            }
-            ModelLocation::HfDir(dir) => (
-                Model::from_hf_dir(dir, precision)?,
-                TextTokenizer::from_hf_dir(dir)?,
-            ),
+        Self::open_within(spec, precision, None, chat_template)
+    }
+
+    /// As [`Session::open`], holding the model within `max_memory` bytes
+    /// (`--max-memory`; `None`: what the machine and process limits allow).
+    pub fn open_within(
+        spec: &str,
+        precision: Precision,
+        max_memory: Option<u64>,
+        chat_template: Option<&Path>,
+    ) -> Result<Self> {
+        let ckpt = Checkpoint::open(spec)?;
+        let tokenizer = TextTokenizer::from_checkpoint(&ckpt)?;
+        let req = MemoryRequest {
+            max_memory,
+            run_bytes: crate::lens::working_bytes(ckpt.cfg.vocab_size),
         };
+        let model = ckpt.load_within(precision, req)?;
+        let location = ckpt.location;
         let template = match chat_template {
             Some(p) => Some(ChatTemplate::from_file(p)?),
             None => match tokenizer.chat_template() {
@@ -243,6 +253,9 @@ impl Session {
             clock = Instant::now();
         };
         check_top_k(req.top_k)?;
+        for lens in &req.lenses {
+            lens.check(&self.model)?;
+        }
         if matches!(req.answer, AnswerSpec::Auto { .. }) && req.generate == 0 {
             return Err(Error::InvalidOption(
                 "`--answer auto` takes the greedy answer, so it needs `--generate N`".into(),
@@ -316,23 +329,45 @@ impl Session {
             );
             tracked_ids.insert(auto_slot, id);
         }
-        let cells = apply_lens(
-            &self.model,
-            &trace,
-            &prompt.ids,
-            &LensQuery {
-                top_k: req.top_k,
-                tracked: tracked_ids.clone(),
-            },
-        )?;
-        drop(trace);
-        lap(&mut times.lens);
-        let mut grid = self.assemble(prompt, cells, req, &track, tracked_ids, answer);
         let (source, skip) = match req.answer {
             AnswerSpec::Auto { skip } => (AnswerSource::Auto, skip),
             _ => (AnswerSource::Given, 0),
         };
-        grid.rehearsal = rehearsal::summarize(&grid, req.top_k, source, skip);
+        let default_lens = [Lens::Logit];
+        let lenses = if req.lenses.is_empty() {
+            &default_lens[..]
+        } else {
+            &req.lenses[..]
+        };
+        // One trace, read through every lens; the first lens's grid holds the others.
+        let mut grids = Vec::with_capacity(lenses.len());
+        for lens in lenses {
+            let cells = apply_lens(
+                &self.model,
+                &trace,
+                &prompt.ids,
+                &LensQuery {
+                    top_k: req.top_k,
+                    tracked: tracked_ids.clone(),
+                    lens: lens.clone(),
+                },
+            )?;
+            let mut grid = self.assemble(
+                prompt.clone(),
+                cells,
+                req,
+                &track,
+                tracked_ids.clone(),
+                answer.clone(),
+            );
+            grid.lens = LensInfo::of(lens);
+            grid.rehearsal = rehearsal::summarize(&grid, req.top_k, source, skip);
+            grids.push(grid);
+        }
+        drop(trace);
+        lap(&mut times.lens);
+        let mut grid = grids.remove(0);
+        grid.more_lenses = grids;
         Ok((grid, times))
     }
 
@@ -423,6 +458,8 @@ impl Session {
             tracked,
             answer,
             rehearsal: None,
+            lens: LensInfo::default(),
+            more_lenses: Vec::new(),
         }
     }
 }

@@ -89,6 +89,14 @@ pub struct BatchArgs {
     /// Canberra.", where " Canberra" is token 6 (`--answer-skip 5`).
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Lens")]
     pub answer_skip: usize,
+    /// `logit`, or `tuned:DIR` for a tuned lens (tuned-lens's `config.json` + `params.pt`)
+    #[arg(
+        long,
+        default_value = "logit",
+        value_name = "LENS",
+        help_heading = "Lens"
+    )]
+    pub lens: String,
     /// Results directory: `prompts/` (one file per prompt) and the tables
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     pub out: PathBuf,
@@ -142,7 +150,15 @@ pub fn run(args: BatchArgs) -> Result<()> {
     let lines: Vec<&InputLine> = input.items.iter().filter(|l| in_run(l.line)).collect();
     let n_entries = lines.len() + errors.len();
 
-    let settings = settings(&args)?;
+    let lens = match crate::lens::Lens::parse_list(&args.lens)?.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            return Err(Error::InvalidOption(
+                "`lensmap batch` takes one `--lens`; run it once per lens".into(),
+            ))
+        }
+    };
+    let settings = settings(&args, &lens)?;
     let store = Store::new(&args.out);
     std::fs::create_dir_all(&store.dir).map_err(|e| Error::io(&store.dir, e))?;
     if args.shard.is_none() {
@@ -168,7 +184,7 @@ pub fn run(args: BatchArgs) -> Result<()> {
             .and_then(|s| s.parse().ok());
         for &i in &pending {
             let line = lines[i];
-            let req = request(&args, &line.item);
+            let req = request(&args, &line.item, &lens);
             match session.run_timed(&req) {
                 Ok((grid, t)) => {
                     times.prompt += t.prompt;
@@ -394,7 +410,7 @@ fn figure_subtitle(s: &BatchSummary, args: &BatchArgs) -> Vec<String> {
 }
 
 /// The request for one prompt: its named answer, else its greedy answer.
-fn request(args: &BatchArgs, item: &PromptItem) -> LensRequest {
+fn request(args: &BatchArgs, item: &PromptItem, lens: &crate::lens::Lens) -> LensRequest {
     LensRequest {
         prompt: PromptSpec {
             user: item.prompt.clone(),
@@ -415,11 +431,12 @@ fn request(args: &BatchArgs, item: &PromptItem) -> LensRequest {
         },
         alts: item.alts.clone(),
         max_tokens: None,
+        lenses: vec![lens.clone()],
     }
 }
 
 /// Settings that shape every prompt's numbers.
-fn settings(args: &BatchArgs) -> Result<serde_json::Value> {
+fn settings(args: &BatchArgs, lens: &crate::lens::Lens) -> Result<serde_json::Value> {
     let model_path = Path::new(&args.model);
     let model_bytes = std::fs::metadata(model_path)
         .ok()
@@ -445,6 +462,7 @@ fn settings(args: &BatchArgs) -> Result<serde_json::Value> {
         "dummy_text": args.dummy_text,
         "generate": args.generate,
         "chat_template": template,
+        "lens": crate::grid::LensInfo::of(lens),
     }))
 }
 

@@ -112,7 +112,7 @@ pub fn guard<T>(wrap: impl FnOnce(String) -> Error, f: impl FnOnce() -> Result<T
             .unwrap_or_else(|| "unknown panic".into());
         Err(wrap(format!(
             "rejected ({})",
-            super::weights::first_line(&msg)
+            super::locate::first_line(&msg)
         )))
     })
 }

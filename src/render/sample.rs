@@ -194,6 +194,8 @@ pub fn grid_from_reference_json(text: &str) -> Result<LensGrid> {
         tracked,
         answer,
         rehearsal: None,
+        lens: Default::default(),
+        more_lenses: Vec::new(),
     })
 }
 
@@ -333,5 +335,7 @@ pub fn synthetic_grid(n_positions: usize, n_rows: usize) -> LensGrid {
             text: " Canberra".into(),
         }),
         rehearsal: None,
+        lens: Default::default(),
+        more_lenses: Vec::new(),
     }
 }

@@ -18,7 +18,7 @@ use super::labels::{plain_text, token_label, xml_escape};
 use super::layout::*;
 use super::{top1_counts, FigureOptions, DEFAULT_TITLE};
 use crate::grid::{LensGrid, TokenKind};
-use crate::Result;
+use crate::{Error, Result};
 
 /// Purple of the window marker (A) and B's frame.
 pub const WINDOW_COLOR: &str = "#7b2cbf";
@@ -83,9 +83,80 @@ pub(super) fn subtitle_lines(
     [plain_text(&line1, max_chars), plain_text(&line2, max_chars)]
 }
 
-/// Draw the figure.
+/// Draw the figure: one panel, or with `more_lenses` one panel per lens side
+/// by side (same positions, same fixed colour scale of the statistic).
 pub fn render_svg(grid: &LensGrid, opts: &FigureOptions) -> Result<String> {
+    if grid.more_lenses.is_empty() {
+        return render_panel(grid, opts);
+    }
+    render_side_by_side(grid, opts)
+}
+
+/// Each lens's panel, titled with its lens, placed left to right in one SVG.
+fn render_side_by_side(grid: &LensGrid, opts: &FigureOptions) -> Result<String> {
+    let first = LensGrid {
+        more_lenses: Vec::new(),
+        ..grid.clone()
+    };
+    let panels: Vec<&LensGrid> = std::iter::once(&first)
+        .chain(grid.more_lenses.iter())
+        .collect();
+    let title = opts
+        .title
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TITLE.to_string());
+    let (mut body, mut x, mut height) = (String::new(), 0.0f64, 0.0f64);
+    for (i, g) in panels.iter().enumerate() {
+        if g.tokens != grid.tokens || g.n_rows != grid.n_rows {
+            return Err(Error::Render(format!(
+                "lens {} of the grid has other positions or rows than the first",
+                i + 1
+            )));
+        }
+        let o = FigureOptions {
+            title: Some(format!("{title} \u{b7} {}", g.lens.title())),
+            ..opts.clone()
+        };
+        let lay = layout(g, &o)?;
+        let panel = render_panel(g, &o)?;
+        // Drop the panel's own <svg> wrapper and background; keep ids unique.
+        let inner = panel
+            .splitn(3, '\n')
+            .nth(2)
+            .unwrap_or("")
+            .trim_end()
+            .trim_end_matches("</svg>");
+        let inner = if i == 0 {
+            inner.to_string()
+        } else {
+            inner.replace(" id=\"", &format!(" id=\"lens{i}-"))
+        };
+        let _ = writeln!(
+            body,
+            r#"<g class="lens-panel" data-lens="{}" transform="translate({},0)">
+{inner}</g>"#,
+            xml_escape(&g.lens.kind),
+            n(x)
+        );
+        x += lay.width;
+        height = height.max(lay.height);
+    }
+    Ok(format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="{fam}" font-size="{fs}">
+<rect width="100%" height="100%" fill="#ffffff"/>
+{body}</svg>
+"##,
+        w = n(x),
+        h = n(height),
+        fam = FONT_STACK.replace('\'', "&apos;"),
+        fs = LABEL_SIZE
+    ))
+}
+
+/// Draw one lens's figure.
+fn render_panel(grid: &LensGrid, opts: &FigureOptions) -> Result<String> {
     let lay = layout(grid, opts)?;
+
     let scale = StatScale::new(opts.stat, grid);
     let mut s = String::with_capacity(64 * 1024 + grid.n_rows * grid.n_positions() * 40);
     let (w, h) = (lay.width, lay.height);

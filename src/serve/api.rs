@@ -30,6 +30,8 @@ pub struct AppState {
     /// Bound to a loopback address: only accept loopback `Host` headers
     /// (a web page cannot reach the server through DNS rebinding).
     pub loopback_only: bool,
+    /// The lenses every request is read through (`serve --lens`).
+    pub lenses: Vec<crate::lens::Lens>,
 }
 
 type Shared = Arc<AppState>;
@@ -637,6 +639,7 @@ async fn lens(
         answer,
         alts: b.answer_alt,
         max_tokens: Some(limits.max_tokens),
+        lenses: state.lenses.clone(),
     };
     run_job(&state, move || {
         // Tokenising is cheap: refuse a bad window or zoom before the forward pass.

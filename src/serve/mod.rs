@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// Longest prompt in tokens (template and dummies included; never more than the model's context)
     #[arg(long, default_value_t = DEFAULT_MAX_TOKENS, value_name = "N")]
     pub max_tokens: usize,
+    /// `logit`, `tuned:DIR`, or `logit,tuned:DIR` (both, side by side), for every request
+    #[arg(long, default_value = "logit", value_name = "LENS")]
+    pub lens: String,
 }
 
 /// Per-request limits.
@@ -102,6 +105,8 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Stop on Ctrl-C / SIGTERM (the CLI); tests stop the server by dropping it.
     pub stop_on_signal: bool,
+    /// The lenses every request is read through (`--lens`).
+    pub lenses: Vec<crate::lens::Lens>,
 }
 
 impl ServeConfig {
@@ -114,6 +119,7 @@ impl ServeConfig {
             queue: 16,
             limits: Limits::default(),
             stop_on_signal: false,
+            lenses: vec![crate::lens::Lens::Logit],
         }
     }
 }
@@ -241,6 +247,7 @@ pub fn start(config: ServeConfig) -> Result<Server> {
         pool,
         limits: config.limits,
         loopback_only: addr.ip().is_loopback(),
+        lenses: config.lenses,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stop_on_signal = config.stop_on_signal;
@@ -354,6 +361,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             "`--max-tokens` must be at least 1".into(),
         ));
     }
+    let lenses = crate::lens::Lens::parse_list(&args.lens)?;
     let mut models = Vec::with_capacity(args.model.len());
     for spec in &args.model {
         let clock = Instant::now();
@@ -368,6 +376,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             cfg.context_len,
             clock.elapsed().as_secs_f64()
         );
+        for lens in &lenses {
+            lens.check(&s.model)?;
+        }
         models.push(Arc::new(s));
     }
     let server = start(ServeConfig {
@@ -380,6 +391,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             ..Limits::default()
         },
         stop_on_signal: true,
+        lenses,
     })?;
     if let Some(w) = exposure_warning(ip) {
         eprintln!("{w}");

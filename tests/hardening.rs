@@ -6,16 +6,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{assert_error, lensmap};
+
 use candle_core::quantized::gguf_file::{write, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-
-fn lensmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn run(model: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -28,17 +23,6 @@ fn run(model: &Path, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     lensmap(&args)
-}
-
-/// One `error:` line containing `needle`, a non-zero exit, no panic.
-fn assert_error(out: &Output, needle: &str) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let first = stderr.lines().next().unwrap_or("");
-    assert!(first.starts_with("error: "), "first line: {first}");
-    assert!(first.contains(needle), "`{needle}` not in: {first}");
-    first.to_string()
 }
 
 /// A copy of the tiny HF llama with `edit` applied to its directory.

@@ -230,7 +230,7 @@ pub fn check_gguf_header(bytes: &[u8]) -> std::result::Result<GgufLayout, String
         let offset = r.u64()?;
         let (block, block_bytes) =
             ggml_block(ty).ok_or_else(|| format!("tensor `{name}`: unknown type `{ty}`"))?;
-        if elems % block != 0 {
+        if !elems.is_multiple_of(block) {
             return Err(format!(
                 "tensor `{name}` has {elems} elements, not a multiple of its type's block of {block}"
             ));

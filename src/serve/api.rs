@@ -703,6 +703,24 @@ async fn render_figure(
     .await
 }
 
+/// Parse and check a `POST /api/lens` body as the handler does before it
+/// queues any work; for the fuzz target (`fuzz/fuzz_targets/serve_body.rs`).
+#[doc(hidden)]
+pub fn check_lens_body(bytes: &[u8]) -> Result<(), String> {
+    let b = parse_lens_body(bytes).map_err(|e| e.message)?;
+    if let Some(f) = &b.format {
+        Format::parse(f, true).map_err(|e| e.message)?;
+    }
+    figure_options(
+        b.stat.as_deref(),
+        b.window.map(|[s, e]| (s, e)),
+        b.zoom,
+        b.title,
+    )
+    .map(drop)
+    .map_err(|e| e.message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,22 +786,4 @@ mod tests {
         assert!(parse_window("3").is_err());
         assert!(parse_window("a..b").is_err());
     }
-}
-
-/// Parse and check a `POST /api/lens` body as the handler does before it
-/// queues any work; for the fuzz target (`fuzz/fuzz_targets/serve_body.rs`).
-#[doc(hidden)]
-pub fn check_lens_body(bytes: &[u8]) -> Result<(), String> {
-    let b = parse_lens_body(bytes).map_err(|e| e.message)?;
-    if let Some(f) = &b.format {
-        Format::parse(f, true).map_err(|e| e.message)?;
-    }
-    figure_options(
-        b.stat.as_deref(),
-        b.window.map(|[s, e]| (s, e)),
-        b.zoom,
-        b.title,
-    )
-    .map(drop)
-    .map_err(|e| e.message)
 }

@@ -88,7 +88,8 @@ pub struct PromptArgs {
 #[derive(Debug, Args)]
 pub struct LensArgs {
     /// Tokens listed per cell
-    #[arg(long, default_value_t = DEFAULT_TOP_K, value_name = "K", help_heading = "Lens")]
+    #[arg(long, default_value_t = DEFAULT_TOP_K, value_name = "K", help_heading = "Lens",
+          allow_negative_numbers = true, value_parser = top_k_value)]
     pub top_k: usize,
     /// Track the probability and rank of this text's first token in every cell
     #[arg(long, value_name = "TEXT", help_heading = "Lens")]
@@ -300,6 +301,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let load = clock.elapsed();
     let req = args.request(lenses)?;
+    session.check_figure_positions(&req, args.figure.window, args.figure.zoom)?;
     let (grid, times) = session.run_timed(&req)?;
     let clock = std::time::Instant::now();
     if let Some(path) = &args.json {
@@ -485,4 +487,18 @@ pub fn print_summary(
         write!(out, "{}", lensmap::rehearsal::format_table(r))?;
     }
     Ok(())
+}
+
+/// `--top-k`: a negative number is a value out of range, not an unknown
+/// flag (issue #13 item 7), so it gets the same message as `0`.
+fn top_k_value(s: &str) -> Result<usize, String> {
+    let k = s
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    let max = lensmap::run::MAX_TOP_K;
+    match usize::try_from(k) {
+        Ok(k) if (1..=max).contains(&k) => Ok(k),
+        _ => Err(format!("`--top-k` must be between 1 and {max}, got `{k}`")),
+    }
 }

@@ -326,6 +326,33 @@ impl Session {
             .ok_or_else(|| Error::InvalidOption(format!("`{text}` encodes to no tokens")))
     }
 
+    /// Check a figure's window and zoom against the prompt's length before
+    /// any forward pass, so `--zoom 9999` fails in milliseconds rather than
+    /// after the whole lens (issue #13 item 9). The grid has the prompt's
+    /// positions plus at most `req.generate` more.
+    pub fn check_figure_positions(
+        &self,
+        req: &LensRequest,
+        window: Option<(usize, usize)>,
+        zoom: Option<usize>,
+    ) -> Result<()> {
+        if window.is_none() && zoom.is_none() {
+            return Ok(());
+        }
+        let n = self.prompt(&req.prompt)?.ids.len() + req.generate;
+        if let Some((s, e)) = window.filter(|&(s, e)| s >= e || e > n) {
+            return Err(Error::InvalidOption(format!(
+                "window `{s}..{e}` is outside the prompt's {n} positions (need START < END <= {n})"
+            )));
+        }
+        if let Some(z) = zoom.filter(|&z| z >= n) {
+            return Err(Error::InvalidOption(format!(
+                "zoom position `{z}` is outside the prompt's {n} positions (0..{n})"
+            )));
+        }
+        Ok(())
+    }
+
     /// Run the lens for one request.
     pub fn run(&self, req: &LensRequest) -> Result<LensGrid> {
         self.run_timed(req).map(|(grid, _)| grid)

@@ -116,7 +116,7 @@ pub struct BatchArgs {
     /// Results directory: `prompts/` (one file per prompt) and the tables
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     pub out: PathBuf,
-    /// Process only the I-th of N contiguous blocks of input lines (0 ≤ I < N)
+    /// Process only the I-th of N contiguous blocks of input lines (1 ≤ I ≤ N)
     ///
     /// Run the N shards against the same `--out` (in parallel or on other
     /// machines, then copy `prompts/` together), then run once more without
@@ -146,6 +146,12 @@ pub fn run(args: BatchArgs) -> Result<()> {
     let clock = Instant::now();
     let text = std::fs::read_to_string(&args.prompts).map_err(|e| Error::io(&args.prompts, e))?;
     let input = input::parse_input(&text);
+    if input.items.is_empty() && input.errors.is_empty() {
+        return Err(Error::InvalidOption(format!(
+            "`{}` holds no prompts: expected one JSON object a line",
+            args.prompts.display()
+        )));
+    }
     let input_name = file_name(&args.prompts);
     let in_run = |line: usize| args.shard.is_none_or(|s| s.contains(line, input.n_lines));
     let mut errors: Vec<LineError> = input
@@ -246,7 +252,7 @@ pub fn run(args: BatchArgs) -> Result<()> {
         Some(s) => args
             .out
             .join("shards")
-            .join(format!("{}-of-{}", s.index, s.count)),
+            .join(format!("{}-of-{}", s.index + 1, s.count)),
         None => args.out.clone(),
     };
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;

@@ -10,6 +10,9 @@
 // one checkpoint opener and its memory preflight; the layers; `Model`.
 pub mod locate;
 
+pub mod bounds;
+pub mod cancel;
+
 pub mod gguf;
 pub mod safetensors;
 
@@ -203,6 +206,7 @@ impl Model {
             x = (x + pe.narrow(0, start, ids.len())?)?;
         }
         let mut x = x.to_dtype(self.precision.activation_dtype())?;
+        bounds::check_finite(&x, || "the embedding output".into())?;
         if let Some(r) = recorder.as_deref_mut() {
             r.record(0, &x)?;
         }
@@ -213,6 +217,8 @@ impl Model {
                 next.advise(false);
             }
             x = block.forward(&x, start, lc)?;
+            bounds::check_finite(&x, || format!("the residual after block {i}"))?;
+            cancel::check()?;
             if self.streaming {
                 block.advise(true);
             }

@@ -284,3 +284,49 @@ fn two_lenses_side_by_side() {
     let replot = std::fs::read_to_string(tmp.path().join("both.svg")).unwrap();
     assert_eq!(replot, svg);
 }
+
+#[test]
+fn written_params_pt_reads_back() {
+    let a = TunedLens::open(&lens_a()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let translators: Vec<(Vec<f32>, Vec<f32>)> = a
+        .translators
+        .iter()
+        .map(|t| {
+            (
+                t.weight.flatten_all().unwrap().to_vec1().unwrap(),
+                t.bias.to_vec1().unwrap(),
+            )
+        })
+        .collect();
+    lensmap::tuned::save_lens(tmp.path(), &a.config, &translators).unwrap();
+    let pt = std::fs::read(tmp.path().join("params.pt")).unwrap();
+    // torch.save's layout; the pickle is a little longer (no memo), so sizes differ slightly.
+    let reference = std::fs::read(lens_a().join("params.pt")).unwrap();
+    eprintln!(
+        "params.pt: {} bytes written, {} in lens A",
+        pt.len(),
+        reference.len()
+    );
+    let b = TunedLens::open(tmp.path()).unwrap();
+    assert_eq!(b.config, a.config);
+    for (i, (x, y)) in a.translators.iter().zip(&b.translators).enumerate() {
+        let dw: f32 = (&x.weight - &y.weight)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let db: f32 = (&x.bias - &y.bias)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!((dw, db), (0.0, 0.0), "translator {i}");
+    }
+}

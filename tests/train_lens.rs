@@ -20,13 +20,13 @@ fn corpus() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/lens_corpus_sample.txt")
 }
 
-fn train(out: &Path, tokens: &str, extra: &[&str]) {
+fn train(out: &Path, tokens: &str, seq_len: &str, extra: &[&str]) {
     let res = Command::new(env!("CARGO_BIN_EXE_lensmap"))
         .args(["train-lens", "-q", "--model"])
         .arg(model_file(SMOLLM2))
         .arg("--corpus")
         .arg(corpus())
-        .args(["--tokens", tokens, "--seq-len", "64", "--out"])
+        .args(["--tokens", tokens, "--seq-len", seq_len, "--out"])
         .arg(out)
         .args(extra)
         .output()
@@ -38,11 +38,16 @@ fn train(out: &Path, tokens: &str, extra: &[&str]) {
     );
 }
 
+/// About 2,800 tokens of training and evaluation: ~1 minute on an idle
+/// 2-core machine (estimated from the FLOP count; not yet timed, the machine
+/// was overloaded when this was written), so it is opt-in:
+/// `cargo test --release --test train_lens -- --ignored`.
 #[test]
+#[ignore]
 fn short_run_beats_the_logit_lens() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("lens");
-    train(&out, "2048", &["--heldout-chunks", "4"]);
+    train(&out, "2048", "64", &["--heldout-chunks", "4"]);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("train_report.json")).unwrap())
             .unwrap();
@@ -66,15 +71,16 @@ fn resumed_run_equals_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (whole, resumed) = (tmp.path().join("whole"), tmp.path().join("resumed"));
     let args = ["--heldout-chunks", "1"];
-    train(&whole, "256", &args);
+    train(&whole, "64", "16", &args);
     train(
         &resumed,
-        "256",
+        "64",
+        "16",
         &[&args[..], &["--stop-after", "2"]].concat(),
     );
     assert!(resumed.join("checkpoint.safetensors").exists());
     assert!(!resumed.join("params.pt").exists());
-    train(&resumed, "256", &args);
+    train(&resumed, "64", "16", &args);
     let a = std::fs::read(whole.join("params.pt")).unwrap();
     let b = std::fs::read(resumed.join("params.pt")).unwrap();
     assert!(a == b, "params.pt differs after resuming");

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use lensmap::lens::{apply_lens, LensQuery};
-use lensmap::model::{KvCache, Model, Precision, ResidualTrace};
+use lensmap::model::{Checkpoint, KvCache, Model, Precision, ResidualTrace};
 
 fn main() -> lensmap::Result<()> {
     lensmap::tune_allocator();
@@ -19,7 +19,7 @@ fn main() -> lensmap::Result<()> {
         .transpose()?
         .unwrap_or_default();
     let t = Instant::now();
-    let (model, _f) = Model::from_gguf(std::path::Path::new(path), precision)?;
+    let model = Checkpoint::open(path)?.load(precision)?;
     let load = t.elapsed();
     let ids: Vec<u32> = (0..n as u32).map(|i| 1 + (i * 7919) % 4000).collect();
     let mut trace = ResidualTrace::default();

@@ -47,9 +47,18 @@ pub struct ModelArgs {
     /// A `.gguf` file, an HF model directory, or `org/name` in the HF cache
     #[arg(long, short = 'm', help_heading = "Model")]
     pub model: String,
-    /// `auto` (fastest exact: f32 on CPU), `f32`, or `quant` (keep quantised weights)
+    /// `auto` (f32 copies while they fit the memory budget, else `rest`), `f32`,
+    /// `rest` (weights stay in the mapped file, exact), `f64`, or `quant`
     #[arg(long, default_value = "auto", help_heading = "Model")]
     pub precision: Precision,
+    /// Memory the model may hold, e.g. `6G` or `512M` (default: what is
+    /// available; `auto` keeps f32 copies only within half of it)
+    #[arg(long, value_name = "SIZE", value_parser = parse_max_memory, help_heading = "Model")]
+    pub max_memory: Option<u64>,
+}
+
+fn parse_max_memory(s: &str) -> Result<u64, String> {
+    lensmap::model::budget::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 /// What to feed the model.
@@ -239,9 +248,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     lensmap::run::check_top_k(args.lens.top_k)?;
     let lenses = lensmap::lens::Lens::parse_list(&args.lens.lens)?;
     let clock = std::time::Instant::now();
-    let session = Session::open(
+    let session = Session::open_within(
         &args.model.model,
         args.model.precision,
+        args.model.max_memory,
         args.prompt.chat_template.as_deref(),
     )?;
     let load = clock.elapsed();

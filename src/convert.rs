@@ -22,11 +22,13 @@ use std::path::{Path, PathBuf};
 use ::safetensors::{Dtype, View};
 
 use crate::model::arch::{self, GgufNames, Part, PartKey, TensorNames};
+use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{ModelConfig, RopeStyle};
+use crate::model::gguf::GgufFile;
 use crate::model::hf::{HfConfig, CONFIG_FILE};
-use crate::model::locate::TOKENIZER_FILE;
+use crate::model::locate::{ModelLocation, TOKENIZER_FILE};
 use crate::model::safetensors::SINGLE_FILE;
-use crate::model::weights::{GgufFile, WeightSource};
+use crate::model::weights::WeightSource;
 use crate::tokenize::TextTokenizer;
 use crate::{Error, Result};
 
@@ -45,8 +47,11 @@ pub struct Converted {
 /// Convert a GGUF model into an HF directory at `out_dir` (created if needed;
 /// files of the same names are replaced).
 pub fn to_safetensors(gguf: &Path, out_dir: &Path) -> Result<Converted> {
-    let file = GgufFile::open(gguf)?;
-    let cfg = arch::config_from_gguf(&file)?;
+    let ckpt = Checkpoint::open_at(&ModelLocation::Gguf(gguf.to_path_buf()))?;
+    let (file, cfg) = match ckpt.gguf() {
+        Some(file) => (file, &ckpt.cfg),
+        None => unreachable!("a GGUF location opens as GGUF"),
+    };
     if cfg.rope.as_ref().is_some_and(|r| r.freq_factors.is_some()) {
         // HF describes this scaling by parameters (`rope_scaling`), which the
         // factors alone do not determine; refuse rather than drop it.
@@ -55,7 +60,7 @@ pub fn to_safetensors(gguf: &Path, out_dir: &Path) -> Result<Converted> {
         ));
     }
     let tokenizer = TextTokenizer::from_gguf(&file.content.metadata)?;
-    write_hf_dir(&file, &cfg, &tokenizer, out_dir)
+    write_hf_dir(file, cfg, &tokenizer, out_dir)
 }
 
 /// Write the HF directory for an opened GGUF file.

@@ -71,6 +71,17 @@ pub enum Error {
     /// An option is out of range or inconsistent.
     #[error("{0}")]
     InvalidOption(String),
+    /// The model at the chosen precision does not fit the memory lensmap may
+    /// use; said before any weight is read.
+    #[error("`{model}` at precision `{precision}` needs {needed} of memory but only {available} is available ({limit})")]
+    OutOfMemory {
+        model: String,
+        precision: String,
+        needed: String,
+        available: String,
+        /// What set the limit: `MemAvailable`, `--max-memory`, the cgroup, `RLIMIT_AS`.
+        limit: String,
+    },
 
     // --- plumbing ------------------------------------------------------------
     /// File I/O with the path it concerned.
@@ -103,6 +114,12 @@ impl Error {
             }
             Error::Template(_) => Some(
                 "pass `--chat-template FILE` to use another template, or `--raw` to skip it".into(),
+            ),
+            Error::OutOfMemory { precision, .. } if precision == "rest" => Some(
+                "raise `--max-memory` or the process limit, or free memory: at rest only the small tensors and one block's weights need to be resident".into(),
+            ),
+            Error::OutOfMemory { .. } => Some(
+                "pass `--precision rest` (weights stay in the mapped file) or a larger `--max-memory`".into(),
             ),
             _ => None,
         }

@@ -7,11 +7,10 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::model::arch;
+use crate::model::checkpoint::{Checkpoint, CheckpointFormat};
 use crate::model::config::ModelConfig;
-use crate::model::hf::HfCheckpoint;
 use crate::model::locate::ModelLocation;
-use crate::model::weights::{GgufFile, WeightSource};
+use crate::model::weights::WeightSource;
 use crate::tokenize::TextTokenizer;
 use crate::Result;
 
@@ -63,16 +62,16 @@ pub struct ModelSummary {
 
 /// Describe the model at `loc` without loading its weights.
 pub fn describe(loc: &ModelLocation) -> Result<ModelSummary> {
-    match loc {
-        ModelLocation::Gguf(path) => {
-            let file = GgufFile::open(path)?;
-            let cfg = arch::config_from_gguf(&file)?;
+    let ckpt = Checkpoint::open_at(loc)?;
+    let cfg = &ckpt.cfg;
+    match &ckpt.format {
+        CheckpointFormat::Gguf(file) => {
             let tensors = file
                 .content
                 .tensor_infos
                 .values()
                 .map(|t| (format!("{:?}", t.ggml_dtype), t.shape.elem_count() as u64));
-            let mut s = summary(loc, "GGUF", 1, &cfg, tensors);
+            let mut s = summary(loc, "GGUF", 1, cfg, tensors);
             s.name = file.meta_str("general.name").map(str::to_string);
             s.file_arch = file
                 .meta_str("general.architecture")
@@ -81,9 +80,8 @@ pub fn describe(loc: &ModelLocation) -> Result<ModelSummary> {
             add_tokenizer(&mut s, TextTokenizer::from_gguf(&file.content.metadata));
             Ok(s)
         }
-        ModelLocation::HfDir(dir) => {
-            let ckpt = HfCheckpoint::open(dir)?;
-            let w = &ckpt.weights;
+        CheckpointFormat::Hf { raw, weights, .. } => {
+            let w = weights;
             let tensors = w.names().map(|n| {
                 let dtype = w.dtype(n).map(|d| format!("{d:?}")).unwrap_or_default();
                 (
@@ -91,14 +89,10 @@ pub fn describe(loc: &ModelLocation) -> Result<ModelSummary> {
                     w.shape(n).map_or(0, |s| s.iter().product::<usize>() as u64),
                 )
             });
-            let mut s = summary(loc, "safetensors", w.n_files(), &ckpt.cfg, tensors);
-            s.name = ckpt
-                .raw
-                .architectures
-                .as_ref()
-                .and_then(|a| a.first().cloned());
-            s.file_arch = ckpt.raw.model_type.clone().unwrap_or_default();
-            add_tokenizer(&mut s, TextTokenizer::from_hf_dir(dir));
+            let mut s = summary(loc, "safetensors", w.n_files(), cfg, tensors);
+            s.name = raw.architectures.as_ref().and_then(|a| a.first().cloned());
+            s.file_arch = raw.model_type.clone().unwrap_or_default();
+            add_tokenizer(&mut s, TextTokenizer::from_hf_dir(loc.path()));
             Ok(s)
         }
     }

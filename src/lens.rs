@@ -27,6 +27,16 @@ const MIN_CELLS_PER_MATMUL: usize = 256;
 /// Floats of final-row probabilities alive at once (32 MiB).
 const FINAL_BUDGET: usize = 8 << 20;
 
+/// Bytes the lens allocates at once for a vocabulary of `vocab`: one block of
+/// logits (and the copy the soft-cap or a non-contiguous result makes), the
+/// final-row distributions, and per-cell scratch. The memory preflight
+/// counts it beside the model.
+pub fn working_bytes(vocab: usize) -> u64 {
+    let cells = (LOGIT_BUDGET / vocab.max(1)).max(MIN_CELLS_PER_MATMUL);
+    let logits = (cells * vocab * 4) as u64;
+    2 * logits + (FINAL_BUDGET * 4) as u64 + (16 << 20)
+}
+
 /// Which lens reads the residual rows before the model's own unembedding.
 #[derive(Debug, Clone, Default)]
 pub enum Lens {

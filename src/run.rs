@@ -10,8 +10,8 @@ use crate::grid::{
     Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION,
 };
 use crate::lens::{apply_lens, Lens, LensQuery};
-use crate::model::locate::{self, ModelLocation};
-use crate::model::{GgufFile, KvCache, Model, Precision, ResidualTrace};
+use crate::model::budget::MemoryRequest;
+use crate::model::{Checkpoint, KvCache, Model, Precision, ResidualTrace};
 use crate::prompt::{build_prompt, Prompt, PromptSpec};
 use crate::rehearsal::{self, AnswerSource};
 use crate::template::ChatTemplate;
@@ -139,20 +139,25 @@ impl Session {
     /// Open a model: a `.gguf` file, an HF directory, or an `org/name` in the HF cache.
     /// `chat_template` overrides the model's own template.
     pub fn open(spec: &str, precision: Precision, chat_template: Option<&Path>) -> Result<Self> {
-        let location = locate::resolve(spec)?;
-        let (model, tokenizer) = match &location {
-            ModelLocation::Gguf(path) => {
-                let file = GgufFile::open(path)?;
-                let cfg = crate::model::arch::config_from_gguf(&file)?;
-                let tokenizer = TextTokenizer::from_gguf(&file.content.metadata)?;
-                let model = Model::load(cfg, &file, &crate::model::arch::GgufNames, precision)?;
-                (model, tokenizer)
-            }
-            ModelLocation::HfDir(dir) => (
-                Model::from_hf_dir(dir, precision)?,
-                TextTokenizer::from_hf_dir(dir)?,
-            ),
+        Self::open_within(spec, precision, None, chat_template)
+    }
+
+    /// As [`Session::open`], holding the model within `max_memory` bytes
+    /// (`--max-memory`; `None`: what the machine and process limits allow).
+    pub fn open_within(
+        spec: &str,
+        precision: Precision,
+        max_memory: Option<u64>,
+        chat_template: Option<&Path>,
+    ) -> Result<Self> {
+        let ckpt = Checkpoint::open(spec)?;
+        let tokenizer = TextTokenizer::from_checkpoint(&ckpt)?;
+        let req = MemoryRequest {
+            max_memory,
+            run_bytes: crate::lens::working_bytes(ckpt.cfg.vocab_size),
         };
+        let model = ckpt.load_within(precision, req)?;
+        let location = ckpt.location;
         let template = match chat_template {
             Some(p) => Some(ChatTemplate::from_file(p)?),
             None => match tokenizer.chat_template() {

@@ -32,6 +32,7 @@ use tokenizers::{
     Tokenizer,
 };
 
+use crate::model::Checkpoint;
 use crate::{Error, Result};
 
 /// Ids with the byte span of each token in the encoded text.
@@ -164,6 +165,15 @@ impl TextTokenizer {
         let chat_template = gguf_str(meta, "tokenizer.chat_template")
             .map(|t| (t.to_string(), "gguf:tokenizer.chat_template".to_string()));
         Ok(Self::assemble(tok, bos, eos, add_bos, chat_template))
+    }
+
+    /// The tokenizer of an opened checkpoint: from the GGUF metadata, or the
+    /// HF directory's `tokenizer.json`.
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        match ckpt.gguf() {
+            Some(file) => Self::from_gguf(&file.content.metadata),
+            None => Self::from_hf_dir(ckpt.location.path()),
+        }
     }
 
     /// Build from an HF directory: `tokenizer.json` and `tokenizer_config.json`.

@@ -178,7 +178,7 @@ struct Unembed<'a> {
     norm: &'a Tensor,
     eps: f64,
     /// `[vocab, d]`.
-    head: &'a Tensor,
+    head: Tensor,
     vocab: usize,
 }
 
@@ -190,7 +190,7 @@ struct Targets {
 
 impl<'a> Unembed<'a> {
     fn of(model: &'a Model) -> Result<Self> {
-        let (norm, eps, head) = model.unembed_parts().ok_or_else(|| {
+        let (norm, eps, head) = model.unembed_parts()?.ok_or_else(|| {
             Error::InvalidOption(
                 "train-lens supports models whose final norm is an RMSNorm without a final soft-cap"
                     .into(),
@@ -310,7 +310,7 @@ fn step_grads(
         losses.push(kl.iter().sum::<f64>() / kl.len() as f64);
         let tt = kl.len();
         let dz = Tensor::from_vec(z, (tt, u.vocab), &Device::Cpu)?;
-        let dn = dz.matmul(u.head)?;
+        let dn = dz.matmul(&u.head)?;
         let dxhat = dn.broadcast_mul(u.norm)?;
         let proj = (&dxhat * &xhat)?.mean_keepdim(D::Minus1)?;
         let dx = (dxhat - xhat.broadcast_mul(&proj)?)?.broadcast_div(&rms)?;

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use lensmap::lens::{lens_of_ids, LensQuery};
-use lensmap::model::{Model, Precision};
+use lensmap::model::{Checkpoint, Precision};
 
 struct Compared {
     max_entropy: f64,
@@ -17,7 +17,9 @@ struct Compared {
 fn compare(model_name: &str, reference_name: &str, precision: Precision) -> Compared {
     let reference = reference(reference_name);
     let ids = ids(&reference["input_ids"]);
-    let (model, _file) = Model::from_gguf(&model_file(model_name), precision).unwrap();
+    let model = Checkpoint::open(model_file(model_name))
+        .and_then(|c| c.load(precision))
+        .unwrap();
     let grid = lens_of_ids(&model, &ids, &LensQuery::top(5)).unwrap();
 
     let ref_h = grid_f64(&reference["entropy"]);
@@ -77,6 +79,38 @@ fn gemma3_filler_f32_matches_transformers() {
         "gemma3_filler.json",
         Precision::F32,
     );
+    assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
+    assert_eq!(c.top1_disagree_clear, 0);
+}
+
+/// Weights at rest give the f32 path's lens (up to summation order) and stay
+/// within the same bounds against transformers.
+fn check_at_rest(model_name: &str, reference_name: &str) -> Compared {
+    let reference = reference(reference_name);
+    let ids = ids(&reference["input_ids"]);
+    let ckpt = Checkpoint::open(model_file(model_name)).unwrap();
+    let lens = |p| lens_of_ids(&ckpt.load(p).unwrap(), &ids, &LensQuery::top(5)).unwrap();
+    assert_same_lens(
+        model_name,
+        &lens(Precision::F32),
+        &lens(Precision::Rest),
+        &reference,
+    );
+    compare(model_name, reference_name, Precision::Rest)
+}
+
+#[test]
+fn smollm2_filler_at_rest_matches_f32_and_transformers() {
+    let c = check_at_rest("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2_filler.json");
+    assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
+    assert!(c.max_kl <= 0.01, "max |ΔKL| {}", c.max_kl);
+    assert_eq!(c.top1_disagree_clear, 0);
+    assert!(c.top1_agree > 0.99);
+}
+
+#[test]
+fn gemma3_filler_at_rest_matches_f32_and_transformers() {
+    let c = check_at_rest("gemma-3-270m-q4_k_m.gguf", "gemma3_filler.json");
     assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
     assert_eq!(c.top1_disagree_clear, 0);
 }

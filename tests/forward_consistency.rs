@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::Tensor;
-use lensmap::model::{KvCache, Model, Precision};
+use lensmap::model::{Checkpoint, KvCache, Precision};
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
@@ -25,7 +25,9 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 fn incremental_decoding_matches_full_forward() {
     for name in ["llama", "mistral", "gemma3", "gpt2", "qwen3", "phi3"] {
         let dir = common::reference_dir().join("tiny").join(name);
-        let model = Model::from_hf_dir(&dir, Precision::F32).unwrap();
+        let model = Checkpoint::open(&dir)
+            .and_then(|c| c.load(Precision::F32))
+            .unwrap();
         let reference = common::reference(&format!("tiny/{name}/reference.json"));
         let ids = common::ids(&reference["input_ids"]);
         let full = model.forward(&ids, &mut KvCache::default(), None).unwrap();

@@ -13,7 +13,7 @@ use lensmap::lens::{lens_of_ids, LensQuery};
 use lensmap::model::arch::{config_from_hf, config_to_hf};
 use lensmap::model::hf::HfConfig;
 use lensmap::model::locate::{resolve_in, ModelLocation};
-use lensmap::model::{Model, Precision};
+use lensmap::model::{Checkpoint, Model, Precision};
 use lensmap::Error;
 use safetensors::SafeTensors;
 
@@ -75,7 +75,7 @@ fn compare(what: &str, a: &Lens, b: &Lens) -> (f64, f64) {
 
 /// The error loading `dir` gives.
 fn load_err(dir: &Path) -> Error {
-    match Model::from_hf_dir(dir, Precision::F32) {
+    match Checkpoint::open(dir).and_then(|c| c.load(Precision::F32)) {
         Ok(_) => panic!("`{}` loaded", dir.display()),
         Err(e) => e,
     }
@@ -84,8 +84,12 @@ fn load_err(dir: &Path) -> Error {
 /// A rewritten copy of fixture `name` at `dir` must give exactly its lens.
 fn assert_same_lens(name: &str, dir: &Path) {
     let ids = tiny_ids(name);
-    let copy = Model::from_hf_dir(dir, Precision::F32).unwrap();
-    let original = Model::from_hf_dir(&tiny(name), Precision::F32).unwrap();
+    let copy = Checkpoint::open(dir)
+        .and_then(|c| c.load(Precision::F32))
+        .unwrap();
+    let original = Checkpoint::open(&tiny(name))
+        .and_then(|c| c.load(Precision::F32))
+        .unwrap();
     let what = format!("{name} rewritten vs original");
     let (h, kl) = compare(&what, &lens(&copy, &ids), &lens(&original, &ids));
     assert_eq!((h, kl), (0.0, 0.0), "{what}");
@@ -136,7 +140,7 @@ fn rewrite_fixture(
 /// with the lens of each on the reference's input ids.
 struct Conversion {
     out: tempfile::TempDir,
-    file: lensmap::model::GgufFile,
+    gguf: Checkpoint,
     from_gguf: Model,
     from_hf: Model,
     reference: serde_json::Value,
@@ -158,8 +162,11 @@ fn convert(model: &str, reference_name: &str) -> Conversion {
         converted.skipped
     );
     assert!(converted.skipped.is_empty());
-    let (from_gguf, file) = Model::from_gguf(&gguf, Precision::F32).unwrap();
-    let from_hf = Model::from_hf_dir(out.path(), Precision::F32).unwrap();
+    let gguf = Checkpoint::open(&gguf).unwrap();
+    let from_gguf = gguf.load(Precision::F32).unwrap();
+    let from_hf = Checkpoint::open(out.path())
+        .and_then(|c| c.load(Precision::F32))
+        .unwrap();
     // The same model, up to how RoPE pairs are stored and norm gains written.
     let mut expected = from_gguf.cfg.clone();
     expected.rope.as_mut().unwrap().style = from_hf.cfg.rope.as_ref().unwrap().style;
@@ -167,7 +174,7 @@ fn convert(model: &str, reference_name: &str) -> Conversion {
     assert_eq!(from_hf.cfg, expected, "{model}: config read back");
     Conversion {
         out,
-        file,
+        gguf,
         from_gguf,
         from_hf,
         reference,
@@ -189,7 +196,7 @@ fn convert_smollm2_matches_gguf() {
     assert!(h <= 0.005);
 
     // The tokenizer files round-trip: same ids, same specials and template.
-    let tok_gguf = lensmap::tokenize::TextTokenizer::from_gguf(&c.file.content.metadata).unwrap();
+    let tok_gguf = lensmap::tokenize::TextTokenizer::from_checkpoint(&c.gguf).unwrap();
     let tok_hf = lensmap::tokenize::TextTokenizer::from_hf_dir(c.out.path()).unwrap();
     let text = c.reference["prompt_text"].as_str().unwrap();
     let encoded = tok_hf.encode(text).unwrap().ids;
@@ -244,7 +251,10 @@ fn config_json_round_trips() {
     names.sort();
     assert_eq!(names.len(), 8, "{names:?}");
     for name in names.iter().map(String::as_str) {
-        let model_cfg = Model::from_hf_dir(&tiny(name), Precision::F32).unwrap().cfg;
+        let model_cfg = Checkpoint::open(&tiny(name))
+            .and_then(|c| c.load(Precision::F32))
+            .unwrap()
+            .cfg;
         let json = match config_to_hf(&model_cfg) {
             Ok(j) => j,
             Err(e) => {
@@ -420,7 +430,9 @@ fn hf_cache_resolution() {
     let loc = resolve_in("tiny-org/tiny-llama", &[empty.clone(), root.clone()]).unwrap();
     assert_eq!(loc, ModelLocation::HfDir(repo.join("snapshots/bbb")));
     assert_eq!(loc.label(), "tiny-org/tiny-llama");
-    let model = Model::from_hf_dir(loc.path(), Precision::F32).unwrap();
+    let model = Checkpoint::open(loc.path())
+        .and_then(|c| c.load(Precision::F32))
+        .unwrap();
     assert_eq!(model.label, "tiny-org/tiny-llama");
     // An explicit revision.
     let loc = resolve_in("tiny-org/tiny-llama@aaa", std::slice::from_ref(&root)).unwrap();
@@ -747,19 +759,17 @@ fn write_gguf_with(name: &str, arch: &str, path: &Path, llama_cpp_rope: bool) {
     use candle_core::quantized::gguf_file::{self, Value};
     use candle_core::quantized::{GgmlDType, QTensor};
     use lensmap::model::arch::{all_names, GgufNames, Part, TensorNames};
-    use lensmap::model::WeightSource;
 
-    let ckpt = lensmap::model::hf::HfCheckpoint::open(&tiny(name)).unwrap();
+    let ckpt = Checkpoint::open(tiny(name)).unwrap();
+    let weights = ckpt.source();
     let cfg = &ckpt.cfg;
     let mut tensors = Vec::new();
-    for ((part, layer, bias), hf_name) in all_names(&ckpt.names, cfg.n_layers) {
+    for ((part, layer, bias), hf_name) in all_names(ckpt.names(), cfg.n_layers) {
         // GGUF keeps Phi-3's fused gate|up under llama's `ffn_up`.
-        let clash = part == Part::FfnUp
-            && ckpt
-                .weights
-                .contains(&ckpt.name(Part::FfnGateUp, layer, bias));
-        if ckpt.weights.contains(&hf_name) && !clash {
-            let mut t = ckpt.weights.f32(&hf_name).unwrap();
+        let clash =
+            part == Part::FfnUp && weights.contains(&ckpt.name(Part::FfnGateUp, layer, bias));
+        if weights.contains(&hf_name) && !clash {
+            let mut t = weights.f32(&hf_name).unwrap();
             if llama_cpp_rope && part == Part::AttnQ {
                 t = permute_rows(&t, cfg.n_heads);
             } else if llama_cpp_rope && part == Part::AttnK {
@@ -812,8 +822,12 @@ fn gguf_readers_match_hf() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(format!("{name}.gguf"));
         write_gguf(name, arch, &path);
-        let (from_gguf, _file) = Model::from_gguf(&path, Precision::F32).unwrap();
-        let from_hf = Model::from_hf_dir(&tiny(name), Precision::F32).unwrap();
+        let from_gguf = Checkpoint::open(&path)
+            .and_then(|c| c.load(Precision::F32))
+            .unwrap();
+        let from_hf = Checkpoint::open(&tiny(name))
+            .and_then(|c| c.load(Precision::F32))
+            .unwrap();
         let mut expected = from_hf.cfg.clone();
         expected.norm_eps = expected.norm_eps as f32 as f64;
         assert_eq!(from_gguf.cfg, expected, "{name}");
@@ -835,7 +849,9 @@ fn llama3_rope_freqs_gguf_matches_reference() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("llama3_rope.gguf");
     write_gguf_with("llama3_rope", "llama", &path, true);
-    let (model, _file) = Model::from_gguf(&path, Precision::F32).unwrap();
+    let model = Checkpoint::open(&path)
+        .and_then(|c| c.load(Precision::F32))
+        .unwrap();
     let rope = model.cfg.rope.as_ref().unwrap();
     assert!(rope.freq_factors.is_some() && rope.llama3.is_none());
     let reference = common::reference("tiny/llama3_rope/reference.json");

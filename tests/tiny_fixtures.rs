@@ -9,8 +9,8 @@
 mod common;
 
 use common::*;
-use lensmap::lens::{lens_of_ids, LensQuery};
-use lensmap::model::{Model, Precision};
+use lensmap::lens::{lens_of_ids, CellGrid, LensQuery};
+use lensmap::model::{Checkpoint, Model, Precision};
 use serde_json::Value;
 
 /// Entropy and KL tolerance, nats.
@@ -91,14 +91,18 @@ fn top5_mismatch(got: &[(u32, f64)], ref_ids: &[u32], ref_p: &[f64]) -> Option<S
     None
 }
 
-fn check_fixture(name: &str) {
+/// Check one fixture at `precision` against the reference; returns the
+/// grid and the reference.
+fn check_fixture(name: &str, precision: Precision) -> (CellGrid, Value) {
     let dir = fixture_dir(name);
     let reference: Value = {
         let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
         serde_json::from_str(&text).unwrap()
     };
     let ids = ids(&reference["input_ids"]);
-    let model = Model::from_hf_dir(&dir, Precision::F32).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = Checkpoint::open(&dir)
+        .and_then(|c| c.load(precision))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     check_config(&model, &reference["config_summary"]);
 
     let grid = lens_of_ids(&model, &ids, &LensQuery::top(5)).unwrap();
@@ -108,7 +112,12 @@ fn check_fixture(name: &str) {
     let got_h = cell_map(&grid, |c| c.entropy);
     let got_kl = cell_map(&grid, |c| c.kl_to_final);
     assert_eq!(got_h.len(), ref_h.len(), "{name}: rows");
-    eprintln!("== {name}: {} rows x {} positions", got_h.len(), ids.len());
+    eprintln!(
+        "== {name} ({}): {} rows x {} positions",
+        model.precision.label(),
+        got_h.len(),
+        ids.len()
+    );
     report_rows("entropy", &got_h, &ref_h);
     report_rows("KL", &got_kl, &ref_kl);
     let (max_h, hr, hp) = max_abs_diff(&got_h, &ref_h);
@@ -152,13 +161,17 @@ fn check_fixture(name: &str) {
         failures.len(),
         failures[0]
     );
+    (grid, reference)
 }
 
 macro_rules! fixture_tests {
     ($($name:ident),*) => {$(
         #[test]
         fn $name() {
-            check_fixture(stringify!($name));
+            let name = stringify!($name);
+            let (f32, reference) = check_fixture(name, Precision::F32);
+            let (rest, _) = check_fixture(name, Precision::Rest);
+            assert_same_lens(name, &f32, &rest, &reference);
         }
     )*};
 }

@@ -211,3 +211,54 @@ impl ModelConfig {
         Ok(())
     }
 }
+
+/// The sizes every family has, whatever file they come from.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Hyper {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub d_ff: usize,
+    pub vocab_size: usize,
+    pub context_len: usize,
+    pub norm_eps: f64,
+}
+
+impl Hyper {
+    /// A plain pre-norm transformer of these sizes: RMSNorm, separate q/k/v
+    /// without biases, SiLU-gated MLP, full attention, untied, no RoPE yet.
+    /// Arch files override what their family changes.
+    pub fn into_config(self, family: Family) -> ModelConfig {
+        ModelConfig {
+            family,
+            n_layers: self.n_layers,
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            d_ff: self.d_ff,
+            vocab_size: self.vocab_size,
+            context_len: self.context_len,
+            norm: NormKind::Rms,
+            norm_eps: self.norm_eps,
+            norm_weight_offset: 0.0,
+            rope: None,
+            attn_scale: 1.0 / (self.head_dim as f64).sqrt(),
+            qkv_layout: QkvLayout::Separate,
+            qkv_bias: false,
+            out_bias: false,
+            qk_norm: false,
+            sliding_window: None,
+            sliding_layers: vec![false; self.n_layers],
+            act: Activation::Silu,
+            mlp: MlpLayout::Gated,
+            post_norms: false,
+            embed_scale: None,
+            final_softcap: None,
+            tied_embeddings: false,
+            learned_pos: false,
+        }
+    }
+}

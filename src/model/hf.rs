@@ -10,15 +10,10 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::arch::{self, HfNames, Hyper, Part, TensorNames};
-use super::config::{Activation, Llama3Scaling, ModelConfig};
-use super::safetensors::SafetensorsFiles;
-use super::weights::{Precision, WeightSource};
-use super::Model;
+use super::config::{Activation, Hyper, Llama3Scaling};
 use crate::{Error, Result};
 
-/// The config file of an HF directory.
-pub const CONFIG_FILE: &str = "config.json";
+pub use super::locate::CONFIG_FILE;
 
 /// `config.json` as written. Field names are transformers'; GPT-2's own
 /// names (`n_embd`, ...) are kept apart rather than aliased, because a file
@@ -230,48 +225,5 @@ fn parse_scaling(v: &Value) -> Result<Option<Llama3Scaling>> {
         other => Err(Error::Config(format!(
             "RoPE scaling `{other}` is not supported (supported: default, llama3)"
         ))),
-    }
-}
-
-/// An HF directory opened for loading: config resolved, weights mapped (no
-/// tensor read yet).
-pub struct HfCheckpoint {
-    pub raw: HfConfig,
-    pub cfg: ModelConfig,
-    pub weights: SafetensorsFiles,
-    pub names: HfNames,
-}
-
-impl HfCheckpoint {
-    /// Read `config.json` and the safetensors headers of `dir`.
-    pub fn open(dir: &Path) -> Result<Self> {
-        let raw = HfConfig::read(dir)?;
-        let weights = SafetensorsFiles::open_dir(dir)?;
-        let has_lm_head = weights.contains("lm_head.weight");
-        let cfg = arch::config_from_hf(&raw, has_lm_head)?;
-        let names = arch::hf_names(cfg.family, |n| weights.contains(n));
-        let weights = match arch::hf_transpose_rule(cfg.family) {
-            Some(rule) => weights.with_transposed(rule),
-            None => weights,
-        };
-        Ok(Self {
-            raw,
-            cfg,
-            weights,
-            names,
-        })
-    }
-
-    /// The name of a tensor in this checkpoint.
-    pub fn name(&self, part: Part, layer: Option<usize>, bias: bool) -> String {
-        self.names.name(part, layer, bias)
-    }
-}
-
-impl Model {
-    /// Load an HF directory (`config.json` + `model.safetensors` or shards).
-    pub fn from_hf_dir(dir: &Path, precision: Precision) -> Result<Model> {
-        let ckpt = HfCheckpoint::open(dir)?;
-        Model::load(ckpt.cfg, &ckpt.weights, &ckpt.names, precision)
     }
 }

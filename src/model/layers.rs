@@ -11,7 +11,7 @@ use super::arch::{Part, TensorNames};
 use super::config::{
     Activation, MlpLayout, ModelConfig, NormKind, QkvLayout, RopeConfig, RopeStyle,
 };
-use super::weights::{MatWeight, Precision, WeightSource};
+use super::weights::{MatWeight, Precision, StoredMatrix, WeightSource};
 use crate::kernels::masked_softmax;
 use crate::{Error, Result};
 
@@ -52,6 +52,21 @@ impl Loader<'_> {
         Ok(self.src.f32(&name)?.reshape(shape)?)
     }
 
+    /// A 2-D tensor of `shape` at rest in the file, if its type allows.
+    pub fn stored(
+        &self,
+        part: Part,
+        layer: Option<usize>,
+        shape: &[usize],
+    ) -> Result<Option<StoredMatrix>> {
+        let name = self.name(part, layer, false);
+        self.check_shape(&name, shape)?;
+        Ok(self.src.stored(&name)?.filter(|m| {
+            let (r, c) = m.dims();
+            [r, c] == shape
+        }))
+    }
+
     fn check_shape(&self, name: &str, expected: &[usize]) -> Result<()> {
         let got = self.src.shape(name).ok_or_else(|| Error::MissingTensor {
             tensor: name.to_string(),
@@ -80,14 +95,27 @@ impl Loader<'_> {
     ) -> Result<Linear> {
         let name = self.name(part, Some(layer), false);
         self.check_shape(&name, &[out, inp])?;
-        // Dense weights are stored transposed, `[in, out]` row-major: gemm
+        let at_rest = match self.precision {
+            Precision::Rest => self.stored(part, Some(layer), &[out, inp])?,
+            _ => None,
+        };
+        // Dense f64 weights are stored transposed, `[in, out]` row-major: gemm
         // then reads them without re-packing on every call, which cost more
         // than the multiply itself at prompt-sized M.
         let dtype = self.precision.activation_dtype();
-        let weight = match self.src.mat(&name, self.precision)? {
-            MatWeight::Dense(w) => MatWeight::Dense(w.t()?.contiguous()?.to_dtype(dtype)?),
-            q => q,
+        let weight = match at_rest {
+            Some(m) => MatWeight::Stored(m),
+            None => match self.src.mat(&name, self.precision)? {
+                // f32 copies go through the same panel routine as weights at
+                // rest, so the two precisions sum in the same order.
+                MatWeight::Dense(w) if dtype == DType::F32 => {
+                    MatWeight::Stored(StoredMatrix::copied(&w)?)
+                }
+                MatWeight::Dense(w) => MatWeight::Dense(w.t()?.contiguous()?.to_dtype(dtype)?),
+                q => q,
+            },
         };
+
         let bias = if bias {
             Some(self.f32(part, Some(layer), true, &[out])?.to_dtype(dtype)?)
         } else {
@@ -122,21 +150,30 @@ impl Loader<'_> {
     }
 }
 
-/// `y = x Wᵀ + b`, with W dense f32 or quantised.
+/// `y = x Wᵀ + b`, with W dense f32, quantised, or at rest.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// Dense: `[in, out]` (transposed at load); quantised: `[out, in]`.
+    /// Dense: `[in, out]` (transposed at load); quantised and at rest: `[out, in]`.
     weight: MatWeight,
     /// `[out]`.
     bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// The weight at rest, if it is.
+    fn stored(&self) -> Option<&StoredMatrix> {
+        match &self.weight {
+            MatWeight::Stored(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// `x`: `[T, in]` → `[T, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             MatWeight::Dense(w) => x.matmul(w)?,
             MatWeight::Quant(q) => q.forward(x)?,
+            MatWeight::Stored(m) => m.matmul_t(x)?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -543,6 +580,34 @@ impl Block {
             mlp: Mlp::load(ld, layer)?,
             post_ffn_norm: post(Part::PostFfnNorm)?,
         })
+    }
+
+    /// The block's weights at rest.
+    fn stored(&self) -> Vec<&StoredMatrix> {
+        let a = &self.attn;
+        let m = &self.mlp;
+        let qkv: Vec<&Linear> = match &a.qkv {
+            QkvProj::Separate { q, k, v } => vec![q, k, v],
+            QkvProj::Fused(l) => vec![l],
+        };
+        qkv.into_iter()
+            .chain([&a.o, &m.down])
+            .chain(m.gate.iter())
+            .chain(m.up.iter())
+            .filter_map(Linear::stored)
+            .collect()
+    }
+
+    /// For weights at rest: prefetch the block's pages (`release` false:
+    /// `MADV_WILLNEED`) or drop them from the resident set (`MADV_DONTNEED`).
+    pub fn advise(&self, release: bool) {
+        for m in self.stored() {
+            if release {
+                m.release()
+            } else {
+                m.prefetch()
+            }
+        }
     }
 
     /// `x`: the residual stream `[T, d]` → the residual stream after this block.

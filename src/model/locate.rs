@@ -16,12 +16,18 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::hf::CONFIG_FILE;
-use super::safetensors::weight_files;
+use std::collections::{BTreeSet, HashMap};
+
 use crate::{Error, Result};
 
 /// The file HF tokenizers are read from.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The config file of an HF directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// The single-file safetensors checkpoint name.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// The index of a sharded safetensors checkpoint.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// Where a model is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +148,7 @@ fn directory(dir: &Path) -> Result<ModelLocation> {
             reason: format!(
                 "several `.gguf` files ({}); pass one of them",
                 many.iter()
-                    .map(|p| format!("`{}`", super::weights::file_name(p)))
+                    .map(|p| format!("`{}`", file_name(p)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -236,7 +242,7 @@ pub fn label(path: &Path) -> String {
             None => id,
         };
     }
-    super::weights::file_name(path)
+    file_name(path)
 }
 
 fn read_dir(dir: &Path) -> Vec<PathBuf> {
@@ -256,6 +262,74 @@ fn gguf_files(dir: &Path) -> Vec<PathBuf> {
                     .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
         })
         .collect()
+}
+
+/// The safetensors files of an HF directory: `model.safetensors`, or every
+/// shard `model.safetensors.index.json` names. Checks they exist; reads
+/// nothing else.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join(SINGLE_FILE);
+    let index = dir.join(INDEX_FILE);
+    if single.is_file() {
+        Ok(vec![single])
+    } else if index.is_file() {
+        shard_files(&index)
+    } else {
+        let reason = if dir.join("pytorch_model.bin").exists() {
+            format!("only `pytorch_model.bin`, which lensmap cannot read; save the model as safetensors (`{SINGLE_FILE}`)")
+        } else {
+            format!("no `{SINGLE_FILE}` or `{INDEX_FILE}`")
+        };
+        Err(Error::BadCheckpoint {
+            path: dir.to_path_buf(),
+            reason,
+        })
+    }
+}
+
+/// The distinct shard files an index names, in order, checked to exist.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: HashMap<String, String>,
+    }
+    let bad = |reason: String| Error::BadCheckpoint {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let parsed: Index =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not a shard index: {e}")))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let names: BTreeSet<&String> = parsed.weight_map.values().collect();
+    if names.is_empty() {
+        return Err(bad("`weight_map` lists no files".into()));
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            let p = dir.join(n);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(bad(format!(
+                    "shard `{n}` is missing (incomplete download?)"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// The last component of a path, for messages.
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The first line of a multi-line message: our errors are one line.
+pub fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
 }
 
 #[cfg(test)]

@@ -6,25 +6,36 @@
 //! final norm, unembedding. The residual after each block goes to a
 //! [`Recorder`], which is how the lens sees the model.
 
-pub mod arch;
+// In layers, bottom up: file names; formats; weights and config; arch; the
+// one checkpoint opener and its memory preflight; the layers; `Model`.
+pub mod locate;
+
+pub mod gguf;
+pub mod safetensors;
+
 pub mod config;
 pub mod hf;
-pub mod layers;
-pub mod locate;
-pub mod safetensors;
 pub mod weights;
 
-use std::path::Path;
+pub mod arch;
 
-use candle_core::{Device, Tensor, D};
+pub mod budget;
+pub mod checkpoint;
+
+pub mod layers;
+
+use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
+pub use budget::MemoryPlan;
+pub use checkpoint::Checkpoint;
 pub use config::{Family, ModelConfig};
+pub use gguf::GgufFile;
 use layers::{Block, LayerCache, Loader, Norm, Rope};
-pub use weights::{GgufFile, Precision, WeightSource};
+pub use weights::{Precision, StoredMatrix, WeightSource};
 
 use crate::{Error, Result};
-use arch::{Part, TensorNames};
+use arch::Part;
 
 /// Receives the residual stream as the forward pass produces it.
 pub trait Recorder {
@@ -73,40 +84,49 @@ pub struct Model {
     pub cfg: ModelConfig,
     /// File name (or directory / HF id) it came from.
     pub label: String,
+    /// The precision it runs at (`Auto` resolved).
     pub precision: Precision,
-    /// `[vocab, d]`, f32, unscaled.
-    embed: Tensor,
+    /// Whether finished blocks are released to the page cache (larger than
+    /// memory: the file is streamed block by block).
+    pub streaming: bool,
+    /// `[vocab, d]`, unscaled: an f32 copy, or at rest.
+    embed: StoredMatrix,
     /// `[context, d]` learned positions (GPT-2).
     pos_embed: Option<Tensor>,
     blocks: Vec<Block>,
     final_norm: Norm,
-    /// `[vocab, d]` f32: the embedding itself when tied (one copy). Always
-    /// dense, because the lens multiplies by it at every row. Unlike block
-    /// weights it is not stored transposed: at lens sizes gemm is compute-bound
-    /// either way (measured ~350 GFLOP/s both), and transposing costs load time.
-    head: Tensor,
+    /// `[vocab, d]`: the embedding itself when tied (one copy), multiplied
+    /// in vocabulary panels by [`StoredMatrix::matmul_t`], whose logits the
+    /// lens reads as whole-row blocks.
+    head: StoredMatrix,
 }
 
 impl Model {
-    /// Build a model from a resolved config, a weight source and its names.
-    pub fn load(
-        cfg: ModelConfig,
-        src: &dyn WeightSource,
-        names: &dyn TensorNames,
-        precision: Precision,
-    ) -> Result<Self> {
+    /// Build a model from an opened checkpoint, after the memory preflight
+    /// ([`budget::plan`]) has resolved the precision.
+    pub fn load(ckpt: &Checkpoint, plan: &MemoryPlan) -> Result<Self> {
+        let (cfg, src, names) = (&ckpt.cfg, ckpt.source(), ckpt.names());
+        let precision = plan.precision;
         let ld = Loader {
             src,
             names,
-            cfg: &cfg,
+            cfg,
             precision,
         };
         let (v, d) = (cfg.vocab_size, cfg.d_model);
-        let embed = ld.f32(Part::TokenEmbd, None, false, &[v, d])?;
+        let table = |part| -> Result<StoredMatrix> {
+            if precision == Precision::Rest {
+                if let Some(m) = ld.stored(part, None, &[v, d])? {
+                    return Ok(m);
+                }
+            }
+            StoredMatrix::copied(&ld.f32(part, None, false, &[v, d])?)
+        };
+        let embed = table(Part::TokenEmbd)?;
         let head = if cfg.tied_embeddings {
             embed.clone()
         } else {
-            ld.f32(Part::Output, None, false, &[v, d])?
+            table(Part::Output)?
         };
         let pos_embed = if cfg.learned_pos {
             let name = names.name(Part::PositionEmbd, None, false);
@@ -135,21 +155,14 @@ impl Model {
         Ok(Self {
             label: src.label(),
             precision,
+            streaming: plan.streaming,
             embed,
             pos_embed,
             blocks,
             final_norm,
             head,
-            cfg,
+            cfg: cfg.clone(),
         })
-    }
-
-    /// Open a GGUF file.
-    pub fn from_gguf(path: &Path, precision: Precision) -> Result<(Self, GgufFile)> {
-        let file = GgufFile::open(path)?;
-        let cfg = arch::config_from_gguf(&file)?;
-        let model = Self::load(cfg, &file, &arch::GgufNames, precision)?;
-        Ok((model, file))
     }
 
     /// Run `ids` at positions `cache.len()..`, recording every row if a
@@ -176,9 +189,8 @@ impl Model {
         if cache.layers.is_empty() {
             cache.layers = vec![LayerCache::default(); self.cfg.n_layers];
         }
-        let idx = Tensor::new(ids, &Device::Cpu)?;
         // Row 0: the embedding output, scaled (Gemma) and with positions (GPT-2).
-        let mut x = self.embed.index_select(&idx, 0)?;
+        let mut x = self.embed.gather(ids)?;
         if let Some(scale) = self.cfg.embed_scale {
             x = (x * scale as f32 as f64)?;
         }
@@ -190,7 +202,15 @@ impl Model {
             r.record(0, &x)?;
         }
         for (i, (block, lc)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+            // At rest, ask for the next block's pages while this one computes;
+            // when streaming, hand this block's back once it is done.
+            if let Some(next) = self.blocks.get(i + 1) {
+                next.advise(false);
+            }
             x = block.forward(&x, start, lc)?;
+            if self.streaming {
+                block.advise(true);
+            }
             if let Some(r) = recorder.as_deref_mut() {
                 r.record(i + 1, &x)?;
             }
@@ -200,14 +220,25 @@ impl Model {
     }
 
     /// The final norm's `(weight, eps)` if it is an RMSNorm, and the
-    /// `[vocab, d]` f32 head: what the tuned-lens trainer's backward pass
-    /// needs. `None` for LayerNorm or a final soft-cap (not differentiated).
-    pub fn unembed_parts(&self) -> Option<(&Tensor, f32, &Tensor)> {
+    /// `[vocab, d]` head as an f32 tensor: what the tuned-lens trainer's
+    /// backward pass needs. The head is decoded here even when it is at rest
+    /// (training multiplies by it twice per layer per step). `None` for
+    /// LayerNorm or a final soft-cap (not differentiated).
+    pub fn unembed_parts(&self) -> Result<Option<(&Tensor, f32, Tensor)>> {
         if self.cfg.final_softcap.is_some() {
-            return None;
+            return Ok(None);
         }
-        let (w, eps) = self.final_norm.rms_parts()?;
-        Some((w, eps, &self.head))
+        let Some((w, eps)) = self.final_norm.rms_parts() else {
+            return Ok(None);
+        };
+        let (rows, cols) = self.head.dims();
+        let mut head = vec![0f32; rows * cols];
+        self.head.rows_f32(0, rows, &mut head);
+        Ok(Some((
+            w,
+            eps,
+            Tensor::from_vec(head, (rows, cols), &candle_core::Device::Cpu)?,
+        )))
     }
 
     /// The model's own final-logit path on any residual: final norm, head,
@@ -219,11 +250,25 @@ impl Model {
             .final_norm
             .forward(h)?
             .to_dtype(candle_core::DType::F32)?;
-        let logits = normed.matmul(&self.head.t()?)?;
+        let logits = self.head.matmul_t(&normed)?;
         Ok(match self.cfg.final_softcap {
             Some(c) => ((logits / c)?.tanh()? * c)?,
             None => logits,
         })
+    }
+
+    /// Head rows `r0..r1` in f32 into `out` (`(r1 - r0) * d_model` values),
+    /// from the f32 copy or dequantised from the file: the accessor for
+    /// anything that needs the head in its own layout (a packed copy).
+    pub fn head_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        if r0 > r1 || r1 > self.cfg.vocab_size || out.len() != (r1 - r0) * self.cfg.d_model {
+            return Err(Error::InvalidOption(format!(
+                "head rows `{r0}..{r1}` into {} values",
+                out.len()
+            )));
+        }
+        self.head.rows_f32(r0, r1, out);
+        Ok(())
     }
 
     /// Greedy decoding after `prompt` has been run into `cache`, starting

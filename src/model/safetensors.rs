@@ -7,22 +7,21 @@
 //! A header that lies is rejected there with one line; after that every
 //! tensor read is a slice inside the map.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ::safetensors::tensor::{Metadata, TensorInfo};
 use ::safetensors::{Dtype, SafeTensorError, SafeTensors};
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::weights::{file_name, WeightSource};
+use super::locate::{file_name, label};
+pub use super::locate::{weight_files, INDEX_FILE, SINGLE_FILE};
+use super::weights::{StoredMatrix, WeightSource};
 use crate::{Error, Result};
-
-/// The single-file checkpoint name.
-pub const SINGLE_FILE: &str = "model.safetensors";
-/// The index of a sharded checkpoint.
-pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// Element types read (and widened to f32).
 const SUPPORTED_DTYPES: &str = "F32, F16, BF16, F64";
@@ -30,7 +29,7 @@ const SUPPORTED_DTYPES: &str = "F32, F16, BF16, F64";
 /// One memory-mapped safetensors file with its validated header.
 struct Shard {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    mmap: Arc<memmap2::Mmap>,
     /// Where the data section starts: 8 + header length.
     data_start: usize,
     meta: Metadata,
@@ -49,7 +48,7 @@ impl Shard {
         Ok(Self {
             path: path.to_path_buf(),
             data_start: 8 + header_len,
-            mmap,
+            mmap: Arc::new(mmap),
             meta,
         })
     }
@@ -104,7 +103,7 @@ impl SafetensorsFiles {
     /// Open the weights of an HF directory: `model.safetensors`, or the
     /// shards its index lists.
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        Self::open_files(&weight_files(dir)?, super::locate::label(dir))
+        Self::open_files(&weight_files(dir)?, label(dir))
     }
 
     /// Open the given files as one checkpoint.
@@ -180,6 +179,32 @@ impl WeightSource for SafetensorsFiles {
         Some(shape)
     }
 
+    fn stored(&self, name: &str) -> Result<Option<StoredMatrix>> {
+        let Some((shard, info)) = self.lookup(name) else {
+            return Ok(None);
+        };
+        let dtype = match info.dtype {
+            Dtype::F32 => GgmlDType::F32,
+            Dtype::F16 => GgmlDType::F16,
+            Dtype::BF16 => GgmlDType::BF16,
+            _ => return Ok(None),
+        };
+        let transposed = self.transposed(name, info.shape.len());
+        let (rows, cols) = match (info.shape.as_slice(), transposed) {
+            ([r, c], false) => (*r, *c),
+            ([c, r], true) => (*r, *c),
+            _ => return Ok(None),
+        };
+        Ok(StoredMatrix::new(
+            shard.mmap.clone(),
+            shard.data_start + info.data_offsets.0,
+            dtype,
+            rows,
+            cols,
+            transposed,
+        ))
+    }
+
     fn f32(&self, name: &str) -> Result<Tensor> {
         let (shard, info) = self.lookup(name).ok_or_else(|| Error::MissingTensor {
             tensor: name.to_string(),
@@ -235,60 +260,4 @@ fn widen(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
         Dtype::F64 => each(bytes, |b| f64::from_le_bytes(b) as f32),
         _ => return None,
     })
-}
-
-/// The safetensors files of an HF directory: `model.safetensors`, or every
-/// shard `model.safetensors.index.json` names. Checks they exist; reads
-/// nothing else.
-pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join(SINGLE_FILE);
-    let index = dir.join(INDEX_FILE);
-    if single.is_file() {
-        Ok(vec![single])
-    } else if index.is_file() {
-        shard_files(&index)
-    } else {
-        let reason = if dir.join("pytorch_model.bin").exists() {
-            format!("only `pytorch_model.bin`, which lensmap cannot read; save the model as safetensors (`{SINGLE_FILE}`)")
-        } else {
-            format!("no `{SINGLE_FILE}` or `{INDEX_FILE}`")
-        };
-        Err(Error::BadCheckpoint {
-            path: dir.to_path_buf(),
-            reason,
-        })
-    }
-}
-
-/// The distinct shard files an index names, in order, checked to exist.
-fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        weight_map: HashMap<String, String>,
-    }
-    let bad = |reason: String| Error::BadCheckpoint {
-        path: index.to_path_buf(),
-        reason,
-    };
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let parsed: Index =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not a shard index: {e}")))?;
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let names: BTreeSet<&String> = parsed.weight_map.values().collect();
-    if names.is_empty() {
-        return Err(bad("`weight_map` lists no files".into()));
-    }
-    names
-        .into_iter()
-        .map(|n| {
-            let p = dir.join(n);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(bad(format!(
-                    "shard `{n}` is missing (incomplete download?)"
-                )))
-            }
-        })
-        .collect()
 }

@@ -121,3 +121,27 @@ pub fn run_seed(model: &str, extra: &[&str]) -> (Value, String) {
     let json = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     (json, String::from_utf8_lossy(&res.stdout).into_owned())
 }
+
+/// Weights at rest against the f32 copies: the same numbers up to summation
+/// order. max |Δentropy| ≤ 1e-5 nats, and the same top-1 wherever the
+/// reference's top-1/top-2 probability gap exceeds 1e-4.
+pub fn assert_same_lens(name: &str, f32: &CellGrid, rest: &CellGrid, reference: &Value) {
+    let (h, r, p) = max_abs_diff(
+        &cell_map(f32, |c| c.entropy),
+        &cell_map(rest, |c| c.entropy),
+    );
+    eprintln!("{name}: at rest vs f32: max |Δentropy| {h:.2e} (row {r} pos {p})");
+    assert!(
+        h <= 1e-5,
+        "{name}: at rest vs f32 max |Δentropy| {h:.2e} at row {r} pos {p}"
+    );
+    for (r, (a, b)) in f32.iter().zip(rest).enumerate() {
+        for (p, (a, b)) in a.iter().zip(b).enumerate() {
+            let probs = &reference["top5_probs"][r][p];
+            let gap = probs[0].as_f64().unwrap() - probs[1].as_f64().unwrap();
+            if gap > 1e-4 {
+                assert_eq!(a.topk[0].0, b.topk[0].0, "{name}: top-1 at row {r} pos {p}");
+            }
+        }
+    }
+}

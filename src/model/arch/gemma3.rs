@@ -13,8 +13,8 @@
 
 use super::{gguf_rope_theta, hf_common, llama, with_fields, Hyper, Part};
 use crate::model::config::{Activation, Family, ModelConfig, RopeConfig, RopeStyle};
+use crate::model::gguf::GgufFile;
 use crate::model::hf::HfConfig;
-use crate::model::weights::GgufFile;
 use crate::{Error, Result};
 
 /// Every `SLIDING_PATTERN`-th layer is global; the rest slide. Gemma 3 GGUF

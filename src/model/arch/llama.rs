@@ -15,8 +15,9 @@ use super::{gguf_rope_theta, hf_common, with_fields, Hyper, Part};
 use crate::model::config::{
     Activation, Family, Llama3Scaling, MlpLayout, ModelConfig, QkvLayout, RopeConfig, RopeStyle,
 };
+use crate::model::gguf::GgufFile;
 use crate::model::hf::HfConfig;
-use crate::model::weights::{GgufFile, WeightSource};
+use crate::model::weights::WeightSource;
 use crate::{Error, Result};
 
 /// What sets one llama-like checkpoint apart once its file is read.

@@ -1,107 +1,19 @@
-//! Where weights come from: a `WeightSource` (GGUF here, safetensors in
-//! `safetensors.rs`) hands out tensors by their file name, dequantised to f32
-//! or kept quantised as the [`Precision`] asks.
+//! GGUF files: the memory-mapped file, its metadata readers (which
+//! `tokenize.rs` reuses for the tokenizer) and its tensors as a
+//! [`WeightSource`].
 
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
+use super::locate::{file_name, first_line};
+use super::weights::{MatWeight, Precision, StoredMatrix, WeightSource};
 use crate::{Error, Result};
-
-/// How matmul weights are held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// The fastest exact choice for this device. On CPU that is f32 for
-    /// every tensor: candle's quantised kernels run at 9–44 GFLOP/s here while
-    /// f32 gemm reaches ~335 GFLOP/s, and a lens run is prefill-shaped (many
-    /// rows per matmul), where the dequantised path wins for every quant type.
-    #[default]
-    Auto,
-    /// Dequantise everything to f32: the reference computation.
-    F32,
-    /// Run the forward pass in f64 (weights dequantised to f64); the lens
-    /// matmul stays f32. Three times slower; use it when the last 1e-4 of a
-    /// log-probability matters: an f32 forward differs from another f32
-    /// implementation by up to ~1e-4 in log p after 30 layers, purely from
-    /// summation order, and f64 removes lensmap's share of that.
-    F64,
-    /// Keep quantised matmul weights quantised (less memory, llama.cpp-like
-    /// arithmetic with q8 activations). Norms, embeddings and the unembedding
-    /// are still f32, because the lens reads them at every row.
-    Quant,
-}
-
-impl Precision {
-    /// Whether a tensor of this type stays quantised under this precision.
-    pub fn keep_quantized(self, dtype: GgmlDType) -> bool {
-        match self {
-            Precision::Auto | Precision::F32 | Precision::F64 => false,
-            Precision::Quant => !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16),
-        }
-    }
-
-    /// The dtype activations flow in.
-    pub fn activation_dtype(self) -> candle_core::DType {
-        match self {
-            Precision::F64 => candle_core::DType::F64,
-            _ => candle_core::DType::F32,
-        }
-    }
-
-    /// The name used in JSON and on the terminal.
-    pub fn label(self) -> &'static str {
-        match self {
-            Precision::Auto | Precision::F32 => "f32",
-            Precision::F64 => "f64",
-            Precision::Quant => "quant",
-        }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Precision::Auto),
-            "f32" => Ok(Precision::F32),
-            "f64" => Ok(Precision::F64),
-            "quant" => Ok(Precision::Quant),
-            _ => Err(Error::InvalidOption(format!(
-                "unknown precision `{s}` (expected auto, f32, f64 or quant)"
-            ))),
-        }
-    }
-}
-
-/// A matmul weight `[out, in]`, dense or quantised.
-#[derive(Debug, Clone)]
-pub enum MatWeight {
-    Dense(Tensor),
-    Quant(QMatMul),
-}
-
-/// A source of named tensors: one checkpoint.
-pub trait WeightSource: Send + Sync {
-    /// The file (or directory) name, for messages.
-    fn label(&self) -> String;
-    /// Shape of a tensor (outermost first), or `None` if absent.
-    fn shape(&self, name: &str) -> Option<Vec<usize>>;
-    /// The tensor in f32.
-    fn f32(&self, name: &str) -> Result<Tensor>;
-    /// A matmul weight, kept quantised where `precision` says so.
-    fn mat(&self, name: &str, precision: Precision) -> Result<MatWeight> {
-        let _ = precision;
-        Ok(MatWeight::Dense(self.f32(name)?))
-    }
-    /// Whether a tensor exists.
-    fn contains(&self, name: &str) -> bool {
-        self.shape(name).is_some()
-    }
-}
 
 /// Quant types candle can read, for error messages.
 pub const SUPPORTED_GGML: &str =
@@ -110,7 +22,7 @@ pub const SUPPORTED_GGML: &str =
 /// A memory-mapped GGUF file.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    mmap: Arc<memmap2::Mmap>,
     /// Header: metadata and tensor index.
     pub content: Content,
 }
@@ -169,7 +81,7 @@ impl GgufFile {
         }
         Ok(Self {
             path: path.to_path_buf(),
-            mmap,
+            mmap: Arc::new(mmap),
             content,
         })
     }
@@ -239,6 +151,25 @@ impl WeightSource for GgufFile {
         Ok(self.qtensor(name)?.dequantize(&Device::Cpu)?)
     }
 
+    fn stored(&self, name: &str) -> Result<Option<StoredMatrix>> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        let (rows, cols) = match info.shape.dims() {
+            [r, c] => (*r, *c),
+            _ => return Ok(None),
+        };
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        Ok(StoredMatrix::new(
+            self.mmap.clone(),
+            start,
+            info.ggml_dtype,
+            rows,
+            cols,
+            false,
+        ))
+    }
+
     fn mat(&self, name: &str, precision: Precision) -> Result<MatWeight> {
         let q = self.qtensor(name)?;
         if precision.keep_quantized(q.dtype()) {
@@ -297,16 +228,4 @@ fn ggml_type_name(code: u32) -> String {
         Some(name) => format!("{name} (type {code})"),
         None => format!("type {code}"),
     }
-}
-
-/// The last component of a path, for messages.
-pub fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
-/// The first line of a multi-line message: our errors are one line.
-pub fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
 }

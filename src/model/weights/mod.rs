@@ -1,0 +1,425 @@
+//! How weights are held and handed out: the [`Precision`] a model runs at,
+//! the [`WeightSource`] trait both formats implement (`gguf.rs`,
+//! `safetensors.rs`), and [`StoredMatrix`], a matrix at rest in a mapped
+//! file with the panel matmul that reads it.
+
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+};
+use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// How matmul weights are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 copies of every weight while they fit the memory budget (half
+    /// of what is available, or `--max-memory`), else [`Precision::Rest`].
+    /// Both are exact; the copies are a little faster. Resolved at load
+    /// ([`super::budget`]), so a loaded model never reports `Auto`.
+    #[default]
+    Auto,
+    /// Dequantise everything to f32: the reference computation.
+    F32,
+    /// Run the forward pass in f64 (weights dequantised to f64); the lens
+    /// matmul stays f32. Three times slower; use it when the last 1e-4 of a
+    /// log-probability matters: an f32 forward differs from another f32
+    /// implementation by up to ~1e-4 in log p after 30 layers, purely from
+    /// summation order, and f64 removes lensmap's share of that.
+    F64,
+    /// Weights at rest: matmul weights, the embedding and the head stay as
+    /// stored (quant blocks, bf16/f16, f32) in the memory-mapped file; each
+    /// matmul dequantises a panel of rows at a time into a reused f32 buffer
+    /// and runs the f32 gemm on it. Same numbers as `F32` up to summation
+    /// order, at about the file's size in memory.
+    Rest,
+    /// Keep quantised matmul weights quantised (less memory, llama.cpp-like
+    /// arithmetic with q8 activations). Norms, embeddings and the unembedding
+    /// are still f32, because the lens reads them at every row.
+    Quant,
+}
+
+impl Precision {
+    /// Whether a tensor of this type stays quantised under this precision.
+    pub fn keep_quantized(self, dtype: GgmlDType) -> bool {
+        match self {
+            Precision::Auto | Precision::F32 | Precision::F64 | Precision::Rest => false,
+            Precision::Quant => !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16),
+        }
+    }
+
+    /// The dtype activations flow in.
+    pub fn activation_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F64 => candle_core::DType::F64,
+            _ => candle_core::DType::F32,
+        }
+    }
+
+    /// The name used in JSON and on the terminal.
+    pub fn label(self) -> &'static str {
+        match self {
+            Precision::Auto | Precision::F32 => "f32",
+            Precision::F64 => "f64",
+            Precision::Rest => "rest",
+            Precision::Quant => "quant",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Precision::Auto),
+            "f32" => Ok(Precision::F32),
+            "f64" => Ok(Precision::F64),
+            "rest" => Ok(Precision::Rest),
+            "quant" => Ok(Precision::Quant),
+            _ => Err(Error::InvalidOption(format!(
+                "unknown precision `{s}` (expected auto, f32, f64, rest or quant)"
+            ))),
+        }
+    }
+}
+
+/// A matmul weight `[out, in]`: a dense copy, candle's quantised form, or
+/// at rest in the mapped file.
+#[derive(Debug, Clone)]
+pub enum MatWeight {
+    Dense(Tensor),
+    Quant(QMatMul),
+    Stored(StoredMatrix),
+}
+
+/// A source of named tensors: one checkpoint.
+pub trait WeightSource: Send + Sync {
+    /// The file (or directory) name, for messages.
+    fn label(&self) -> String;
+    /// Shape of a tensor (outermost first), or `None` if absent.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The tensor in f32.
+    fn f32(&self, name: &str) -> Result<Tensor>;
+    /// A matmul weight, kept quantised where `precision` says so.
+    fn mat(&self, name: &str, precision: Precision) -> Result<MatWeight> {
+        let _ = precision;
+        Ok(MatWeight::Dense(self.f32(name)?))
+    }
+    /// A 2-D tensor `[rows, cols]` at rest in the mapped file, or `None`
+    /// when its storage type cannot be read in place (then callers copy it).
+    fn stored(&self, name: &str) -> Result<Option<StoredMatrix>> {
+        let _ = name;
+        Ok(None)
+    }
+    /// Whether a tensor exists.
+    fn contains(&self, name: &str) -> bool {
+        self.shape(name).is_some()
+    }
+}
+
+/// A matrix `[rows, cols]` read through one panel routine: at rest in a
+/// memory-mapped file in its stored type (never copied out: readers
+/// dequantise the rows they need), or an f32 copy in memory. Both go through
+/// the same panel gemm, so the f32 copies and the weights at rest sum in the
+/// same order and give the same numbers.
+#[derive(Clone)]
+pub struct StoredMatrix {
+    backing: Backing,
+    /// Byte range of the tensor in the map.
+    start: usize,
+    len: usize,
+    /// Storage type (GGML's names cover safetensors' F32/F16/BF16 too).
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    /// Stored `[cols, rows]` (GPT-2's Conv1D); float types only.
+    transposed: bool,
+}
+
+/// Where a matrix's bytes live.
+#[derive(Clone)]
+enum Backing {
+    /// In the checkpoint's mapped file.
+    Mapped(Arc<memmap2::Mmap>),
+    /// An f32 copy, `[rows, cols]` row-major.
+    Copied(Arc<Vec<f32>>),
+}
+
+impl std::fmt::Debug for StoredMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StoredMatrix({:?}, [{}, {}]{})",
+            self.dtype,
+            self.rows,
+            self.cols,
+            if self.transposed { ", transposed" } else { "" }
+        )
+    }
+}
+
+impl StoredMatrix {
+    /// The matrix `[rows, cols]` at `start..start + len` of `map`; `None`
+    /// when the type cannot be read in place or the sizes disagree.
+    pub fn new(
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+    ) -> Option<Self> {
+        let block = dtype.block_size();
+        let float = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if cols % block != 0 || (transposed && !float) {
+            return None;
+        }
+        let len = rows * cols / block * dtype.type_size();
+        (start + len <= map.len()).then_some(Self {
+            backing: Backing::Mapped(map),
+            start,
+            len,
+            dtype,
+            rows,
+            cols,
+            transposed,
+        })
+    }
+
+    /// An f32 copy of a `[rows, cols]` tensor.
+    pub fn copied(t: &Tensor) -> Result<Self> {
+        let (rows, cols) = t.dims2()?;
+        let values = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Self {
+            backing: Backing::Copied(Arc::new(values)),
+            start: 0,
+            len: rows * cols * 4,
+            dtype: GgmlDType::F32,
+            rows,
+            cols,
+            transposed: false,
+        })
+    }
+
+    /// Whether the matrix is at rest in a mapped file (not an f32 copy).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.backing, Backing::Mapped(_))
+    }
+
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Bytes in the file.
+    pub fn stored_bytes(&self) -> usize {
+        self.len
+    }
+
+    /// Rows `r0..r1` in f32 into `out` (`(r1 - r0) * cols` values), with
+    /// candle's own block decoders: the same values `QTensor::dequantize`
+    /// gives, so at rest equals the f32 copies bit for bit per weight.
+    pub fn rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        let cols = self.cols;
+        debug_assert_eq!(out.len(), (r1 - r0) * cols);
+        let map = match &self.backing {
+            Backing::Copied(values) => {
+                out.copy_from_slice(&values[r0 * cols..r1 * cols]);
+                return;
+            }
+            Backing::Mapped(map) => map,
+        };
+        let bytes = &map[self.start..self.start + self.len];
+        if self.transposed {
+            // Element (r, c) of the logical matrix is stored at c * rows + r.
+            let size = self.dtype.type_size();
+            for (i, row) in out.chunks_exact_mut(cols).enumerate() {
+                let r = r0 + i;
+                for (c, y) in row.iter_mut().enumerate() {
+                    let at = (c * self.rows + r) * size;
+                    *y = float_at(&bytes[at..at + size], self.dtype);
+                }
+            }
+            return;
+        }
+        let row_bytes = cols / self.dtype.block_size() * self.dtype.type_size();
+        let src = &bytes[r0 * row_bytes..r1 * row_bytes];
+        decode(src, self.dtype, out);
+    }
+
+    /// Rows `ids` (in any order) in f32, `[ids.len(), cols]`: an embedding
+    /// lookup that reads only the looked-up rows.
+    pub fn gather(&self, ids: &[u32]) -> Result<Tensor> {
+        let cols = self.cols;
+        let mut out = vec![0f32; ids.len() * cols];
+        out.par_chunks_mut(cols).zip(ids).for_each(|(row, &id)| {
+            let r = id as usize;
+            self.rows_f32(r, r + 1, row);
+        });
+        Ok(Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)?)
+    }
+
+    /// `x · Wᵀ`: `x` `[t, cols]` → `[t, rows]`, one panel of rows at a time.
+    /// Each panel is dequantised into a per-thread f32 buffer and the f32
+    /// gemm writes its product straight into the panel's output columns.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let (t, k) = x.dims2()?;
+        if k != self.cols {
+            return Err(Error::Config(format!(
+                "matmul of `[{t}, {k}]` by a `[{}, {}]` weight",
+                self.rows, self.cols
+            )));
+        }
+        let x = x
+            .to_dtype(candle_core::DType::F32)?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let n = self.rows;
+        let mut y = vec![0f32; t * n];
+        let p = panel_rows(k);
+        let panels = n.div_ceil(p);
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        (0..panels)
+            .into_par_iter()
+            .for_each_init(Vec::new, |buf, i| {
+                let (r0, r1) = (i * p, ((i + 1) * p).min(n));
+                // An f32 copy is read in place; anything else is decoded first.
+                let rhs = match &self.backing {
+                    Backing::Copied(values) => values[r0 * k..r1 * k].as_ptr(),
+                    Backing::Mapped(_) => {
+                        buf.resize((r1 - r0) * k, 0.0);
+                        self.rows_f32(r0, r1, buf);
+                        buf.as_ptr()
+                    }
+                };
+                // SAFETY: panels write disjoint column ranges r0..r1 of y, which
+                // is [t, n] row-major and outlives the loop; x is [t, k] and rhs
+                // [r1 - r0, k], both row-major, read only.
+                unsafe {
+                    gemm::gemm(
+                        t,
+                        r1 - r0,
+                        k,
+                        y_ptr.get().add(r0),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        rhs,
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            });
+        Ok(Tensor::from_vec(y, (t, n), &Device::Cpu)?)
+    }
+
+    /// Ask the kernel to read the matrix ahead (the next block while this
+    /// one computes).
+    pub fn prefetch(&self) {
+        if let Backing::Mapped(map) = &self.backing {
+            let _ = map.advise_range(memmap2::Advice::WillNeed, self.start, self.len);
+        }
+    }
+
+    /// Drop the matrix's pages from this process's resident set. They stay
+    /// in the page cache while memory allows; a later read faults them back.
+    pub fn release(&self) {
+        let Backing::Mapped(map) = &self.backing else {
+            return;
+        };
+        // SAFETY: the map is shared and read-only, so its pages are clean
+        // copies of the file; MADV_DONTNEED only unmaps them and any later
+        // access re-reads the same bytes.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.start, self.len)
+        };
+    }
+}
+
+/// A raw pointer the panel loop may share across threads.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint writes (see `matmul_t`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Output rows per panel: about 1 MiB of f32 weights, so the panel stays in
+/// L2 while the gemm reads it, between 16 and 512 rows.
+fn panel_rows(cols: usize) -> usize {
+    ((1 << 18) / cols.max(1)).clamp(16, 512) / 16 * 16
+}
+
+/// One little-endian float of a float storage type.
+fn float_at(b: &[u8], dtype: GgmlDType) -> f32 {
+    match dtype {
+        GgmlDType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        GgmlDType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+    }
+}
+
+/// Decode whole blocks of `dtype` from `src` into `out`.
+fn decode(src: &[u8], dtype: GgmlDType, out: &mut [f32]) {
+    fn blocks<B: GgmlType>(src: &[u8], out: &mut [f32]) {
+        let n = src.len() / std::mem::size_of::<B>();
+        if (src.as_ptr() as usize) % std::mem::align_of::<B>() == 0 {
+            // SAFETY: the blocks are plain `repr(C)` integers and halves with
+            // no invalid bit patterns, the pointer is aligned for `B` and the
+            // slice covers exactly `n` blocks of the map.
+            let xs = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<B>(), n) };
+            B::to_float(xs, out);
+        } else {
+            // An unaligned tensor (possible in safetensors): copy its bytes
+            // into aligned blocks first.
+            let mut xs = vec![B::zeros(); n];
+            // SAFETY: as above; `xs` has room for exactly `src.len()` bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), xs.as_mut_ptr().cast::<u8>(), src.len())
+            };
+            B::to_float(&xs, out);
+        }
+    }
+    match dtype {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+            let size = dtype.type_size();
+            for (y, b) in out.iter_mut().zip(src.chunks_exact(size)) {
+                *y = float_at(b, dtype);
+            }
+        }
+        GgmlDType::Q4_0 => blocks::<BlockQ4_0>(src, out),
+        GgmlDType::Q4_1 => blocks::<BlockQ4_1>(src, out),
+        GgmlDType::Q5_0 => blocks::<BlockQ5_0>(src, out),
+        GgmlDType::Q5_1 => blocks::<BlockQ5_1>(src, out),
+        GgmlDType::Q8_0 => blocks::<BlockQ8_0>(src, out),
+        GgmlDType::Q8_1 => blocks::<BlockQ8_1>(src, out),
+        GgmlDType::Q2K => blocks::<BlockQ2K>(src, out),
+        GgmlDType::Q3K => blocks::<BlockQ3K>(src, out),
+        GgmlDType::Q4K => blocks::<BlockQ4K>(src, out),
+        GgmlDType::Q5K => blocks::<BlockQ5K>(src, out),
+        GgmlDType::Q6K => blocks::<BlockQ6K>(src, out),
+        GgmlDType::Q8K => blocks::<BlockQ8K>(src, out),
+    }
+}

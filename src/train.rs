@@ -291,6 +291,9 @@ fn translate(h: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok((h + h.matmul(&w.t()?)?.broadcast_add(b)?)?)
 }
 
+/// `(dW, db)` of one translator, row-major.
+type LayerGrad = (Vec<f32>, Vec<f32>);
+
 /// Loss of every layer (mean KL over tokens) and the gradients `(dW, db)`.
 fn step_grads(
     u: &Unembed,
@@ -298,7 +301,7 @@ fn step_grads(
     t: &Targets,
     params: &[Param],
     d: usize,
-) -> Result<(Vec<f64>, Vec<(Vec<f32>, Vec<f32>)>)> {
+) -> Result<(Vec<f64>, Vec<LayerGrad>)> {
     let mut losses = Vec::with_capacity(params.len());
     let mut grads = Vec::with_capacity(params.len());
     for (i, p) in params.iter().enumerate() {
@@ -355,12 +358,13 @@ impl Optimiser {
                     *x -= (lr * (g + 0.9 * buf)) as f32;
                 }
             };
-            for j in 0..n_w {
-                update(&mut p.w[j], gw[j], &mut p.m[j], &mut p.v[j]);
+            let (mw, mb) = p.m.split_at_mut(n_w);
+            let (vw, vb) = p.v.split_at_mut(n_w);
+            for (((x, &g), m), v) in p.w.iter_mut().zip(gw).zip(mw).zip(vw) {
+                update(x, g, m, v);
             }
-            for j in 0..p.b.len() {
-                let k = n_w + j;
-                update(&mut p.b[j], gb[j], &mut p.m[k], &mut p.v[k]);
+            for (((x, &g), m), v) in p.b.iter_mut().zip(gb).zip(mb).zip(vb) {
+                update(x, g, m, v);
             }
         });
     }

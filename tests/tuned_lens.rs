@@ -154,16 +154,21 @@ fn safetensors_copy_gives_the_same_translators() {
     let h = Tensor::randn(0f32, 1.0, (3, 576), &Device::Cpu).unwrap();
     for row in [0, 15, 29, 30] {
         let (x, y) = (a.translate(row, &h).unwrap(), b.translate(row, &h).unwrap());
-        let d: f32 = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs(&x, &y);
         assert_eq!(d, 0.0, "row {row}");
     }
+}
+
+/// Largest |a − b| over two tensors of one shape.
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 /// A zero lens of `layers` translators of width `d`.
@@ -311,22 +316,8 @@ fn written_params_pt_reads_back() {
     let b = TunedLens::open(tmp.path()).unwrap();
     assert_eq!(b.config, a.config);
     for (i, (x, y)) in a.translators.iter().zip(&b.translators).enumerate() {
-        let dw: f32 = (&x.weight - &y.weight)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        let db: f32 = (&x.bias - &y.bias)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let dw = max_abs(&x.weight, &y.weight);
+        let db = max_abs(&x.bias, &y.bias);
         assert_eq!((dw, db), (0.0, 0.0), "translator {i}");
     }
 }

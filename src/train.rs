@@ -59,7 +59,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     pub compare: Option<PathBuf>,
     /// `sgd` (Nesterov momentum 0.9, tuned-lens's recipe) or `adam`
-    #[arg(long, default_value = "adam", value_parser = ["sgd", "adam"])]
+    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adam"])]
     pub optimizer: String,
     /// Peak learning rate, decayed linearly to 0 (default: 0.1 for sgd, 1e-3 for adam)
     #[arg(long)]
@@ -245,23 +245,29 @@ impl<'a> Unembed<'a> {
 }
 
 /// KL(final ‖ softmax(z)) of every token; with `grad`, `z` becomes
-/// `(softmax(z) − p) / T`.
+/// `(softmax(z) − p) / T`. One f32 `exp` per logit, sums in f64.
 fn kl_rows(z: &mut [f32], t: &Targets, vocab: usize, grad: bool) -> Vec<f64> {
     let scale = 1.0 / (z.len() / vocab) as f64;
     z.par_chunks_mut(vocab)
         .zip(t.p.par_chunks(vocab))
         .zip(t.plogp.par_iter())
         .map(|((zr, pr), &plogp)| {
-            let m = zr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-            let s: f64 = zr.iter().map(|&x| (x as f64 - m).exp()).sum();
-            let lse = m + s.ln();
-            let pz: f64 = zr.iter().zip(pr).map(|(&x, &p)| p as f64 * x as f64).sum();
+            let m = zr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let (mut s, mut pz) = (0.0f64, 0.0f64);
+            for (x, &p) in zr.iter_mut().zip(pr) {
+                pz += p as f64 * *x as f64;
+                let e = (*x - m).exp();
+                s += e as f64;
+                *x = e;
+            }
             if grad {
+                let inv = (1.0 / s) as f32;
+                let scale = scale as f32;
                 for (x, &p) in zr.iter_mut().zip(pr) {
-                    *x = (((*x as f64 - lse).exp() - p as f64) * scale) as f32;
+                    *x = (*x * inv - p) * scale;
                 }
             }
-            plogp - pz + lse
+            plogp - pz + m as f64 + s.ln()
         })
         .collect()
 }
@@ -285,8 +291,8 @@ fn translate(h: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok((h + h.matmul(&w.t()?)?.broadcast_add(b)?)?)
 }
 
-/// One translator's gradients `(dW, db)`, row-major like [`Param`].
-type Grads = (Vec<f32>, Vec<f32>);
+/// `(dW, db)` of one translator, row-major.
+type LayerGrad = (Vec<f32>, Vec<f32>);
 
 /// Loss of every layer (mean KL over tokens) and the gradients `(dW, db)`.
 fn step_grads(
@@ -295,7 +301,7 @@ fn step_grads(
     t: &Targets,
     params: &[Param],
     d: usize,
-) -> Result<(Vec<f64>, Vec<Grads>)> {
+) -> Result<(Vec<f64>, Vec<LayerGrad>)> {
     let mut losses = Vec::with_capacity(params.len());
     let mut grads = Vec::with_capacity(params.len());
     for (i, p) in params.iter().enumerate() {
@@ -352,12 +358,12 @@ impl Optimiser {
                     *x -= (lr * (g + 0.9 * buf)) as f32;
                 }
             };
-            let (m_w, m_b) = p.m.split_at_mut(n_w);
-            let (v_w, v_b) = p.v.split_at_mut(n_w);
-            for (((x, &g), m), v) in p.w.iter_mut().zip(gw.iter()).zip(m_w).zip(v_w) {
+            let (mw, mb) = p.m.split_at_mut(n_w);
+            let (vw, vb) = p.v.split_at_mut(n_w);
+            for (((x, &g), m), v) in p.w.iter_mut().zip(gw).zip(mw).zip(vw) {
                 update(x, g, m, v);
             }
-            for (((x, &g), m), v) in p.b.iter_mut().zip(gb.iter()).zip(m_b).zip(v_b) {
+            for (((x, &g), m), v) in p.b.iter_mut().zip(gb).zip(mb).zip(vb) {
                 update(x, g, m, v);
             }
         });
@@ -601,7 +607,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         w: vec![0.0; d * d],
         b: vec![0.0; d],
         m: vec![0.0; d * d + d],
-        v: vec![0.0; if adam { d * d + d } else { 0 }],
+        v: vec![0.0; d * d + d],
     };
     let (mut params, start, mut step_losses) = load_checkpoint(&args.out, l, &fp)?
         .unwrap_or_else(|| ((0..l).map(|_| fresh()).collect(), 0, Vec::new()));

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use lensmap::grid::{LensGrid, TokenKind, TrackedRole};
+use lensmap::grid::{LensGrid, TokenKind};
 use lensmap::model::Precision;
-use lensmap::prompt::PromptSpec;
+use lensmap::prompt::DEFAULT_DUMMY_TEXT;
 use lensmap::render::{self, FigureOptions, OutputFormat, Stat};
-use lensmap::run::{AnswerSpec, LensRequest, Session, TrackSpec};
+use lensmap::run::{LensFlags, LensRequest, Session, DEFAULT_TOP_K};
 
 /// The logit lens for local language models: what every layer would predict,
 /// at every token, and how sure it is.
@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the lens on one prompt and write JSON and figures
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Redraw figures from a saved JSON file, without the model
     Plot(PlotArgs),
     /// Describe a model: architecture, sizes, template, special tokens
@@ -80,12 +80,7 @@ pub struct PromptArgs {
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Prompt")]
     pub dummy: usize,
     /// The filler text; must be a single token
-    #[arg(
-        long,
-        default_value = ".",
-        value_name = "TEXT",
-        help_heading = "Prompt"
-    )]
+    #[arg(long, default_value = DEFAULT_DUMMY_TEXT, value_name = "TEXT", help_heading = "Prompt")]
     pub dummy_text: String,
 }
 
@@ -93,7 +88,8 @@ pub struct PromptArgs {
 #[derive(Debug, Args)]
 pub struct LensArgs {
     /// Tokens listed per cell
-    #[arg(long, default_value_t = 5, value_name = "K", help_heading = "Lens")]
+    #[arg(long, default_value_t = DEFAULT_TOP_K, value_name = "K", help_heading = "Lens",
+          allow_negative_numbers = true, value_parser = top_k_value)]
     pub top_k: usize,
     /// Track the probability and rank of this text's first token in every cell
     #[arg(long, value_name = "TEXT", help_heading = "Lens")]
@@ -121,6 +117,29 @@ pub struct LensArgs {
     /// " Canberra" is token 6: `--answer auto --answer-skip 5` tracks it.
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Answer")]
     pub answer_skip: usize,
+    /// `f32` (exact, default) or `bf16`: round the normed residual and the unembedding to bf16
+    ///
+    /// bf16 products are summed in f32 on AVX512-BF16 where the CPU has it
+    /// (else in plain f32 on the rounded values); statistics stay f64. About
+    /// twice as fast; the error against f32 is in the README ("Precision").
+    #[arg(
+        long,
+        default_value = "f32",
+        value_name = "f32|bf16",
+        help_heading = "Lens"
+    )]
+    pub lens_precision: lensmap::lens::LensPrecision,
+    /// Compute the lens only at these positions: `all`, `tail` or `A..B` (B exclusive)
+    ///
+    /// `tail` is the chat template's tail and the dummies after the user's
+    /// text. Other cells are `null` in the JSON and drawn as absent (grey).
+    #[arg(
+        long,
+        default_value = "all",
+        value_name = "all|tail|A..B",
+        help_heading = "Lens"
+    )]
+    pub positions: lensmap::lens::PositionSpec,
     /// `logit`, `tuned:DIR` (a tuned-lens directory), or `logit,tuned:DIR` side by side
     ///
     /// DIR holds tuned-lens's `config.json` and `params.pt` (or
@@ -181,7 +200,8 @@ pub struct RunArgs {
     /// Print nothing but errors
     #[arg(long, short = 'q', help_heading = "Output")]
     pub quiet: bool,
-    /// Print the wall time of each stage to stderr
+    /// Print the wall time of each stage, the precision used and the peak
+    /// resident memory to stderr
     #[arg(long, help_heading = "Output")]
     pub timings: bool,
 }
@@ -217,6 +237,33 @@ pub struct ConvertArgs {
     pub out: PathBuf,
 }
 
+impl RunArgs {
+    /// The lens request these flags describe.
+    fn request(&self, lenses: Vec<lensmap::lens::Lens>) -> anyhow::Result<LensRequest> {
+        let (p, l) = (&self.prompt, &self.lens);
+        LensFlags {
+            prompt: p.prompt.clone(),
+            system: p.system.clone(),
+            raw: p.raw,
+            dummy: p.dummy,
+            dummy_text: p.dummy_text.clone(),
+            top_k: l.top_k,
+            target: l.target.clone(),
+            generate: l.generate,
+            answer: l.answer.clone(),
+            answer_alt: l.answer_alt.clone(),
+            answer_skip: l.answer_skip,
+            lenses,
+            lens_precision: l.lens_precision,
+            positions: l.positions,
+        }
+        .request()
+        .map_err(|_| {
+            anyhow::anyhow!("`--answer-skip` applies to `--answer auto` (with `--generate N`) only")
+        })
+    }
+}
+
 impl FigureArgs {
     fn options(&self, grid: &LensGrid) -> FigureOptions {
         FigureOptions {
@@ -224,9 +271,7 @@ impl FigureArgs {
             stat: self.stat,
             window: self.window,
             zoom: self.zoom,
-            model_label: grid.model.file.clone(),
-            // The user's words for the subtitle.
-            prompt_label: grid.text_prompt(),
+            ..FigureOptions::labelled(grid)
         }
     }
 }
@@ -234,7 +279,7 @@ impl FigureArgs {
 /// Run the parsed command.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Plot(args) => plot(args),
         Command::Info(args) => info(args),
         Command::Convert(args) => convert(args),
@@ -255,37 +300,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         args.prompt.chat_template.as_deref(),
     )?;
     let load = clock.elapsed();
-    let answer = AnswerSpec::from_flags(
-        args.lens.answer.as_deref(),
-        args.lens.answer_skip,
-        args.lens.generate,
-    )
-    .map_err(|_| {
-        anyhow::anyhow!("`--answer-skip` applies to `--answer auto` (with `--generate N`) only")
-    })?;
-    let mut track = Vec::new();
-    if let Some(t) = &args.lens.target {
-        track.push(TrackSpec {
-            text: t.clone(),
-            role: TrackedRole::Target,
-        });
-    }
-    let req = LensRequest {
-        prompt: PromptSpec {
-            user: args.prompt.prompt.clone(),
-            system: args.prompt.system.clone(),
-            raw: args.prompt.raw,
-            dummy: args.prompt.dummy,
-            dummy_text: Some(args.prompt.dummy_text.clone()),
-        },
-        top_k: args.lens.top_k,
-        track,
-        generate: args.lens.generate,
-        answer,
-        alts: args.lens.answer_alt.clone(),
-        max_tokens: None,
-        lenses,
-    };
+    let req = args.request(lenses)?;
+    session.check_figure_positions(&req, args.figure.window, args.figure.zoom)?;
     let (grid, times) = session.run_timed(&req)?;
     let clock = std::time::Instant::now();
     if let Some(path) = &args.json {
@@ -310,6 +326,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             times.generate.as_secs_f64(),
             clock.elapsed().as_secs_f64()
         );
+        if let Some(memory) = lensmap::model::budget::resident_report() {
+            eprintln!(
+                "memory: precision {}{}, {memory}",
+                session.model.precision.label(),
+                if session.model.streaming {
+                    " (streaming)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     if !args.quiet {
         let mut out = std::io::stdout().lock();
@@ -399,6 +426,9 @@ pub fn print_summary(
         "model     {} ({}, {} layers, d={}, vocab {}, {})",
         m.file, m.arch, m.n_layers, m.d_model, m.vocab_size, m.precision
     )?;
+    if let Some(note) = m.bf16_note() {
+        writeln!(out, "lens      {note}, not the exact f32 path")?;
+    }
     writeln!(out, "template  {}", template.unwrap_or("none"))?;
     let toks: Vec<String> = grid
         .tokens
@@ -440,8 +470,10 @@ pub fn print_summary(
         let t = &grid.tokens[pos];
         write!(out, "{:>4} {:<12}", pos, show(&t.text, 12))?;
         for &r in &rows {
-            let top = grid.top1(r, pos);
-            let cell = format!("{} {:.1}", show(&top.text, 10), grid.entropy[r][pos]);
+            let cell = match grid.top1(r, pos) {
+                Some(top) => format!("{} {:.1}", show(&top.text, 10), grid.entropy[r][pos]),
+                None => "-".to_string(), // outside `--positions`
+            };
             write!(out, " {:>16}", cell)?;
         }
         writeln!(out)?;
@@ -455,4 +487,18 @@ pub fn print_summary(
         write!(out, "{}", lensmap::rehearsal::format_table(r))?;
     }
     Ok(())
+}
+
+/// `--top-k`: a negative number is a value out of range, not an unknown
+/// flag (issue #13 item 7), so it gets the same message as `0`.
+fn top_k_value(s: &str) -> Result<usize, String> {
+    let k = s
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    let max = lensmap::run::MAX_TOP_K;
+    match usize::try_from(k) {
+        Ok(k) if (1..=max).contains(&k) => Ok(k),
+        _ => Err(format!("`--top-k` must be between 1 and {max}, got `{k}`")),
+    }
 }

@@ -47,6 +47,12 @@ pub struct Converted {
 /// Convert a GGUF model into an HF directory at `out_dir` (created if needed;
 /// files of the same names are replaced).
 pub fn to_safetensors(gguf: &Path, out_dir: &Path) -> Result<Converted> {
+    if gguf.is_dir() {
+        return Err(Error::InvalidOption(format!(
+            "`{}` is a directory: `convert` reads one GGUF file (an HF directory is already safetensors; pass it to `run` as it is)",
+            gguf.display()
+        )));
+    }
     let ckpt = Checkpoint::open_at(&ModelLocation::Gguf(gguf.to_path_buf()))?;
     let (file, cfg) = match ckpt.gguf() {
         Some(file) => (file, &ckpt.cfg),

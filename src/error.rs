@@ -68,6 +68,13 @@ pub enum Error {
     /// The prompt exceeds a limit the caller set below the context (`lensmap serve --max-tokens`).
     #[error("prompt is {tokens} tokens (template and dummies included) but this request allows at most {limit} (`--max-tokens`)")]
     PromptOverLimit { tokens: usize, limit: usize },
+    /// A weight or residual holds NaN or infinity (issue #13): the lens
+    /// would otherwise draw garbage as certainty.
+    #[error("{what} holds a non-finite value (`{value}`): the model file is corrupt or its config makes the arithmetic overflow")]
+    NonFinite { what: String, value: f64 },
+    /// The request was withdrawn (its client disconnected) mid-computation.
+    #[error("cancelled: the client disconnected")]
+    Cancelled,
     /// An option is out of range or inconsistent.
     #[error("{0}")]
     InvalidOption(String),
@@ -76,21 +83,23 @@ pub enum Error {
     #[error("`{model}` at precision `{precision}` needs {needed} of memory but only {available} is available ({limit})")]
     OutOfMemory {
         model: String,
-        precision: String,
+        precision: &'static str,
         needed: String,
         available: String,
         /// What set the limit: `MemAvailable`, `--max-memory`, the cgroup, `RLIMIT_AS`.
-        limit: String,
+        limit: &'static str,
     },
 
+    /// The caller stopped the run (Ctrl-C in Python).
+    #[error("interrupted")]
+    Interrupted,
+
     // --- plumbing ------------------------------------------------------------
-    /// File I/O with the path it concerned.
-    #[error("`{path}`: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// File I/O with the path it concerned. The OS error is part of the
+    /// message and deliberately not a `source`, so `{:#}` prints it once
+    /// (issue #13 item 7).
+    #[error("`{path}`: {}", io_message(err))]
+    Io { path: PathBuf, err: std::io::Error },
     /// A tensor operation failed inside candle.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
@@ -115,7 +124,7 @@ impl Error {
             Error::Template(_) => Some(
                 "pass `--chat-template FILE` to use another template, or `--raw` to skip it".into(),
             ),
-            Error::OutOfMemory { precision, .. } if precision == "rest" => Some(
+            Error::OutOfMemory { precision, .. } if *precision == "rest" => Some(
                 "raise `--max-memory` or the process limit, or free memory: at rest only the small tensors and one block's weights need to be resident".into(),
             ),
             Error::OutOfMemory { .. } => Some(
@@ -129,7 +138,21 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
+    }
+}
+
+/// An OS error in words, without Rust's ` (os error N)` suffix; a directory
+/// where a file was expected says so (mapping one fails with ENODEV, "No
+/// such device", which tells a user nothing).
+fn io_message(e: &std::io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ENODEV) || e.kind() == std::io::ErrorKind::IsADirectory {
+        return "is a directory, not a file".into();
+    }
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
     }
 }

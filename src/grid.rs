@@ -31,11 +31,15 @@ pub struct LensGrid {
     pub tokens: Vec<TokenInfo>,
     /// How many lens rows: `model.n_layers + 1`.
     pub n_rows: usize,
-    /// Entropy of the lens distribution in nats, `[row][pos]`.
+    /// Entropy of the lens distribution in nats, `[row][pos]`. Here and in
+    /// every `[row][pos]` field, a cell outside `--positions` is NaN (`null`
+    /// in the JSON; no top-k, no next token, tracked `{prob: null, rank: 0}`).
+    #[serde(deserialize_with = "nan_grid")]
     pub entropy: Vec<Vec<f64>>,
     /// Top-k tokens, most probable first, `[row][pos][k]`.
     pub topk: Vec<Vec<Vec<TopToken>>>,
     /// KL(final ‖ row) in nats, `[row][pos]`; the last row is exactly 0.
+    #[serde(deserialize_with = "nan_grid")]
     pub kl_to_final: Vec<Vec<f64>>,
     /// Probability and rank of the actual next input token, `[row][pos]`;
     /// `None` at the last position, which has no next token.
@@ -119,6 +123,41 @@ pub struct ModelInfo {
     /// `f32` or `quant`: how the weights were multiplied.
     #[serde(default)]
     pub precision: String,
+    /// `f32` (exact) or `bf16`: how the lens multiplied by the unembedding
+    /// (`--lens-precision`). Files from before this field read as `f32`.
+    #[serde(default = "f32_label")]
+    pub lens_precision: String,
+    /// The bf16 kernel that ran (`avx512-bf16`, `f32 on bf16 values`); absent for f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lens_kernel: Option<String>,
+}
+
+/// A number, or `null` (a skipped cell; serde_json writes NaN as `null`) as NaN.
+fn nan_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// `[row][pos]` numbers with `null` for skipped cells, as NaN.
+pub(crate) fn nan_grid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<f64>>, D::Error> {
+    let g = Vec::<Vec<Option<f64>>>::deserialize(d)?;
+    Ok(g.into_iter()
+        .map(|row| row.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+        .collect())
+}
+
+fn f32_label() -> String {
+    "f32".to_string()
+}
+
+impl ModelInfo {
+    /// `bf16 lens (avx512-bf16)` when the lens ran in bf16, else `None`:
+    /// what the terminal summary and the figure caption add.
+    pub fn bf16_note(&self) -> Option<String> {
+        (self.lens_precision != "f32").then(|| match &self.lens_kernel {
+            Some(k) => format!("{} lens ({k})", self.lens_precision),
+            None => format!("{} lens", self.lens_precision),
+        })
+    }
 }
 
 /// What put a token into the prompt.
@@ -144,6 +183,16 @@ impl TokenKind {
     }
 }
 
+/// The first position after the user's text (the start of the template's
+/// tail and dummies); 0 when there is no text, `len` when nothing follows it.
+pub fn tail_start(
+    mut kinds: impl DoubleEndedIterator<Item = TokenKind> + ExactSizeIterator,
+) -> usize {
+    kinds
+        .rposition(|k| k == TokenKind::Text)
+        .map_or(0, |i| i + 1)
+}
+
 /// One input position.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenInfo {
@@ -166,6 +215,7 @@ pub struct TopToken {
 /// Probability of one token in one cell, and its rank (1 = the top token).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct ProbRank {
+    #[serde(deserialize_with = "nan_f64")]
     pub prob: f64,
     pub rank: u32,
 }
@@ -209,9 +259,9 @@ impl LensGrid {
         self.tokens.len()
     }
 
-    /// The top-1 token of a cell.
-    pub fn top1(&self, row: usize, pos: usize) -> &TopToken {
-        &self.topk[row][pos][0]
+    /// The top-1 token of a cell; `None` for a cell outside `--positions`.
+    pub fn top1(&self, row: usize, pos: usize) -> Option<&TopToken> {
+        self.topk[row][pos].first()
     }
 
     /// Label of a row: its index, or `output` for the final row.

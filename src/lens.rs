@@ -7,11 +7,15 @@
 //! needs it), then the other rows a few at a time. Only one block of logits
 //! (`LOGIT_BUDGET` floats) and one chunk of final distributions exist at once.
 
+use std::ops::Range;
+
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
 use std::sync::Arc;
 
+use crate::grid::TokenKind;
+use crate::kernels::bf16::Bf16Kernel;
 use crate::model::{KvCache, Model, ResidualTrace};
 use crate::stats::{cell_stats, CellQuery, CellStats, FinalDist};
 use crate::tuned::TunedLens;
@@ -94,6 +98,98 @@ impl Lens {
     }
 }
 
+/// How the lens multiplies by the unembedding (`--lens-precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LensPrecision {
+    /// Exactly the model's own f32 final-logit path ([`Model::unembed`]).
+    #[default]
+    F32,
+    /// The final-normed residual and the head rounded to bf16, products
+    /// summed in f32 ([`crate::kernels::bf16`]); soft-cap and statistics as in f32.
+    Bf16,
+}
+
+impl LensPrecision {
+    /// `f32` or `bf16`, as in the JSON's `model.lens_precision`.
+    pub fn label(self) -> &'static str {
+        match self {
+            LensPrecision::F32 => "f32",
+            LensPrecision::Bf16 => "bf16",
+        }
+    }
+
+    /// The kernel that runs the product on this CPU: `None` for f32 (candle's gemm).
+    pub fn kernel(self) -> Option<Bf16Kernel> {
+        match self {
+            LensPrecision::F32 => None,
+            LensPrecision::Bf16 => Some(Bf16Kernel::detect()),
+        }
+    }
+}
+
+impl std::str::FromStr for LensPrecision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(LensPrecision::F32),
+            "bf16" => Ok(LensPrecision::Bf16),
+            _ => Err(Error::InvalidOption(format!(
+                "`--lens-precision` must be `f32` or `bf16`, got `{s}`"
+            ))),
+        }
+    }
+}
+
+/// Where the lens is computed (`--positions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PositionSpec {
+    /// Every position.
+    #[default]
+    All,
+    /// The positions after the user's text: the template's tail and dummies
+    /// (what rehearsal looks at).
+    Tail,
+    /// Positions `A..B` (B exclusive).
+    Range(usize, usize),
+}
+
+impl PositionSpec {
+    /// The positions to compute in a prompt of these token kinds; `None` = all.
+    pub fn resolve(self, kinds: &[TokenKind]) -> Result<Option<Range<usize>>> {
+        let t = kinds.len();
+        match self {
+            PositionSpec::All => Ok(None),
+            PositionSpec::Tail => {
+                let start = crate::grid::tail_start(kinds.iter().copied());
+                if start >= t {
+                    return Err(Error::InvalidOption(
+                        "`--positions tail`: no position follows the user's text".into(),
+                    ));
+                }
+                Ok(Some(start..t))
+            }
+            PositionSpec::Range(a, b) if b <= t => Ok(Some(a..b)),
+            PositionSpec::Range(a, b) => Err(Error::InvalidOption(format!(
+                "`--positions {a}..{b}` goes past the prompt's {t} positions"
+            ))),
+        }
+    }
+}
+
+impl std::str::FromStr for PositionSpec {
+    type Err = String;
+    /// `all`, `tail` or `A..B`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "all" => Ok(PositionSpec::All),
+            "tail" => Ok(PositionSpec::Tail),
+            _ => crate::parse::window(s)
+                .map(|(a, b)| PositionSpec::Range(a, b))
+                .map_err(|e| format!("expected `all`, `tail` or A..B: {e}")),
+        }
+    }
+}
+
 /// What the lens reports for every cell.
 #[derive(Debug, Clone)]
 pub struct LensQuery {
@@ -103,6 +199,11 @@ pub struct LensQuery {
     pub tracked: Vec<u32>,
     /// The lens that reads the rows.
     pub lens: Lens,
+    /// f32 (exact, the default) or bf16.
+    pub precision: LensPrecision,
+    /// Positions whose cells are computed; `None` = all. Cells outside are
+    /// [`CellStats::absent`] (NaN, written as `null` in the JSON).
+    pub positions: Option<Range<usize>>,
 }
 
 impl LensQuery {
@@ -112,6 +213,8 @@ impl LensQuery {
             top_k: k,
             tracked: Vec::new(),
             lens: Lens::Logit,
+            precision: LensPrecision::F32,
+            positions: None,
         }
     }
 
@@ -160,9 +263,23 @@ pub fn apply_lens(
     let cells_per_matmul = (LOGIT_BUDGET / vocab).max(MIN_CELLS_PER_MATMUL);
     let rows_per_block = (cells_per_matmul / chunk).max(1);
 
-    let mut grid: CellGrid = (0..n_rows).map(|_| Vec::with_capacity(t)).collect();
-    for p0 in (0..t).step_by(chunk) {
-        let c = chunk.min(t - p0);
+    let span = q.positions.clone().unwrap_or(0..t);
+    if span.start >= span.end || span.end > t {
+        return Err(Error::InvalidOption(format!(
+            "`--positions {}..{}` is outside the prompt's {t} positions",
+            span.start, span.end
+        )));
+    }
+    let absent = CellStats::absent(q.tracked.len());
+    let mut grid: CellGrid = (0..n_rows)
+        .map(|_| {
+            let mut row = Vec::with_capacity(t);
+            row.resize(span.start, absent.clone());
+            row
+        })
+        .collect();
+    for p0 in span.clone().step_by(chunk) {
+        let c = chunk.min(span.end - p0);
         let next_ids: Vec<Option<u32>> = (p0..p0 + c).map(|p| ids.get(p + 1).copied()).collect();
         fn query<'a>(
             q: &'a LensQuery,
@@ -178,9 +295,9 @@ pub fn apply_lens(
         }
 
         // The final row first: its distributions are the KL reference.
-        let logits = model.unembed(&trace.rows[last].narrow(0, p0, c)?)?;
+        let logits = unembed(model, &trace.rows[last].narrow(0, p0, c)?, q.precision)?;
         let (finals, stats): (Vec<FinalDist>, Vec<CellStats>) =
-            with_rows(&logits, vocab, |rows| {
+            logits.with_rows(vocab, |rows| {
                 rows.par_chunks(vocab)
                     .enumerate()
                     .map(|(i, z)| {
@@ -199,8 +316,8 @@ pub fn apply_lens(
             let h: Vec<Tensor> = (r0..r1)
                 .map(|r| q.lens.prepare(r, trace.rows[r].narrow(0, p0, c)?))
                 .collect::<Result<_>>()?;
-            let logits = model.unembed(&Tensor::cat(&h, 0)?)?;
-            let stats: Vec<CellStats> = with_rows(&logits, vocab, |rows| {
+            let logits = unembed(model, &Tensor::cat(&h, 0)?, q.precision)?;
+            let stats: Vec<CellStats> = logits.with_rows(vocab, |rows| {
                 rows.par_chunks(vocab)
                     .enumerate()
                     .map(|(i, z)| {
@@ -214,7 +331,42 @@ pub fn apply_lens(
             }
         }
     }
+    grid.iter_mut()
+        .for_each(|row| row.resize(t, absent.clone()));
     Ok(grid)
+}
+
+/// One block of logits, `[M, vocab]`: candle's (f32) or the bf16 kernel's.
+enum Logits {
+    Tensor(Tensor),
+    Vec(Vec<f32>),
+}
+
+impl Logits {
+    /// Borrow the logits as one row-major slice.
+    fn with_rows<T>(&self, vocab: usize, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+        match self {
+            Logits::Tensor(t) => with_rows(t, vocab, f),
+            Logits::Vec(v) => Ok(f(v)),
+        }
+    }
+}
+
+/// The final-logit path at the query's precision: [`Model::unembed`] in
+/// f32; in bf16 the same norm and soft-cap around the bf16 product.
+fn unembed(model: &Model, h: &Tensor, precision: LensPrecision) -> Result<Logits> {
+    let Some(kernel) = precision.kernel() else {
+        return Ok(Logits::Tensor(model.unembed(h)?));
+    };
+    let head = model.head_bf16()?;
+    let normed = model.final_normed(h)?;
+    let m = normed.dim(0)?;
+    let mut out = vec![0f32; m * head.rows()];
+    with_rows(&normed, model.cfg.d_model, |a| {
+        head.matmul(a, m, &mut out, kernel)
+    })?;
+    model.softcap_in_place(&mut out);
+    Ok(Logits::Vec(out))
 }
 
 /// Borrow a contiguous f32 CPU tensor's data without copying it.

@@ -83,13 +83,11 @@ pub fn summarize(
     if n_rows == 0 {
         return None;
     }
-    let start = grid
-        .tokens
-        .iter()
-        .rposition(|t| t.kind == TokenKind::Text)
-        .map_or(0, |i| i + 1);
+    let start = crate::grid::tail_start(grid.tokens.iter().map(|t| t.kind));
     let k = top_k as u32;
     let positions = (start..grid.tokens.len())
+        // Cells outside `--positions` have no rank to summarise.
+        .filter(|&pos| !answer.cells[n_rows - 1][pos].prob.is_nan())
         .map(|pos| {
             let cell = |row: usize| answer.cells[row][pos];
             let in_topk = |row: usize| cell(row).rank <= k;
@@ -235,6 +233,8 @@ mod tests {
                 d_model: 4,
                 vocab_size: 100,
                 precision: "f32".into(),
+                lens_precision: "f32".into(),
+                lens_kernel: None,
             },
             template_source: "none".into(),
             prompt_text: String::new(),

@@ -9,10 +9,10 @@ use crate::grid::LensInfo;
 use crate::grid::{
     Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION,
 };
-use crate::lens::{apply_lens, Lens, LensQuery};
+use crate::lens::{apply_lens, Lens, LensPrecision, LensQuery, PositionSpec};
 use crate::model::budget::MemoryRequest;
-use crate::model::{Checkpoint, KvCache, Model, Precision, ResidualTrace};
-use crate::prompt::{build_prompt, Prompt, PromptSpec};
+use crate::model::{Checkpoint, KvCache, Model, Precision, Recorder, ResidualTrace};
+use crate::prompt::{build_prompt, Prompt, PromptSpec, DEFAULT_DUMMY_TEXT};
 use crate::rehearsal::{self, AnswerSource};
 use crate::template::ChatTemplate;
 use crate::tokenize::TextTokenizer;
@@ -105,6 +105,10 @@ pub struct LensRequest {
     /// `--lens`: the lenses to read the trace through, at least one. The
     /// first makes the grid, the others its `more_lenses`.
     pub lenses: Vec<Lens>,
+    /// `--lens-precision`: exact f32 (default) or bf16.
+    pub lens_precision: LensPrecision,
+    /// `--positions`: where the lens is computed (all by default).
+    pub positions: PositionSpec,
 }
 
 /// The largest `--top-k` lensmap accepts.
@@ -120,18 +124,128 @@ pub fn check_top_k(k: usize) -> Result<()> {
     Ok(())
 }
 
+/// `--top-k` when not given.
+pub const DEFAULT_TOP_K: usize = 5;
+
 impl Default for LensRequest {
     fn default() -> Self {
         Self {
             prompt: PromptSpec::default(),
-            top_k: 5,
+            top_k: DEFAULT_TOP_K,
             track: Vec::new(),
             generate: 0,
             answer: AnswerSpec::None,
             alts: Vec::new(),
             max_tokens: None,
             lenses: vec![Lens::Logit],
+            lens_precision: LensPrecision::F32,
+            positions: PositionSpec::All,
         }
+    }
+}
+
+/// The options of `lensmap run` that shape one request, by their CLI names
+/// (the Python API's keyword arguments): both front ends fill this in and
+/// turn it into a [`LensRequest`] with [`LensFlags::request`], so defaults
+/// and checks live in one place.
+#[derive(Debug, Clone)]
+pub struct LensFlags {
+    /// `--prompt`: the user message (the whole text with `raw`).
+    pub prompt: String,
+    /// `--system`.
+    pub system: Option<String>,
+    /// `--raw`: no chat template.
+    pub raw: bool,
+    /// `--dummy N`.
+    pub dummy: usize,
+    /// `--dummy-text`.
+    pub dummy_text: String,
+    /// `--top-k`.
+    pub top_k: usize,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--generate N`.
+    pub generate: usize,
+    /// `--answer auto|TEXT`.
+    pub answer: Option<String>,
+    /// `--answer-alt` (repeatable).
+    pub answer_alt: Vec<String>,
+    /// `--answer-skip N`.
+    pub answer_skip: usize,
+    /// `--lens`, already loaded ([`Lens::parse_list`]).
+    pub lenses: Vec<Lens>,
+    /// `--lens-precision`.
+    pub lens_precision: LensPrecision,
+    /// `--positions`.
+    pub positions: PositionSpec,
+}
+
+impl Default for LensFlags {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            system: None,
+            raw: false,
+            dummy: 0,
+            dummy_text: DEFAULT_DUMMY_TEXT.to_string(),
+            top_k: DEFAULT_TOP_K,
+            target: None,
+            generate: 0,
+            answer: None,
+            answer_alt: Vec::new(),
+            answer_skip: 0,
+            lenses: vec![Lens::Logit],
+            lens_precision: LensPrecision::F32,
+            positions: PositionSpec::All,
+        }
+    }
+}
+
+impl LensFlags {
+    /// The request these options describe (see [`AnswerSpec::from_flags`]).
+    pub fn request(&self) -> std::result::Result<LensRequest, SkipWithoutAuto> {
+        let answer =
+            AnswerSpec::from_flags(self.answer.as_deref(), self.answer_skip, self.generate)?;
+        let track = self
+            .target
+            .iter()
+            .map(|t| TrackSpec {
+                text: t.clone(),
+                role: TrackedRole::Target,
+            })
+            .collect();
+        Ok(LensRequest {
+            prompt: PromptSpec {
+                user: self.prompt.clone(),
+                system: self.system.clone(),
+                raw: self.raw,
+                dummy: self.dummy,
+                dummy_text: Some(self.dummy_text.clone()),
+            },
+            top_k: self.top_k,
+            track,
+            generate: self.generate,
+            answer,
+            alts: self.answer_alt.clone(),
+            max_tokens: None,
+            lenses: self.lenses.clone(),
+            lens_precision: self.lens_precision,
+            positions: self.positions,
+        })
+    }
+}
+
+/// A [`Recorder`] that keeps the trace and calls a check after every layer;
+/// an error from the check aborts the forward pass.
+struct CheckedTrace<'a> {
+    trace: ResidualTrace,
+    check: &'a mut dyn FnMut() -> Result<()>,
+}
+
+impl Recorder for CheckedTrace<'_> {
+    fn record(&mut self, row: usize, residual: &candle_core::Tensor) -> Result<()> {
+        (self.check)()?;
+        self.trace.record(row, residual)
     }
 }
 
@@ -212,6 +326,33 @@ impl Session {
             .ok_or_else(|| Error::InvalidOption(format!("`{text}` encodes to no tokens")))
     }
 
+    /// Check a figure's window and zoom against the prompt's length before
+    /// any forward pass, so `--zoom 9999` fails in milliseconds rather than
+    /// after the whole lens (issue #13 item 9). The grid has the prompt's
+    /// positions plus at most `req.generate` more.
+    pub fn check_figure_positions(
+        &self,
+        req: &LensRequest,
+        window: Option<(usize, usize)>,
+        zoom: Option<usize>,
+    ) -> Result<()> {
+        if window.is_none() && zoom.is_none() {
+            return Ok(());
+        }
+        let n = self.prompt(&req.prompt)?.ids.len() + req.generate;
+        if let Some((s, e)) = window.filter(|&(s, e)| s >= e || e > n) {
+            return Err(Error::InvalidOption(format!(
+                "window `{s}..{e}` is outside the prompt's {n} positions (need START < END <= {n})"
+            )));
+        }
+        if let Some(z) = zoom.filter(|&z| z >= n) {
+            return Err(Error::InvalidOption(format!(
+                "zoom position `{z}` is outside the prompt's {n} positions (0..{n})"
+            )));
+        }
+        Ok(())
+    }
+
     /// Run the lens for one request.
     pub fn run(&self, req: &LensRequest) -> Result<LensGrid> {
         self.run_timed(req).map(|(grid, _)| grid)
@@ -219,6 +360,17 @@ impl Session {
 
     /// Run the lens for one request and report how long each stage took.
     pub fn run_timed(&self, req: &LensRequest) -> Result<(LensGrid, StageTimes)> {
+        self.run_checked(req, &mut || Ok(()))
+    }
+
+    /// [`Session::run_timed`], calling `check` after every layer of the
+    /// forward pass and before generation and the lens; an error from it
+    /// ends the run with that error (the Python bindings stop on Ctrl-C so).
+    pub fn run_checked(
+        &self,
+        req: &LensRequest,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<(LensGrid, StageTimes)> {
         let mut times = StageTimes::default();
         let mut clock = Instant::now();
         let mut lap = |slot: &mut Duration| {
@@ -235,6 +387,7 @@ impl Session {
             ));
         }
         let prompt = self.prompt(&req.prompt)?;
+        let positions = req.positions.resolve(&prompt.kinds)?;
         if let Some(limit) = req.max_tokens.filter(|&l| prompt.ids.len() > l) {
             return Err(Error::PromptOverLimit {
                 tokens: prompt.ids.len(),
@@ -261,11 +414,16 @@ impl Session {
             .collect::<Result<Vec<_>>>()?;
         lap(&mut times.prompt);
 
-        let mut trace = ResidualTrace::default();
+        let mut checked = CheckedTrace {
+            trace: ResidualTrace::default(),
+            check,
+        };
         let mut cache = KvCache::default();
         let last = self
             .model
-            .forward(&prompt.ids, &mut cache, Some(&mut trace))?;
+            .forward(&prompt.ids, &mut cache, Some(&mut checked))?;
+        let CheckedTrace { trace, check } = checked;
+        check()?;
         lap(&mut times.forward);
         // Generate before the lens (the trace stays alive meanwhile) so an
         // `auto` answer can be tracked in every cell.
@@ -284,6 +442,7 @@ impl Session {
             None
         };
         drop(cache);
+        check()?;
         lap(&mut times.generate);
         if let (AnswerSpec::Auto { skip }, Some(a)) = (&req.answer, &answer) {
             let id = *a.ids.get(*skip).ok_or_else(|| {
@@ -323,6 +482,8 @@ impl Session {
                     top_k: req.top_k,
                     tracked: tracked_ids.clone(),
                     lens: lens.clone(),
+                    precision: req.lens_precision,
+                    positions: positions.clone(),
                 },
             )?;
             let mut grid = self.assemble(
@@ -397,6 +558,8 @@ impl Session {
                 d_model: cfg.d_model,
                 vocab_size: cfg.vocab_size,
                 precision: self.model.precision.label().to_string(),
+                lens_precision: req.lens_precision.label().to_string(),
+                lens_kernel: req.lens_precision.kernel().map(|k| k.label().to_string()),
             },
             template_source: match (&self.template, req.prompt.raw) {
                 (Some(t), false) => t.source.clone(),

@@ -24,6 +24,32 @@ pub struct CellStats {
     pub tracked: Vec<ProbRank>,
 }
 
+impl CellStats {
+    /// A cell the lens skipped (`--positions`): NaN values, no top-k, rank 0
+    /// for each of `n_tracked` tokens. NaN is written as `null` in the JSON
+    /// and drawn as absent.
+    pub fn absent(n_tracked: usize) -> Self {
+        CellStats {
+            entropy: f64::NAN,
+            topk: Vec::new(),
+            kl_to_final: f64::NAN,
+            next: None,
+            tracked: vec![
+                ProbRank {
+                    prob: f64::NAN,
+                    rank: 0
+                };
+                n_tracked
+            ],
+        }
+    }
+
+    /// Whether this cell was skipped ([`CellStats::absent`]).
+    pub fn is_absent(&self) -> bool {
+        self.entropy.is_nan()
+    }
+}
+
 /// The final row's distribution at one position, which every other row of
 /// that position is compared with.
 #[derive(Debug, Clone)]

@@ -130,19 +130,69 @@ impl ChatTemplate {
         let raised: Arc<Mutex<Option<String>>> = Arc::default();
         let env = environment(raised.clone());
         let source = neutralise_generation_tags(&self.text);
-        let result = env
-            .template_from_named_str("chat_template", &source)
-            .and_then(|t| t.render(ctx));
-        result.map_err(|e| {
+        let mut out = CappedOutput::default();
+        // A panic inside minijinja on a hostile template is one more error.
+        let wrap = |m: String| Error::Template(format!("template `{}`: {m}", self.source));
+        let render = || {
+            Ok(env
+                .template_from_named_str("chat_template", &source)
+                .and_then(|t| t.render_captured_to(ctx, &mut out).map(drop)))
+        };
+        let result = crate::model::bounds::guard(wrap, render)?;
+        let parse_or_render = |e: minijinja::Error| {
+            if e.kind() == ErrorKind::OutOfFuel {
+                return Error::Template(format!(
+                    "template `{}` ran out of fuel after {TEMPLATE_FUEL} steps: it loops without bound",
+                    self.source
+                ));
+            }
+            if out.overflowed {
+                return Error::Template(format!(
+                    "template `{}` wrote more than {TEMPLATE_MAX_OUTPUT} bytes",
+                    self.source
+                ));
+            }
             let raised = raised.lock().ok().and_then(|mut r| r.take());
             Error::Template(raised.unwrap_or_else(|| one_line(&error_chain(&e))))
-        })
+        };
+        result.map_err(parse_or_render)?;
+        String::from_utf8(out.bytes)
+            .map_err(|_| Error::Template(format!("template `{}` wrote invalid UTF-8", self.source)))
+    }
+}
+
+/// Instructions one render may run. A real chat template over a long
+/// conversation uses well under 1M; a template looping over `range(100000)`
+/// twice nested would run for minutes (issue #13 item 2).
+pub const TEMPLATE_FUEL: u64 = 50_000_000;
+/// Bytes one render may write: 64 MiB, far beyond any model's context.
+pub const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
+
+/// Render output that refuses to grow past [`TEMPLATE_MAX_OUTPUT`].
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
+            self.overflowed = true;
+            return Err(std::io::Error::other("template output too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// The Jinja environment transformers uses, rebuilt on minijinja.
 fn environment(raised: Arc<Mutex<Option<String>>>) -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_syntax(
         minijinja::syntax::SyntaxConfig::builder()
             .trim_blocks(true)

@@ -185,13 +185,19 @@ impl TextTokenizer {
                 path.display()
             )));
         }
-        let mut tok = Tokenizer::from_file(&path).map_err(|e| {
-            tok_err(format!(
-                "`{}`: {}",
-                path.display(),
-                one_line(&e.to_string())
-            ))
-        })?;
+        // The tokenizers crate panics on some malformed files (a typo inside
+        // `"decoder"`): catch that here and report it like any parse error.
+        let parse = || {
+            Ok(Tokenizer::from_file(&path).map_err(|e| {
+                tok_err(format!(
+                    "`{}`: {}",
+                    path.display(),
+                    one_line(&e.to_string())
+                ))
+            }))
+        };
+        let wrap = |m: String| tok_err(format!("`{}`: {m}", path.display()));
+        let mut tok = crate::model::bounds::guard(wrap, parse)??;
 
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Value = if config_path.is_file() {

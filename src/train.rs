@@ -59,7 +59,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     pub compare: Option<PathBuf>,
     /// `sgd` (Nesterov momentum 0.9, tuned-lens's recipe) or `adam`
-    #[arg(long, default_value = "adam", value_parser = ["sgd", "adam"])]
+    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adam"])]
     pub optimizer: String,
     /// Peak learning rate, decayed linearly to 0 (default: 0.1 for sgd, 1e-3 for adam)
     #[arg(long)]
@@ -103,10 +103,13 @@ pub fn documents(text: &str, jsonl: bool) -> Result<Vec<String>> {
         return Ok(text.split("\n\u{c}\n").map(str::to_string).collect());
     }
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            Error::InvalidOption(format!("corpus line {}: not JSON ({e})", i + 1))
-        })?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::InvalidOption(format!("corpus line {}: not JSON ({e})", i + 1)))?;
         match v.get("text").unwrap_or(&v).as_str() {
             Some(s) => out.push(s.to_string()),
             None => {
@@ -135,11 +138,9 @@ pub fn split_heldout(text: &str) -> (&str, &str) {
 /// Token chunks of `docs`: EOS, doc 0, EOS, doc 1, …, cut into `len`-token
 /// chunks, the ragged tail dropped.
 pub fn chunks(session: &Session, docs: &[String], len: usize) -> Result<Vec<Vec<u32>>> {
-    let eos = session
-        .tokenizer
-        .eos()
-        .map(|(id, _)| id)
-        .ok_or_else(|| Error::Tokenizer("the tokenizer has no EOS token to join documents".into()))?;
+    let eos = session.tokenizer.eos().map(|(id, _)| id).ok_or_else(|| {
+        Error::Tokenizer("the tokenizer has no EOS token to join documents".into())
+    })?;
     let encoded: Vec<Vec<u32>> = docs
         .par_iter()
         .map(|d| session.tokenizer.encode(d).map(|e| e.ids))
@@ -244,23 +245,29 @@ impl<'a> Unembed<'a> {
 }
 
 /// KL(final ‖ softmax(z)) of every token; with `grad`, `z` becomes
-/// `(softmax(z) − p) / T`.
+/// `(softmax(z) − p) / T`. One f32 `exp` per logit, sums in f64.
 fn kl_rows(z: &mut [f32], t: &Targets, vocab: usize, grad: bool) -> Vec<f64> {
     let scale = 1.0 / (z.len() / vocab) as f64;
     z.par_chunks_mut(vocab)
         .zip(t.p.par_chunks(vocab))
         .zip(t.plogp.par_iter())
         .map(|((zr, pr), &plogp)| {
-            let m = zr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-            let s: f64 = zr.iter().map(|&x| (x as f64 - m).exp()).sum();
-            let lse = m + s.ln();
-            let pz: f64 = zr.iter().zip(pr).map(|(&x, &p)| p as f64 * x as f64).sum();
+            let m = zr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let (mut s, mut pz) = (0.0f64, 0.0f64);
+            for (x, &p) in zr.iter_mut().zip(pr) {
+                pz += p as f64 * *x as f64;
+                let e = (*x - m).exp();
+                s += e as f64;
+                *x = e;
+            }
             if grad {
+                let inv = (1.0 / s) as f32;
+                let scale = scale as f32;
                 for (x, &p) in zr.iter_mut().zip(pr) {
-                    *x = (((*x as f64 - lse).exp() - p as f64) * scale) as f32;
+                    *x = (*x * inv - p) * scale;
                 }
             }
-            plogp - pz + lse
+            plogp - pz + m as f64 + s.ln()
         })
         .collect()
 }
@@ -284,6 +291,9 @@ fn translate(h: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok((h + h.matmul(&w.t()?)?.broadcast_add(b)?)?)
 }
 
+/// `(dW, db)` of one translator, row-major.
+type LayerGrad = (Vec<f32>, Vec<f32>);
+
 /// Loss of every layer (mean KL over tokens) and the gradients `(dW, db)`.
 fn step_grads(
     u: &Unembed,
@@ -291,7 +301,7 @@ fn step_grads(
     t: &Targets,
     params: &[Param],
     d: usize,
-) -> Result<(Vec<f64>, Vec<(Vec<f32>, Vec<f32>)>)> {
+) -> Result<(Vec<f64>, Vec<LayerGrad>)> {
     let mut losses = Vec::with_capacity(params.len());
     let mut grads = Vec::with_capacity(params.len());
     for (i, p) in params.iter().enumerate() {
@@ -309,10 +319,7 @@ fn step_grads(
         let dx = (dxhat - xhat.broadcast_mul(&proj)?)?.broadcast_div(&rms)?;
         let dw = dx.t()?.matmul(&h)?;
         let db = dx.sum(0)?;
-        grads.push((
-            dw.flatten_all()?.to_vec1::<f32>()?,
-            db.to_vec1::<f32>()?,
-        ));
+        grads.push((dw.flatten_all()?.to_vec1::<f32>()?, db.to_vec1::<f32>()?));
     }
     Ok((losses, grads))
 }
@@ -351,12 +358,13 @@ impl Optimiser {
                     *x -= (lr * (g + 0.9 * buf)) as f32;
                 }
             };
-            for j in 0..n_w {
-                update(&mut p.w[j], gw[j], &mut p.m[j], &mut p.v[j]);
+            let (mw, mb) = p.m.split_at_mut(n_w);
+            let (vw, vb) = p.v.split_at_mut(n_w);
+            for (((x, &g), m), v) in p.w.iter_mut().zip(gw).zip(mw).zip(vw) {
+                update(x, g, m, v);
             }
-            for j in 0..p.b.len() {
-                let k = n_w + j;
-                update(&mut p.b[j], gb[j], &mut p.m[k], &mut p.v[k]);
+            for (((x, &g), m), v) in p.b.iter_mut().zip(gb).zip(mb).zip(vb) {
+                update(x, g, m, v);
             }
         });
     }
@@ -381,7 +389,11 @@ fn clip(grads: &mut [(Vec<f32>, Vec<f32>)], max: f64) -> f64 {
 
 /// Mean KL(final ‖ row i) per row `0 … L−1` over `chunks`, for each lens
 /// (`None` = the logit lens).
-pub fn heldout_kl(model: &Model, chunks: &[Vec<u32>], lenses: &[Option<&TunedLens>]) -> Result<Vec<Vec<f64>>> {
+pub fn heldout_kl(
+    model: &Model,
+    chunks: &[Vec<u32>],
+    lenses: &[Option<&TunedLens>],
+) -> Result<Vec<Vec<f64>>> {
     let u = Unembed::of(model)?;
     let l = model.cfg.n_layers;
     let mut sums = vec![vec![0.0f64; l]; lenses.len()];
@@ -448,12 +460,25 @@ const CHECKPOINT: &str = "checkpoint.safetensors";
 fn fingerprint(args: &TrainArgs, steps: usize, n_chunks: usize) -> String {
     format!(
         "{}|{}|{}|{:?}|{}|{}|{}|{}|{}",
-        args.model, steps, n_chunks, args.lr, args.optimizer, args.weight_decay, args.seq_len, args.seed,
+        args.model,
+        steps,
+        n_chunks,
+        args.lr,
+        args.optimizer,
+        args.weight_decay,
+        args.seq_len,
+        args.seed,
         args.precision.label()
     )
 }
 
-fn save_checkpoint(dir: &Path, params: &[Param], step: usize, fp: &str, losses: &[Vec<f64>]) -> Result<()> {
+fn save_checkpoint(
+    dir: &Path,
+    params: &[Param],
+    step: usize,
+    fp: &str,
+    losses: &[Vec<f64>],
+) -> Result<()> {
     let mut map = std::collections::HashMap::new();
     for (i, p) in params.iter().enumerate() {
         map.insert(format!("{i}.weight"), to_tensor(&p.w, &[p.w.len()])?);
@@ -486,7 +511,8 @@ fn load_checkpoint(dir: &Path, l: usize, fp: &str) -> Result<Option<Resumed>> {
     };
     let map = candle_core::safetensors::load(&path, &Device::Cpu)?;
     let meta = map.get("meta").ok_or_else(|| bad("no `meta`".into()))?;
-    let meta: serde_json::Value = serde_json::from_slice(&meta.to_vec1::<u8>()?).map_err(|e| bad(e.to_string()))?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&meta.to_vec1::<u8>()?).map_err(|e| bad(e.to_string()))?;
     if meta["fingerprint"].as_str() != Some(fp) {
         return Err(bad(
             "written by a run with other settings; delete it or use another `--out`".into(),
@@ -517,7 +543,9 @@ fn load_checkpoint(dir: &Path, l: usize, fp: &str) -> Result<Option<Resumed>> {
 pub fn run(args: TrainArgs) -> Result<()> {
     let wall = Instant::now();
     if args.seq_len < 2 {
-        return Err(Error::InvalidOption("`--seq-len` must be at least 2".into()));
+        return Err(Error::InvalidOption(
+            "`--seq-len` must be at least 2".into(),
+        ));
     }
     let text = std::fs::read_to_string(&args.corpus).map_err(|e| Error::io(&args.corpus, e))?;
     let jsonl = args.corpus.extension().is_some_and(|e| e == "jsonl");
@@ -541,11 +569,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let u = Unembed::of(model)?;
     let (l, d) = (model.cfg.n_layers, model.cfg.d_model);
     let train_chunks = chunks(&session, &documents(train_text, jsonl)?, args.seq_len)?;
-    let heldout_jsonl = args.heldout.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "jsonl"));
-    let heldout_chunks: Vec<Vec<u32>> = chunks(&session, &documents(&heldout_text, heldout_jsonl)?, args.seq_len)?
-        .into_iter()
-        .take(args.heldout_chunks)
-        .collect();
+    let heldout_jsonl = args
+        .heldout
+        .as_ref()
+        .is_some_and(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    let heldout_chunks: Vec<Vec<u32>> = chunks(
+        &session,
+        &documents(&heldout_text, heldout_jsonl)?,
+        args.seq_len,
+    )?
+    .into_iter()
+    .take(args.heldout_chunks)
+    .collect();
     let steps = args.tokens / args.seq_len;
     if steps == 0 || steps > train_chunks.len() {
         return Err(Error::InvalidOption(format!(
@@ -555,7 +590,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             train_chunks.len()
         )));
     }
-    let order: Vec<usize> = permutation(train_chunks.len(), args.seed).into_iter().take(steps).collect();
+    let order: Vec<usize> = permutation(train_chunks.len(), args.seed)
+        .into_iter()
+        .take(steps)
+        .collect();
     let adam = args.optimizer == "adam";
     let opt = Optimiser {
         adam,
@@ -569,10 +607,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         w: vec![0.0; d * d],
         b: vec![0.0; d],
         m: vec![0.0; d * d + d],
-        v: vec![0.0; if adam { d * d + d } else { 0 }],
+        v: vec![0.0; d * d + d],
     };
-    let (mut params, start, mut step_losses) =
-        load_checkpoint(&args.out, l, &fp)?.unwrap_or_else(|| ((0..l).map(|_| fresh()).collect(), 0, Vec::new()));
+    let (mut params, start, mut step_losses) = load_checkpoint(&args.out, l, &fp)?
+        .unwrap_or_else(|| ((0..l).map(|_| fresh()).collect(), 0, Vec::new()));
     let pb = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -604,7 +642,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let groups: Vec<String> = losses
             .chunks(g)
             .enumerate()
-            .map(|(k, c)| format!("L{}-{} {:.2}", k * g, k * g + c.len() - 1, c.iter().sum::<f64>() / c.len() as f64))
+            .map(|(k, c)| {
+                format!(
+                    "L{}-{} {:.2}",
+                    k * g,
+                    k * g + c.len() - 1,
+                    c.iter().sum::<f64>() / c.len() as f64
+                )
+            })
             .collect();
         pb.set_message(format!("step {}/{steps} KL {}", step + 1, groups.join(" ")));
         pb.inc(ids.len() as u64);
@@ -624,7 +669,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         unembed_hash: None,
         lens_type: "linear_tuned_lens".into(),
     };
-    let translators: Vec<(Vec<f32>, Vec<f32>)> = params.iter().map(|p| (p.w.clone(), p.b.clone())).collect();
+    let translators: Vec<(Vec<f32>, Vec<f32>)> =
+        params.iter().map(|p| (p.w.clone(), p.b.clone())).collect();
     save_lens(&args.out, &config, &translators)?;
     // Read back through the loader: what the report measures is what was written.
     let lens = TunedLens::open(&args.out)?;
@@ -671,7 +717,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }),
         step_losses,
     };
-    let text = serde_json::to_string_pretty(&report).map_err(|e| Error::InvalidOption(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&report).map_err(|e| Error::InvalidOption(e.to_string()))?;
     write_atomic(&args.out.join("train_report.json"), text.as_bytes())?;
     let _ = std::fs::remove_file(args.out.join(CHECKPOINT));
     if !args.quiet {
@@ -683,9 +730,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
             report.threads,
             report.heldout_kl.tokens
         );
-        println!(" row   logit   tuned{}", if compare.is_some() { " compare" } else { "" });
+        println!(
+            " row   logit   tuned{}",
+            if compare.is_some() { " compare" } else { "" }
+        );
         for i in 0..l {
-            let c = kl.get(2).map(|c| format!(" {:7.3}", c[i])).unwrap_or_default();
+            let c = kl
+                .get(2)
+                .map(|c| format!(" {:7.3}", c[i]))
+                .unwrap_or_default();
             println!("{i:>4} {:7.3} {:7.3}{c}", kl[1][i], kl[0][i]);
         }
     }

@@ -223,7 +223,11 @@ fn assemble(
 /// Write a lens directory that tuned-lens 0.2.0's `TunedLens.load` reads:
 /// `config.json` and `params.pt`, files replaced atomically.
 /// `translators[i]` is `(W_i` row-major `[d, d]` as `nn.Linear.weight`, `b_i)`.
-pub fn save_lens(dir: &Path, config: &TunedConfig, translators: &[(Vec<f32>, Vec<f32>)]) -> Result<()> {
+pub fn save_lens(
+    dir: &Path,
+    config: &TunedConfig,
+    translators: &[(Vec<f32>, Vec<f32>)],
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let json = serde_json::to_string(config).map_err(|e| Error::BadLens {
         path: dir.to_path_buf(),
@@ -300,7 +304,11 @@ fn torch_state_dict(
             }
             pkl.push(b't');
             pkl.push(b'(');
-            let strides: Vec<usize> = if shape.len() == 2 { vec![d, 1] } else { vec![1] };
+            let strides: Vec<usize> = if shape.len() == 2 {
+                vec![d, 1]
+            } else {
+                vec![1]
+            };
             for s in strides {
                 int(&mut pkl, s);
             }

@@ -4,18 +4,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::model_file;
+use common::{assert_error, lensmap, model_file};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn lensmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn run_with_model(model: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -28,21 +21,6 @@ fn run_with_model(model: &Path, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     lensmap(&args)
-}
-
-/// Assert a failure whose first stderr line starts with `error:` and contains
-/// `needle`, with no panic anywhere.
-fn assert_error(out: &Output, needle: &str) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let first = stderr.lines().next().unwrap_or("");
-    assert!(first.starts_with("error: "), "first line: {first}");
-    assert!(first.contains(needle), "`{needle}` not in: {first}");
-    first.to_string()
 }
 
 #[test]

@@ -347,9 +347,9 @@ fn resume_after_sigkill_is_byte_identical() {
 fn shards_concatenate_to_the_unsharded_output() {
     let (base, _) = baseline();
     let d = new_dirs();
-    for s in ["0/2", "1/2"] {
+    for s in ["1/2", "2/2"] {
         let o = batch(&d, &["--shard", s, "--quiet"]);
-        // Shard 0 holds line 3 (bad), shard 1 line 6 (duplicate).
+        // Shard 1 holds line 3 (bad), shard 2 line 6 (duplicate).
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     }
     let o = batch(&d, &[]);
@@ -362,17 +362,17 @@ fn shards_concatenate_to_the_unsharded_output() {
 
     let shard = |i: usize| d.out.join(format!("shards/{i}-of-2"));
     // prompts.jsonl: plain concatenation.
-    let cat: Vec<u8> = [0, 1]
+    let cat: Vec<u8> = [1, 2]
         .iter()
         .flat_map(|&i| std::fs::read(shard(i).join("prompts.jsonl")).unwrap())
         .collect();
     assert_eq!(cat, std::fs::read(base.out.join("prompts.jsonl")).unwrap());
     // cells.csv: one header, then each shard's rows.
     let mut csv = String::new();
-    for i in [0, 1] {
+    for i in [1, 2] {
         let text = std::fs::read_to_string(shard(i).join("cells.csv")).unwrap();
         let (header, rows) = text.split_once('\n').unwrap();
-        if i == 0 {
+        if i == 1 {
             csv.push_str(header);
             csv.push('\n');
         }
@@ -385,13 +385,13 @@ fn shards_concatenate_to_the_unsharded_output() {
     // cells.parquet: the rows, in shard order.
     #[cfg(feature = "parquet")]
     {
-        let mut rows = parquet_rows(&shard(0).join("cells.parquet"));
-        rows.extend(parquet_rows(&shard(1).join("cells.parquet")));
+        let mut rows = parquet_rows(&shard(1).join("cells.parquet"));
+        rows.extend(parquet_rows(&shard(2).join("cells.parquet")));
         assert_eq!(rows, parquet_rows(&base.out.join("cells.parquet")));
     }
     // Each shard's summary counts its own lines.
     let s0: Value =
-        serde_json::from_str(&std::fs::read_to_string(shard(0).join("summary.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(shard(1).join("summary.json")).unwrap())
             .unwrap();
     assert_eq!(
         (
@@ -399,7 +399,7 @@ fn shards_concatenate_to_the_unsharded_output() {
             s0["done"].as_u64(),
             s0["failed"].as_u64()
         ),
-        (Some("0/2"), Some(2), Some(1))
+        (Some("1/2"), Some(2), Some(1))
     );
 }
 

@@ -322,3 +322,54 @@ fn json_has_documented_fields_and_shapes() {
         .iter()
         .all(|x| x.as_f64() == Some(0.0)));
 }
+
+/// `--positions tail` computes exactly the full run's cells at the template
+/// tail and dummies, and writes `null` (no top-k, no next token) elsewhere,
+/// keeping the full `[row][position]` shape; the rehearsal summary is the same.
+#[test]
+fn positions_tail_matches_the_full_run_there() {
+    let extra = ["--dummy", "8", "--answer", " Canberra"];
+    let full = run_json(SMOLLM2, &extra);
+    let tail = run_json(SMOLLM2, &[&extra[..], &["--positions", "tail"]].concat());
+    let kinds: Vec<&str> = full["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    let start = kinds.iter().rposition(|&k| k == "text").unwrap() + 1;
+    assert_eq!(kinds.len(), 45);
+    assert_eq!(
+        start, 31,
+        "the chat template's tail: 6 tokens before the 8 dummies"
+    );
+    let n_rows = full["n_rows"].as_u64().unwrap() as usize;
+    for key in ["entropy", "kl_to_final", "topk", "next_token"] {
+        assert_eq!(tail[key].as_array().unwrap().len(), n_rows, "{key}");
+        for r in 0..n_rows {
+            let (f, t) = (&full[key][r], &tail[key][r]);
+            assert_eq!(t.as_array().unwrap().len(), kinds.len(), "{key} row {r}");
+            for p in 0..kinds.len() {
+                if p >= start {
+                    assert_eq!(t[p], f[p], "{key} row {r} pos {p}");
+                } else if key == "topk" {
+                    assert_eq!(t[p], serde_json::json!([]), "{key} row {r} pos {p}");
+                } else {
+                    assert!(t[p].is_null(), "{key} row {r} pos {p}: {}", t[p]);
+                }
+            }
+        }
+    }
+    let cells = |v: &Value| v["tracked"][0]["cells"].clone();
+    for r in 0..n_rows {
+        for p in 0..kinds.len() {
+            let t = &cells(&tail)[r][p];
+            if p >= start {
+                assert_eq!(t, &cells(&full)[r][p]);
+            } else {
+                assert!(t["prob"].is_null());
+            }
+        }
+    }
+    assert_eq!(tail["rehearsal"], full["rehearsal"]);
+}

@@ -87,7 +87,7 @@ fn assert_same_lens(name: &str, dir: &Path) {
     let copy = Checkpoint::open(dir)
         .and_then(|c| c.load(Precision::F32))
         .unwrap();
-    let original = Checkpoint::open(&tiny(name))
+    let original = Checkpoint::open(tiny(name))
         .and_then(|c| c.load(Precision::F32))
         .unwrap();
     let what = format!("{name} rewritten vs original");
@@ -251,7 +251,7 @@ fn config_json_round_trips() {
     names.sort();
     assert_eq!(names.len(), 8, "{names:?}");
     for name in names.iter().map(String::as_str) {
-        let model_cfg = Checkpoint::open(&tiny(name))
+        let model_cfg = Checkpoint::open(tiny(name))
             .and_then(|c| c.load(Precision::F32))
             .unwrap()
             .cfg;
@@ -825,7 +825,7 @@ fn gguf_readers_match_hf() {
         let from_gguf = Checkpoint::open(&path)
             .and_then(|c| c.load(Precision::F32))
             .unwrap();
-        let from_hf = Checkpoint::open(&tiny(name))
+        let from_hf = Checkpoint::open(tiny(name))
             .and_then(|c| c.load(Precision::F32))
             .unwrap();
         let mut expected = from_hf.cfg.clone();

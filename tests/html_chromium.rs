@@ -147,7 +147,7 @@ fn html_page_renders_and_reacts_in_chromium() {
         );
     }
     // Hover data: the cell carries its top-1 token and the tooltip lists it with its probability.
-    let top = grid.top1(30, 37);
+    let top = grid.top1(30, 37).unwrap();
     assert_eq!(
         out["top1"]["30,37"],
         render::labels::token_display(&top.text)
@@ -184,7 +184,7 @@ fn html_page_renders_and_reacts_in_chromium() {
     );
     let mut want: HashMap<u64, u64> = HashMap::new();
     for r in 0..grid.n_rows {
-        *want.entry(grid.top1(r, 40).id as u64).or_default() += 1;
+        *want.entry(grid.top1(r, 40).unwrap().id as u64).or_default() += 1;
     }
     let counts = out["counts"].as_array().unwrap();
     assert!(!counts.is_empty());

@@ -323,7 +323,7 @@ fn labels_follow_truncation_and_underscore_rules() {
         let (r, p) = (num(&t, "data-row"), num(&t, "data-pos"));
         assert_eq!(
             text_of(&t),
-            token_label(&g.top1(r, p).text),
+            token_label(&g.top1(r, p).unwrap().text),
             "cell ({r}, {p})"
         );
         n += 1;
@@ -410,7 +410,7 @@ fn zoom_counts_match_the_column() {
         assert_eq!(num(&col, "data-pos"), z);
         let mut want: HashMap<u32, usize> = HashMap::new();
         for r in 0..g.n_rows {
-            *want.entry(g.top1(r, z).id).or_default() += 1;
+            *want.entry(g.top1(r, z).unwrap().id).or_default() += 1;
         }
         let shown: Vec<(u32, usize)> = elements_with_class(&doc, "zoom-count")
             .iter()
@@ -437,10 +437,10 @@ fn zoom_counts_match_the_column() {
             let row = num(&r, "data-row");
             assert_eq!(
                 attr(&r, "data-token-id").parse::<u32>().unwrap(),
-                g.top1(row, z).id
+                g.top1(row, z).unwrap().id
             );
             let p: f64 = attr(&r, "data-prob").parse().unwrap();
-            assert!((p - g.top1(row, z).prob).abs() < 1e-4);
+            assert!((p - g.top1(row, z).unwrap().prob).abs() < 1e-4);
         }
     }
     // The seed column: 8 rows predict " " (id of the space) and so on.

@@ -154,16 +154,21 @@ fn safetensors_copy_gives_the_same_translators() {
     let h = Tensor::randn(0f32, 1.0, (3, 576), &Device::Cpu).unwrap();
     for row in [0, 15, 29, 30] {
         let (x, y) = (a.translate(row, &h).unwrap(), b.translate(row, &h).unwrap());
-        let d: f32 = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs(&x, &y);
         assert_eq!(d, 0.0, "row {row}");
     }
+}
+
+/// Largest |a − b| over two tensors of one shape.
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 /// A zero lens of `layers` translators of width `d`.
@@ -283,4 +288,36 @@ fn two_lenses_side_by_side() {
     );
     let replot = std::fs::read_to_string(tmp.path().join("both.svg")).unwrap();
     assert_eq!(replot, svg);
+}
+
+#[test]
+fn written_params_pt_reads_back() {
+    let a = TunedLens::open(&lens_a()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let translators: Vec<(Vec<f32>, Vec<f32>)> = a
+        .translators
+        .iter()
+        .map(|t| {
+            (
+                t.weight.flatten_all().unwrap().to_vec1().unwrap(),
+                t.bias.to_vec1().unwrap(),
+            )
+        })
+        .collect();
+    lensmap::tuned::save_lens(tmp.path(), &a.config, &translators).unwrap();
+    let pt = std::fs::read(tmp.path().join("params.pt")).unwrap();
+    // torch.save's layout; the pickle is a little longer (no memo), so sizes differ slightly.
+    let reference = std::fs::read(lens_a().join("params.pt")).unwrap();
+    eprintln!(
+        "params.pt: {} bytes written, {} in lens A",
+        pt.len(),
+        reference.len()
+    );
+    let b = TunedLens::open(tmp.path()).unwrap();
+    assert_eq!(b.config, a.config);
+    for (i, (x, y)) in a.translators.iter().zip(&b.translators).enumerate() {
+        let dw = max_abs(&x.weight, &y.weight);
+        let db = max_abs(&x.bias, &y.bias);
+        assert_eq!((dw, db), (0.0, 0.0), "translator {i}");
+    }
 }

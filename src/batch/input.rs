@@ -61,13 +61,16 @@ pub struct Input {
     pub errors: Vec<LineError>,
 }
 
-/// `--shard I/N`: the `I`-th of `N` contiguous blocks of input lines.
+/// `--shard I/N`: the `I`-th of `N` contiguous blocks of input lines, `I`
+/// counted from 1 as in `cargo nextest --partition count:I/N`, jest and
+/// playwright (issue #13 item 8).
 ///
 /// Line `l` (1-based) of a file of `n` lines belongs to shard
-/// `⌊(l − 1)·N / n⌋`, so shard 0 takes the first lines, shard N−1 the last,
+/// `⌊(l − 1)·N / n⌋ + 1`, so shard 1 takes the first lines, shard N the last,
 /// and the shards' outputs, concatenated in shard order, are in input order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
+    /// 0-based internally; `I − 1`.
     pub index: usize,
     pub count: usize,
 }
@@ -82,18 +85,26 @@ impl Shard {
 impl std::str::FromStr for Shard {
     type Err = String;
     fn from_str(s: &str) -> Result<Shard, String> {
-        let (index, count) =
-            crate::parse::usize_pair(s, "/", "I/N (e.g. 0/4)", ["shard index", "shard count"])?;
-        if count == 0 || index >= count {
-            return Err(format!("shard `{s}` needs 0 <= I < N"));
+        let (i, count) =
+            crate::parse::usize_pair(s, "/", "I/N (e.g. 1/4)", ["shard index", "shard count"])?;
+        if i == 0 && count > 0 {
+            return Err(format!(
+                "shard `{s}`: shards count from 1 (`1/{count}` … `{count}/{count}`), as in cargo nextest's `--partition count:I/N`"
+            ));
         }
-        Ok(Shard { index, count })
+        if count == 0 || i > count {
+            return Err(format!("shard `{s}` needs 1 <= I <= N"));
+        }
+        Ok(Shard {
+            index: i - 1,
+            count,
+        })
     }
 }
 
 impl std::fmt::Display for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
+        write!(f, "{}/{}", self.index + 1, self.count)
     }
 }
 
@@ -130,6 +141,8 @@ pub fn parse_input(text: &str) -> Input {
     // case-insensitive file system too.
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
     let mut seen_stems: HashMap<String, (usize, String)> = HashMap::new();
+    // A byte-order mark (Windows editors write one) is not part of line 1.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         input.n_lines = line;
@@ -170,6 +183,9 @@ pub fn parse_input(text: &str) -> Input {
     input
 }
 
+/// The keys a line may have.
+const KEYS: [&str; 6] = ["id", "prompt", "system", "answer", "alts", "category"];
+
 /// One line: `Err((id if known, message))`.
 fn parse_line(raw: &str) -> Result<PromptItem, (Option<String>, String)> {
     let v: Value = serde_json::from_str(raw).map_err(|e| (None, format!("not valid JSON: {e}")))?;
@@ -187,6 +203,14 @@ fn parse_line(raw: &str) -> Result<PromptItem, (Option<String>, String)> {
         None => return Err((None, "`id` is missing".into())),
     };
     let fail = |msg: String| (Some(id.clone()), msg);
+    // A misspelt key would otherwise be dropped and its default used (an
+    // `"anwser"` quietly tracks the greedy answer): refuse it by name.
+    if let Some(key) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(fail(format!(
+            "unknown key `{key}` (expected: {})",
+            KEYS.join(", ")
+        )));
+    }
     let opt_str = |key: &str| -> Result<Option<String>, (Option<String>, String)> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),

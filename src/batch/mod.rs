@@ -89,6 +89,22 @@ pub struct BatchArgs {
     /// Canberra.", where " Canberra" is token 6 (`--answer-skip 5`).
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Lens")]
     pub answer_skip: usize,
+    /// `f32` (exact, default) or `bf16` (see `lensmap run --help`)
+    #[arg(
+        long,
+        default_value = "f32",
+        value_name = "f32|bf16",
+        help_heading = "Lens"
+    )]
+    pub lens_precision: crate::lens::LensPrecision,
+    /// Compute the lens only at `all`, `tail` or `A..B` positions (see `lensmap run --help`)
+    #[arg(
+        long,
+        default_value = "all",
+        value_name = "all|tail|A..B",
+        help_heading = "Lens"
+    )]
+    pub positions: crate::lens::PositionSpec,
     /// `logit`, or `tuned:DIR` for a tuned lens (tuned-lens's `config.json` + `params.pt`)
     #[arg(
         long,
@@ -100,7 +116,7 @@ pub struct BatchArgs {
     /// Results directory: `prompts/` (one file per prompt) and the tables
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     pub out: PathBuf,
-    /// Process only the I-th of N contiguous blocks of input lines (0 ≤ I < N)
+    /// Process only the I-th of N contiguous blocks of input lines (1 ≤ I ≤ N)
     ///
     /// Run the N shards against the same `--out` (in parallel or on other
     /// machines, then copy `prompts/` together), then run once more without
@@ -130,6 +146,12 @@ pub fn run(args: BatchArgs) -> Result<()> {
     let clock = Instant::now();
     let text = std::fs::read_to_string(&args.prompts).map_err(|e| Error::io(&args.prompts, e))?;
     let input = input::parse_input(&text);
+    if input.items.is_empty() && input.errors.is_empty() {
+        return Err(Error::InvalidOption(format!(
+            "`{}` holds no prompts: expected one JSON object a line",
+            args.prompts.display()
+        )));
+    }
     let input_name = file_name(&args.prompts);
     let in_run = |line: usize| args.shard.is_none_or(|s| s.contains(line, input.n_lines));
     let mut errors: Vec<LineError> = input
@@ -230,7 +252,7 @@ pub fn run(args: BatchArgs) -> Result<()> {
         Some(s) => args
             .out
             .join("shards")
-            .join(format!("{}-of-{}", s.index, s.count)),
+            .join(format!("{}-of-{}", s.index + 1, s.count)),
         None => args.out.clone(),
     };
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
@@ -404,7 +426,7 @@ fn figure_subtitle(s: &BatchSummary, args: &BatchArgs) -> Vec<String> {
 }
 
 /// The request for one prompt: its named answer, else its greedy answer.
-fn request(args: &BatchArgs, item: &PromptItem, lens: &crate::lens::Lens) -> LensRequest {
+pub fn request(args: &BatchArgs, item: &PromptItem, lens: &crate::lens::Lens) -> LensRequest {
     LensRequest {
         prompt: PromptSpec {
             user: item.prompt.clone(),
@@ -425,6 +447,8 @@ fn request(args: &BatchArgs, item: &PromptItem, lens: &crate::lens::Lens) -> Len
         },
         alts: item.alts.clone(),
         max_tokens: None,
+        lens_precision: args.lens_precision,
+        positions: args.positions,
         lenses: vec![lens.clone()],
     }
 }
@@ -447,7 +471,7 @@ fn settings(args: &BatchArgs, lens: &crate::lens::Lens) -> Result<serde_json::Va
         }
         None => None,
     };
-    Ok(serde_json::json!({
+    let mut settings = serde_json::json!({
         "model_file": file_name(model_path),
         "model_bytes": model_bytes,
         "precision": args.precision.label(),
@@ -457,7 +481,15 @@ fn settings(args: &BatchArgs, lens: &crate::lens::Lens) -> Result<serde_json::Va
         "generate": args.generate,
         "chat_template": template,
         "lens": crate::grid::LensInfo::of(lens),
-    }))
+    });
+    // Only when not the default, so f32 keys stay those of earlier runs.
+    if args.lens_precision != crate::lens::LensPrecision::F32 {
+        settings["lens_precision"] = args.lens_precision.label().into();
+    }
+    if args.positions != crate::lens::PositionSpec::All {
+        settings["positions"] = format!("{:?}", args.positions).into();
+    }
+    Ok(settings)
 }
 
 /// The key of one prompt: the settings plus what applies to this item (its
@@ -527,6 +559,9 @@ fn print_summary(
             "model     {} ({}, {} layers, {})",
             m.file, m.arch, m.n_layers, m.precision
         )?;
+        if let Some(note) = m.bf16_note() {
+            writeln!(out, "lens      {note}, not the exact f32 path")?;
+        }
     }
     let a = &s.answers;
     write!(

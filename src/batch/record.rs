@@ -31,13 +31,16 @@ pub struct PromptRecord {
     pub prompt_text: String,
     pub tokens: Vec<TokenInfo>,
     pub n_rows: usize,
-    /// `[row][pos]`, nats.
+    /// `[row][pos]`, nats; NaN (`null`) outside `--positions`, here and below.
+    #[serde(deserialize_with = "crate::grid::nan_grid")]
     pub entropy: Vec<Vec<f64>>,
     /// `[row][pos]`, nats.
+    #[serde(deserialize_with = "crate::grid::nan_grid")]
     pub kl_to_final: Vec<Vec<f64>>,
     /// Top-1 token id, `[row][pos]`.
     pub top1: Vec<Vec<u32>>,
     /// Top-1 probability, `[row][pos]`.
+    #[serde(deserialize_with = "crate::grid::nan_grid")]
     pub top1_prob: Vec<Vec<f64>>,
     /// Text of every id in `top1`.
     pub vocab: BTreeMap<u32, String>,
@@ -64,7 +67,7 @@ impl PromptRecord {
             .iter()
             .map(|row| {
                 row.iter()
-                    .map(|c| c.first().map_or(0.0, |t| t.prob))
+                    .map(|c| c.first().map_or(f64::NAN, |t| t.prob))
                     .collect()
             })
             .collect();

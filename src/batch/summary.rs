@@ -112,11 +112,9 @@ impl CurveBuilder {
                 self.ranks[k].resize(n_rows, Vec::new());
             }
         }
-        let tail = rec
-            .tokens
-            .iter()
-            .rposition(|t| t.kind == TokenKind::Text)
-            .map_or(0, |i| i + 1);
+        let tail = crate::grid::tail_start(rec.tokens.iter().map(|t| t.kind));
+        // Cells outside `--positions` (NaN) take no part.
+        let computed = |p: usize| !answer.cells[n_rows - 1][p].prob.is_nan();
         for kind in KINDS {
             let positions: Vec<usize> = rec
                 .tokens
@@ -126,7 +124,7 @@ impl CurveBuilder {
                     CurveKind::Text => t.kind == TokenKind::Text,
                     CurveKind::Template => t.kind == TokenKind::Template && p >= tail,
                     CurveKind::Dummy => t.kind == TokenKind::Dummy,
-                })
+                } && computed(p))
                 .map(|(p, _)| p)
                 .collect();
             if positions.is_empty() {

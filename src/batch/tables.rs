@@ -257,7 +257,7 @@ impl CsvWriter {
 }
 
 #[cfg(feature = "parquet")]
-pub use parquet_table::ParquetWriter;
+pub use parquet_table::{cells_batch, cells_parquet, schema, ParquetWriter};
 
 #[cfg(feature = "parquet")]
 mod parquet_table {
@@ -315,72 +315,93 @@ mod parquet_table {
         ))
     }
 
+    /// One prompt's rows of the cells table.
+    pub fn cells_batch(schema: SchemaRef, rec: &PromptRecord) -> Result<RecordBatch> {
+        let n = rec.tokens.len();
+        let cells = rec.n_rows * n;
+        let rows = || (0..rec.n_rows).flat_map(move |r| (0..n).map(move |p| (r, p)));
+        let answer = rec.answer();
+        let alts = rec.alts();
+        let mut alt_probs = ListBuilder::with_capacity(Float64Builder::new(), cells);
+        let mut alt_ranks = ListBuilder::with_capacity(UInt32Builder::new(), cells);
+        for (r, p) in rows() {
+            for t in &alts {
+                alt_probs.values().append_value(t.cells[r][p].prob);
+                alt_ranks.values().append_value(t.cells[r][p].rank);
+            }
+            alt_probs.append(true);
+            alt_ranks.append(true);
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                rec.item.id.as_str(),
+                cells,
+            ))),
+            Arc::new(UInt32Array::from_iter_values(rows().map(|(r, _)| r as u32))),
+            Arc::new(UInt32Array::from_iter_values(rows().map(|(_, p)| p as u32))),
+            Arc::new(StringArray::from_iter_values(
+                rows().map(|(_, p)| rec.tokens[p].text.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows().map(|(_, p)| rec.tokens[p].kind.as_str()),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows().map(|(r, p)| rec.entropy[r][p]),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows().map(|(r, p)| rec.kl_to_final[r][p]),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows().map(|(r, p)| rec.text(rec.top1[r][p])),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                rows().map(|(r, p)| rec.top1[r][p]),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows().map(|(r, p)| rec.top1_prob[r][p]),
+            )),
+            Arc::new(Float64Array::from_iter(
+                rows().map(|(r, p)| answer.map(|a| a.cells[r][p].prob)),
+            )),
+            Arc::new(UInt32Array::from_iter(
+                rows().map(|(r, p)| answer.map(|a| a.cells[r][p].rank)),
+            )),
+            Arc::new(alt_probs.finish()),
+            Arc::new(alt_ranks.finish()),
+        ];
+        RecordBatch::try_new(schema, cols).map_err(pq_err)
+    }
+
+    fn properties() -> WriterProperties {
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(ROW_GROUP))
+            .build()
+    }
+
+    /// The cells table of these records as Parquet bytes, as `cells.parquet`
+    /// would hold them (the Python bindings hand these to pyarrow).
+    pub fn cells_parquet(recs: &[PromptRecord]) -> Result<Vec<u8>> {
+        let schema = schema();
+        let mut w =
+            ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties())).map_err(pq_err)?;
+        for rec in recs {
+            w.write(&cells_batch(schema.clone(), rec)?)
+                .map_err(pq_err)?;
+        }
+        w.into_inner().map_err(pq_err)
+    }
+
     impl ParquetWriter {
         pub fn create(path: &Path) -> Result<Self> {
             let (file, f) = PendingFile::create(path)?;
-            let props = WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .set_max_row_group_row_count(Some(ROW_GROUP))
-                .build();
             let schema = schema();
-            let w = ArrowWriter::try_new(f, schema.clone(), Some(props)).map_err(pq_err)?;
+            let w = ArrowWriter::try_new(f, schema.clone(), Some(properties())).map_err(pq_err)?;
             Ok(ParquetWriter { file, schema, w })
         }
 
         pub fn push(&mut self, rec: &PromptRecord) -> Result<()> {
-            let n = rec.tokens.len();
-            let cells = rec.n_rows * n;
-            let rows = || (0..rec.n_rows).flat_map(move |r| (0..n).map(move |p| (r, p)));
-            let answer = rec.answer();
-            let alts = rec.alts();
-            let mut alt_probs = ListBuilder::with_capacity(Float64Builder::new(), cells);
-            let mut alt_ranks = ListBuilder::with_capacity(UInt32Builder::new(), cells);
-            for (r, p) in rows() {
-                for t in &alts {
-                    alt_probs.values().append_value(t.cells[r][p].prob);
-                    alt_ranks.values().append_value(t.cells[r][p].rank);
-                }
-                alt_probs.append(true);
-                alt_ranks.append(true);
-            }
-            let cols: Vec<ArrayRef> = vec![
-                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                    rec.item.id.as_str(),
-                    cells,
-                ))),
-                Arc::new(UInt32Array::from_iter_values(rows().map(|(r, _)| r as u32))),
-                Arc::new(UInt32Array::from_iter_values(rows().map(|(_, p)| p as u32))),
-                Arc::new(StringArray::from_iter_values(
-                    rows().map(|(_, p)| rec.tokens[p].text.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    rows().map(|(_, p)| rec.tokens[p].kind.as_str()),
-                )),
-                Arc::new(Float64Array::from_iter_values(
-                    rows().map(|(r, p)| rec.entropy[r][p]),
-                )),
-                Arc::new(Float64Array::from_iter_values(
-                    rows().map(|(r, p)| rec.kl_to_final[r][p]),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    rows().map(|(r, p)| rec.text(rec.top1[r][p])),
-                )),
-                Arc::new(UInt32Array::from_iter_values(
-                    rows().map(|(r, p)| rec.top1[r][p]),
-                )),
-                Arc::new(Float64Array::from_iter_values(
-                    rows().map(|(r, p)| rec.top1_prob[r][p]),
-                )),
-                Arc::new(Float64Array::from_iter(
-                    rows().map(|(r, p)| answer.map(|a| a.cells[r][p].prob)),
-                )),
-                Arc::new(UInt32Array::from_iter(
-                    rows().map(|(r, p)| answer.map(|a| a.cells[r][p].rank)),
-                )),
-                Arc::new(alt_probs.finish()),
-                Arc::new(alt_ranks.finish()),
-            ];
-            let batch = RecordBatch::try_new(self.schema.clone(), cols).map_err(pq_err)?;
+            let batch = cells_batch(self.schema.clone(), rec)?;
             self.w.write(&batch).map_err(pq_err)
         }
 

@@ -5,9 +5,8 @@
 //! allocator abort or a silent OOM kill. `--precision auto` is resolved
 //! here: f32 copies while they fit the budget, else weights at rest.
 
-use super::arch::{all_names, Part};
-use super::checkpoint::Checkpoint;
-use super::weights::Precision;
+use super::arch::{all_names, Part, TensorNames};
+use super::weights::{Precision, WeightSource};
 use crate::{Error, Result};
 
 /// Scratch the model needs next to its weights: per-thread dequantisation
@@ -32,11 +31,13 @@ pub struct MemoryNeed {
     pub stored_bytes: u64,
 }
 
-/// The memory a checkpoint needs, from tensor shapes and storage types only.
-pub fn need(ckpt: &Checkpoint) -> Result<MemoryNeed> {
-    let src = ckpt.source();
-    let names = ckpt.names();
-    let n_layers = ckpt.cfg.n_layers;
+/// The memory a checkpoint of `n_layers` blocks needs, from tensor shapes
+/// and storage types only.
+pub fn need(
+    src: &dyn WeightSource,
+    names: &dyn TensorNames,
+    n_layers: usize,
+) -> Result<MemoryNeed> {
     let (mut f32_bytes, mut small, mut stored_total) = (0u64, 0u64, 0u64);
     let (mut largest, mut global_stored) = (0u64, 0u64);
     let mut per_block = vec![0u64; n_layers];
@@ -74,7 +75,7 @@ pub fn need(ckpt: &Checkpoint) -> Result<MemoryNeed> {
 pub struct MemoryLimit {
     pub bytes: u64,
     /// `MemAvailable`, `cgroup memory.max` or `RLIMIT_AS`.
-    pub source: String,
+    pub source: &'static str,
 }
 
 impl MemoryLimit {
@@ -83,14 +84,11 @@ impl MemoryLimit {
     pub fn current() -> Self {
         let mut best = MemoryLimit {
             bytes: u64::MAX,
-            source: "no limit found".into(),
+            source: "no limit found",
         };
-        let mut consider = |bytes: Option<u64>, source: &str| {
+        let mut consider = |bytes: Option<u64>, source: &'static str| {
             if let Some(b) = bytes.filter(|&b| b < best.bytes) {
-                best = MemoryLimit {
-                    bytes: b,
-                    source: source.into(),
-                };
+                best = MemoryLimit { bytes: b, source };
             }
         };
         consider(
@@ -129,8 +127,13 @@ pub struct MemoryRequest {
 /// Resolve `precision` against the memory available and check it fits.
 /// `Auto` keeps f32 copies while they fit the budget (`max_memory`, else half
 /// of what is available), else works at rest.
-pub fn plan(ckpt: &Checkpoint, precision: Precision, req: MemoryRequest) -> Result<MemoryPlan> {
-    let need = need(ckpt)?;
+/// `label` names the model in the refusal.
+pub fn plan(
+    need: MemoryNeed,
+    label: &str,
+    precision: Precision,
+    req: MemoryRequest,
+) -> Result<MemoryPlan> {
     let limit = MemoryLimit::current();
     let room = limit.bytes.saturating_sub(req.run_bytes);
     let budget = req.max_memory.unwrap_or(limit.bytes / 2).min(room);
@@ -146,15 +149,15 @@ pub fn plan(ckpt: &Checkpoint, precision: Precision, req: MemoryRequest) -> Resu
         // embedding and head dequantised: the f32 estimate bounds it.
         _ => need.f32_bytes,
     };
-    let refuse = |needed: u64, available: u64, limit: String| Error::OutOfMemory {
-        model: ckpt.location.label(),
-        precision: precision.label().to_string(),
+    let refuse = |needed: u64, available: u64, limit: &'static str| Error::OutOfMemory {
+        model: label.to_string(),
+        precision: precision.label(),
         needed: human_bytes(needed),
         available: human_bytes(available),
         limit,
     };
     if let Some(max) = req.max_memory.filter(|&m| needed > m) {
-        return Err(refuse(needed, max, "`--max-memory`".into()));
+        return Err(refuse(needed, max, "`--max-memory`"));
     }
     if needed + req.run_bytes > limit.bytes {
         return Err(refuse(needed + req.run_bytes, limit.bytes, limit.source));
@@ -210,6 +213,19 @@ pub fn human_bytes(b: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+/// This process's memory for `--timings`: peak resident set (`VmHWM`), and
+/// the resident set now split into anonymous and file-backed (mapped
+/// weights) pages. `None` off Linux.
+pub fn resident_report() -> Option<String> {
+    let kib = |key| proc_field("/proc/self/status", key).map(|k| human_bytes(k * 1024));
+    Some(format!(
+        "peak RSS {}, now anonymous {}, file-backed {}",
+        kib("VmHWM:")?,
+        kib("RssAnon:")?,
+        kib("RssFile:")?
+    ))
 }
 
 /// A `/proc/meminfo` field in KiB.
@@ -273,7 +289,7 @@ fn address_space_room() -> Option<u64> {
     }
     let mapped = proc_field("/proc/self/status", "VmSize:")? * 1024;
     let reserve = rayon::current_num_threads() as u64 * THREAD_RESERVE;
-    Some((lim.rlim_cur as u64).saturating_sub(mapped + reserve))
+    Some(lim.rlim_cur.saturating_sub(mapped + reserve))
 }
 
 #[cfg(test)]

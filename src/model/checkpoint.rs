@@ -23,7 +23,7 @@ pub enum CheckpointFormat {
     Gguf(GgufFile),
     /// An HF directory: `config.json` as written, and the safetensors files.
     Hf {
-        raw: HfConfig,
+        raw: Box<HfConfig>,
         weights: SafetensorsFiles,
         names: HfNames,
     },
@@ -52,7 +52,7 @@ impl Checkpoint {
                 (arch::config_from_gguf(&file)?, CheckpointFormat::Gguf(file))
             }
             ModelLocation::HfDir(dir) => {
-                let raw = HfConfig::read(dir)?;
+                let raw = Box::new(HfConfig::read(dir)?);
                 let weights = SafetensorsFiles::open_dir(dir)?;
                 let cfg = arch::config_from_hf(&raw, weights.contains("lm_head.weight"))?;
                 let names = arch::hf_names(cfg.family, |n| weights.contains(n));
@@ -115,7 +115,8 @@ impl Checkpoint {
     /// As [`Checkpoint::load`], within `req` (`--max-memory`, and what the
     /// run needs beside the model).
     pub fn load_within(&self, precision: Precision, req: MemoryRequest) -> Result<Model> {
-        let plan = budget::plan(self, precision, req)?;
+        let need = budget::need(self.source(), self.names(), self.cfg.n_layers)?;
+        let plan = budget::plan(need, &self.location.label(), precision, req)?;
         Model::load(self, &plan)
     }
 }

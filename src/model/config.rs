@@ -178,6 +178,7 @@ impl ModelConfig {
     /// Check internal consistency; arch files call this after building a config.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::Error::Config(m));
+        super::bounds::check_eps(self.norm_eps)?;
         if self.n_layers == 0 || self.d_model == 0 || self.vocab_size == 0 {
             return bad(format!(
                 "n_layers `{}`, d_model `{}` and vocab `{}` must be positive",

@@ -46,21 +46,24 @@ impl GgufFile {
         if mmap.len() < 4 || &mmap[..4] != b"GGUF" {
             return Err(bad("no `GGUF` magic at the start".into()));
         }
-        let content = Content::read(&mut Cursor::new(&mmap[..])).map_err(|e| {
-            let msg = first_line(&e.to_string()).to_string();
-            // candle rejects types it cannot read while parsing the header.
-            match msg
-                .strip_prefix("unknown dtype for tensor ")
-                .and_then(|n| n.trim().parse().ok())
-            {
-                Some(code) => Error::UnsupportedDtype {
-                    tensor: "(in header)".into(),
-                    dtype: ggml_type_name(code),
-                    supported: SUPPORTED_GGML.to_string(),
-                },
-                None => bad(format!("header: {msg}")),
-            }
-        })?;
+        super::bounds::check_gguf_header(&mmap).map_err(bad)?;
+        let parse = || Ok(Content::read(&mut Cursor::new(&mmap[..])));
+        let content =
+            super::bounds::guard(|m| bad(format!("header: {m}")), parse)?.map_err(|e| {
+                let msg = first_line(&e.to_string()).to_string();
+                // candle rejects types it cannot read while parsing the header.
+                match msg
+                    .strip_prefix("unknown dtype for tensor ")
+                    .and_then(|n| n.trim().parse().ok())
+                {
+                    Some(code) => Error::UnsupportedDtype {
+                        tensor: "(in header)".into(),
+                        dtype: ggml_type_name(code),
+                        supported: SUPPORTED_GGML.to_string(),
+                    },
+                    None => bad(format!("header: {msg}")),
+                }
+            })?;
         for (name, info) in &content.tensor_infos {
             let dtype = info.ggml_dtype;
             let elems = info.shape.elem_count();

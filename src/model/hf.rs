@@ -113,7 +113,7 @@ impl HfConfig {
     pub(crate) fn hyper(&self, eps: f64, head_dim: Option<usize>) -> Result<Hyper> {
         let d_model = Self::need(self.hidden_size, "hidden_size")?;
         let n_heads = Self::need(self.num_attention_heads, "num_attention_heads")?;
-        Ok(Hyper {
+        let h = Hyper {
             n_layers: Self::need(self.num_hidden_layers, "num_hidden_layers")?,
             d_model,
             n_heads,
@@ -126,7 +126,9 @@ impl HfConfig {
             vocab_size: Self::need(self.vocab_size, "vocab_size")?,
             context_len: self.max_position_embeddings.unwrap_or(2048),
             norm_eps: self.rms_norm_eps.unwrap_or(eps),
-        })
+        };
+        super::bounds::check_hyper(&h)?;
+        Ok(h)
     }
 
     /// RoPE base and Llama 3 scaling, `theta` being the family's default

@@ -49,7 +49,9 @@ impl Loader<'_> {
     ) -> Result<Tensor> {
         let name = self.name(part, layer, bias);
         self.check_shape(&name, shape)?;
-        Ok(self.src.f32(&name)?.reshape(shape)?)
+        let t = self.src.f32(&name)?;
+        super::bounds::check_finite(&t, || format!("tensor `{name}`"))?;
+        Ok(t.reshape(shape)?)
     }
 
     /// A 2-D tensor of `shape` at rest in the file, if its type allows.
@@ -109,9 +111,13 @@ impl Loader<'_> {
                 // f32 copies go through the same panel routine as weights at
                 // rest, so the two precisions sum in the same order.
                 MatWeight::Dense(w) if dtype == DType::F32 => {
+                    super::bounds::check_finite(&w, || format!("tensor `{name}`"))?;
                     MatWeight::Stored(StoredMatrix::copied(&w)?)
                 }
-                MatWeight::Dense(w) => MatWeight::Dense(w.t()?.contiguous()?.to_dtype(dtype)?),
+                MatWeight::Dense(w) => {
+                    super::bounds::check_finite(&w, || format!("tensor `{name}`"))?;
+                    MatWeight::Dense(w.t()?.contiguous()?.to_dtype(dtype)?)
+                }
                 q => q,
             },
         };

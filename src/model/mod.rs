@@ -10,6 +10,9 @@
 // one checkpoint opener and its memory preflight; the layers; `Model`.
 pub mod locate;
 
+pub mod bounds;
+pub mod cancel;
+
 pub mod gguf;
 pub mod safetensors;
 
@@ -100,6 +103,9 @@ pub struct Model {
     /// in vocabulary panels by [`StoredMatrix::matmul_t`], whose logits the
     /// lens reads as whole-row blocks.
     head: StoredMatrix,
+    /// The head rounded to bf16 and packed for `--lens-precision bf16`, built
+    /// on first use from [`Model::head_rows`] (once per loaded model).
+    head_bf16: std::sync::OnceLock<crate::kernels::bf16::Bf16Head>,
 }
 
 impl Model {
@@ -162,6 +168,7 @@ impl Model {
             blocks,
             final_norm,
             head,
+            head_bf16: Default::default(),
             cfg: cfg.clone(),
         })
     }
@@ -199,6 +206,7 @@ impl Model {
             x = (x + pe.narrow(0, start, ids.len())?)?;
         }
         let mut x = x.to_dtype(self.precision.activation_dtype())?;
+        bounds::check_finite(&x, || "the embedding output".into())?;
         if let Some(r) = recorder.as_deref_mut() {
             r.record(0, &x)?;
         }
@@ -209,6 +217,8 @@ impl Model {
                 next.advise(false);
             }
             x = block.forward(&x, start, lc)?;
+            bounds::check_finite(&x, || format!("the residual after block {i}"))?;
+            cancel::check()?;
             if self.streaming {
                 block.advise(true);
             }
@@ -234,7 +244,7 @@ impl Model {
         };
         let (rows, cols) = self.head.dims();
         let mut head = vec![0f32; rows * cols];
-        self.head.rows_f32(0, rows, &mut head);
+        self.head.rows_f32(0, rows, &mut head)?;
         Ok(Some((
             w,
             eps,
@@ -246,16 +256,45 @@ impl Model {
     /// soft-cap. `h`: `[M, d]` → logits `[M, vocab]`. The lens calls this
     /// for every row, so lens row `n_layers` is exactly the model's output.
     pub fn unembed(&self, h: &Tensor) -> Result<Tensor> {
-        // The head stays f32 whatever the forward dtype: it is the lens's cost.
-        let normed = self
-            .final_norm
-            .forward(h)?
-            .to_dtype(candle_core::DType::F32)?;
-        let logits = self.head.matmul_t(&normed)?;
+        let logits = self.head.matmul_t(&self.final_normed(h)?)?;
         Ok(match self.cfg.final_softcap {
             Some(c) => ((logits / c)?.tanh()? * c)?,
             None => logits,
         })
+    }
+
+    /// The first step of [`Model::unembed`]: the final norm, in f32 (the head
+    /// stays f32 whatever the forward dtype: it is the lens's cost).
+    pub fn final_normed(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .final_norm
+            .forward(h)?
+            .to_dtype(candle_core::DType::F32)?)
+    }
+
+    /// The last step of [`Model::unembed`] on logits already in a slice:
+    /// Gemma's soft-cap `c · tanh(z / c)`, nothing for other models. Same
+    /// f32 operations as candle's `(z / c).tanh() * c` in `unembed`: a
+    /// multiply by `1/c`, then `tanh`, then a multiply by `c`.
+    pub fn softcap_in_place(&self, logits: &mut [f32]) {
+        if let Some(c) = self.cfg.final_softcap {
+            let (inv, c) = ((1.0 / c) as f32, c as f32);
+            logits.iter_mut().for_each(|z| *z = (*z * inv).tanh() * c);
+        }
+    }
+
+    /// The unembedding rounded to bf16 and packed for the bf16 lens; packed
+    /// on the first call from [`Model::head_rows`] a panel at a time (about
+    /// 0.1 s for SmolLM2), kept for the model's life.
+    pub fn head_bf16(&self) -> Result<&crate::kernels::bf16::Bf16Head> {
+        if let Some(h) = self.head_bf16.get() {
+            return Ok(h);
+        }
+        let (v, d) = (self.cfg.vocab_size, self.cfg.d_model);
+        let packed = crate::kernels::bf16::Bf16Head::pack_rows(v, d, |r0, r1, out| {
+            self.head_rows(r0, r1, out)
+        })?;
+        Ok(self.head_bf16.get_or_init(|| packed))
     }
 
     /// Head rows `r0..r1` in f32 into `out` (`(r1 - r0) * d_model` values),
@@ -268,8 +307,7 @@ impl Model {
                 out.len()
             )));
         }
-        self.head.rows_f32(r0, r1, out);
-        Ok(())
+        self.head.rows_f32(r0, r1, out)
     }
 
     /// Greedy decoding after `prompt` has been run into `cache`, starting

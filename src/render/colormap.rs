@@ -287,6 +287,9 @@ pub fn cell_value(grid: &LensGrid, stat: Stat, row: usize, pos: usize) -> Option
                 .iter()
                 .find(|t| t.role == TrackedRole::Target)?;
             let c = t.cells.get(row)?.get(pos)?;
+            if c.prob.is_nan() {
+                return None; // outside `--positions`
+            }
             Some(if stat == Stat::TargetProb {
                 c.prob
             } else {

@@ -112,6 +112,18 @@ pub struct FigureOptions {
     pub prompt_label: String,
 }
 
+impl FigureOptions {
+    /// Options for a grid's figure: the model file and the user's words
+    /// (the grid's `text` tokens) in the subtitle, everything else default.
+    pub fn labelled(grid: &LensGrid) -> Self {
+        FigureOptions {
+            model_label: grid.model.file.clone(),
+            prompt_label: grid.text_prompt(),
+            ..FigureOptions::default()
+        }
+    }
+}
+
 /// The default title.
 pub const DEFAULT_TITLE: &str = "Rehearsal at \"dummy tokens\"";
 

@@ -179,6 +179,8 @@ pub fn grid_from_reference_json(text: &str) -> Result<LensGrid> {
             d_model: v["d_model"].as_u64().unwrap_or(0) as usize,
             vocab_size: v["vocab_size"].as_u64().unwrap_or(0) as usize,
             precision: "f32".into(),
+            lens_precision: "f32".into(),
+            lens_kernel: None,
         },
         template_source: v["chat_template_source"]
             .as_str()
@@ -314,6 +316,8 @@ pub fn synthetic_grid(n_positions: usize, n_rows: usize) -> LensGrid {
             d_model: 576,
             vocab_size: vocab,
             precision: "f32".into(),
+            lens_precision: "f32".into(),
+            lens_kernel: None,
         },
         template_source: "none".into(),
         prompt_text: tokens.iter().map(|t| t.text.as_str()).collect(),

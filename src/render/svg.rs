@@ -76,10 +76,18 @@ pub(super) fn subtitle_lines(
     if n_dummy > 0 {
         line1.push_str(&format!(" + {n_dummy} dummy tokens"));
     }
-    let line2 = match &grid.answer {
+    let mut line2 = match &grid.answer {
         Some(a) => format!("greedy answer: \u{201c}{}\u{201d}", a.text),
         None => String::new(),
     };
+    if let Some(note) = grid.model.bf16_note() {
+        // Put first: the answer may be cut to fit, the precision never.
+        line2 = if line2.is_empty() {
+            note
+        } else {
+            format!("{note} \u{b7} {line2}")
+        };
+    }
     [plain_text(&line1, max_chars), plain_text(&line2, max_chars)]
 }
 

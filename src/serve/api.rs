@@ -76,6 +76,10 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
+            bounded_body,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
             check_host,
         ))
         .layer(middleware::from_fn(json_errors))
@@ -94,6 +98,58 @@ async fn common_headers(mut resp: Response) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
+}
+
+/// Refuse a declared `Content-Length` over the route's limit with 413 before
+/// reading a byte of it, and read the rest of the body within
+/// [`super::BODY_TIMEOUT`] (a slow body would otherwise hold a connection).
+async fn bounded_body(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let limit = match req.uri().path() {
+        "/api/lens" => state.limits.max_body,
+        "/api/render" => state.limits.max_render_body,
+        _ => state.limits.max_body,
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        let mut resp = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+        .into_response();
+        // Do not wait for a body we refuse: close after answering.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    let (parts, body) = req.into_parts();
+    // One byte over the limit, so the handler's own limit still answers 413.
+    let read = axum::body::to_bytes(body, limit.saturating_add(1));
+    let bytes = match tokio::time::timeout(super::BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the limit of {limit} bytes"),
+            )
+            .into_response()
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    super::BODY_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// Refuse `Host` headers that are not loopback names when bound to loopback.
@@ -115,20 +171,26 @@ async fn check_host(State(state): State<Shared>, req: Request, next: Next) -> Re
     next.run(req).await
 }
 
-/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+/// Exactly `localhost`, `127.0.0.1` or `[::1]`, with or without a numeric
+/// port: no other spelling of a loopback address (`127.1`, `0x7f.1`,
+/// `localhost.`), which DNS-rebinding tricks lean on (issue #13).
 pub fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
         match rest.split_once(']') {
-            Some((ip, _)) => ip,
+            Some((ip, port)) => (ip, port),
             None => return false,
         }
     } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
+        match host.split_once(':') {
+            Some((h, p)) => (h, &host[h.len()..][..p.len() + 1]),
+            None => (host, ""),
+        }
     };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+        });
+    port_ok && (name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1" || name == "::1")
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -262,11 +324,21 @@ async fn run_job(
     job: impl FnOnce() -> Result<Payload, ApiError> + Send + 'static,
 ) -> Result<Payload, ApiError> {
     let submitted = Instant::now();
+    // Set when this handler's future is dropped: hyper drops it when the
+    // client disconnects, and the forward pass stops at the next block.
+    struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for CancelOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _cancel = CancelOnDrop(Arc::clone(&flag));
     let rx = state
         .pool
         .try_run(move || {
             let started = Instant::now();
-            let out = job();
+            let out = crate::model::cancel::with_flag(flag, job);
             out.map(|mut p| {
                 p.timing = Some((started - submitted, started.elapsed()));
                 p
@@ -568,8 +640,13 @@ async fn lens(
         alts: b.answer_alt,
         max_tokens: Some(limits.max_tokens),
         lenses: state.lenses.clone(),
+        ..LensRequest::default()
     };
     run_job(&state, move || {
+        // Tokenising is cheap: refuse a bad window or zoom before the forward pass.
+        session
+            .check_figure_positions(&req, opts.window, opts.zoom)
+            .map_err(|e| ApiError::from_lensmap(e, false))?;
         let grid = session
             .run(&req)
             .map_err(|e| ApiError::from_lensmap(e, false))?;
@@ -627,6 +704,24 @@ async fn render_figure(
     .await
 }
 
+/// Parse and check a `POST /api/lens` body as the handler does before it
+/// queues any work; for the fuzz target (`fuzz/fuzz_targets/serve_body.rs`).
+#[doc(hidden)]
+pub fn check_lens_body(bytes: &[u8]) -> Result<(), String> {
+    let b = parse_lens_body(bytes).map_err(|e| e.message)?;
+    if let Some(f) = &b.format {
+        Format::parse(f, true).map_err(|e| e.message)?;
+    }
+    figure_options(
+        b.stat.as_deref(),
+        b.window.map(|[s, e]| (s, e)),
+        b.zoom,
+        b.title,
+    )
+    .map(drop)
+    .map_err(|e| e.message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,7 +732,6 @@ mod tests {
             "localhost",
             "localhost:7860",
             "127.0.0.1:1",
-            "127.1.2.3",
             "[::1]:80",
             "[::1]",
             "LOCALHOST",
@@ -652,6 +746,13 @@ mod tests {
             "[::2]:80",
             "localhost.evil.example",
             "[::1",
+            // Issue #13: only the exact names.
+            "127.1.2.3",
+            "127.1",
+            "localhost.",
+            "localhost:",
+            "localhost:80:80",
+            "[::1]x",
         ] {
             assert!(!is_loopback_host(h), "{h}");
         }

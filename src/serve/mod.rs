@@ -15,12 +15,14 @@
 //! Tests and benchmarks start a server in-process with [`start`].
 
 mod api;
+#[doc(hidden)]
+pub use api::check_lens_body;
 mod error;
 mod pool;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::model::Precision;
 use crate::run::Session;
@@ -271,9 +273,8 @@ pub fn start(config: ServeConfig) -> Result<Server> {
                         let _ = stop_rx.await;
                     }
                 };
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop)
-                    .await
+                accept_loop(listener, app, stop).await;
+                Ok(())
             })
         })
         .map_err(|e| Error::io("server thread", e))?;
@@ -282,6 +283,45 @@ pub fn start(config: ServeConfig) -> Result<Server> {
         stop: Some(stop_tx),
         thread: Some(thread),
     })
+}
+
+/// A client must send its request headers within this (slow-loris defence).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send its whole body within this once the headers are in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a stop, requests still running get this long to finish; connections
+/// with half-sent requests are dropped at once (issue #13 item 6).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Accept HTTP/1 connections until `stop`, then let running requests finish
+/// for at most [`SHUTDOWN_GRACE`]. Idle and half-sent connections do not hold
+/// the shutdown: hyper closes idle ones at once, and the deadline ends the rest.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
 }
 
 /// Ctrl-C or SIGTERM.

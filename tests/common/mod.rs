@@ -6,6 +6,7 @@
 pub mod chromium;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use lensmap::lens::CellGrid;
 use lensmap::stats::CellStats;
@@ -144,4 +145,27 @@ pub fn assert_same_lens(name: &str, f32: &CellGrid, rest: &CellGrid, reference: 
             }
         }
     }
+}
+
+/// Run the `lensmap` binary.
+pub fn lensmap(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lensmap"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Assert a failure whose first stderr line starts with `error:` and contains
+/// `needle`, with no panic anywhere.
+pub fn assert_error(out: &std::process::Output, needle: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let first = stderr.lines().next().unwrap_or("");
+    assert!(first.starts_with("error: "), "first line: {first}");
+    assert!(first.contains(needle), "`{needle}` not in: {first}");
+    first.to_string()
 }

@@ -29,11 +29,12 @@ pub fn from_hf(raw: &HfConfig, has_lm_head: bool) -> Result<ModelConfig> {
         n_heads,
         n_kv_heads: n_heads,
         head_dim,
-        d_ff: raw.n_inner.unwrap_or(4 * d_model),
+        d_ff: raw.n_inner.unwrap_or(d_model.saturating_mul(4)),
         vocab_size: HfConfig::need(raw.vocab_size, "vocab_size")?,
         context_len: raw.n_positions.unwrap_or(1024),
         norm_eps: raw.layer_norm_epsilon.unwrap_or(1e-5),
     };
+    crate::model::bounds::check_hyper(&h)?;
     let act = raw.activation("gelu_new")?;
     if act != Activation::GeluTanh {
         return Err(Error::Config(

@@ -328,11 +328,11 @@ impl Hyper {
                 .content
                 .tensor_infos
                 .get("token_embd.weight")
-                .map(|t| t.shape.dims()[0])
+                .and_then(|t| t.shape.dims().first().copied())
                 .ok_or_else(|| Error::Config("cannot tell the vocabulary size".into()))?,
         };
         let eps_key = k("attention.layer_norm_rms_epsilon");
-        Ok(Self {
+        let h = Self {
             n_layers,
             d_model,
             n_heads,
@@ -344,7 +344,9 @@ impl Hyper {
                 .ok_or_else(|| Error::Config(format!("GGUF key `{eps_key}` is missing")))?,
             head_dim,
             vocab_size,
-        })
+        };
+        crate::model::bounds::check_hyper(&h)?;
+        Ok(h)
     }
 }
 

@@ -5,14 +5,11 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
-};
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+use super::dequant::dequantize_blocks;
 use crate::{Error, Result};
 
 /// How matmul weights are held.
@@ -176,7 +173,7 @@ impl StoredMatrix {
     ) -> Option<Self> {
         let block = dtype.block_size();
         let float = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        if cols % block != 0 || (transposed && !float) {
+        if !cols.is_multiple_of(block) || (transposed && !float) {
             return None;
         }
         let len = rows * cols / block * dtype.type_size();
@@ -225,15 +222,16 @@ impl StoredMatrix {
     }
 
     /// Rows `r0..r1` in f32 into `out` (`(r1 - r0) * cols` values), with
-    /// candle's own block decoders: the same values `QTensor::dequantize`
-    /// gives, so at rest equals the f32 copies bit for bit per weight.
-    pub fn rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) {
+    /// `dequant.rs`'s SIMD block decoders: the same values candle's
+    /// `QTensor::dequantize` gives, so at rest equals the f32 copies bit for
+    /// bit per weight.
+    pub fn rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
         let cols = self.cols;
         debug_assert_eq!(out.len(), (r1 - r0) * cols);
         let map = match &self.backing {
             Backing::Copied(values) => {
                 out.copy_from_slice(&values[r0 * cols..r1 * cols]);
-                return;
+                return Ok(());
             }
             Backing::Mapped(map) => map,
         };
@@ -248,11 +246,11 @@ impl StoredMatrix {
                     *y = float_at(&bytes[at..at + size], self.dtype);
                 }
             }
-            return;
+            return Ok(());
         }
         let row_bytes = cols / self.dtype.block_size() * self.dtype.type_size();
         let src = &bytes[r0 * row_bytes..r1 * row_bytes];
-        decode(src, self.dtype, out);
+        dequantize_blocks(self.dtype, src, out)
     }
 
     /// Rows `ids` (in any order) in f32, `[ids.len(), cols]`: an embedding
@@ -260,10 +258,9 @@ impl StoredMatrix {
     pub fn gather(&self, ids: &[u32]) -> Result<Tensor> {
         let cols = self.cols;
         let mut out = vec![0f32; ids.len() * cols];
-        out.par_chunks_mut(cols).zip(ids).for_each(|(row, &id)| {
-            let r = id as usize;
-            self.rows_f32(r, r + 1, row);
-        });
+        out.par_chunks_mut(cols)
+            .zip(ids)
+            .try_for_each(|(row, &id)| self.rows_f32(id as usize, id as usize + 1, row))?;
         Ok(Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)?)
     }
 
@@ -290,14 +287,14 @@ impl StoredMatrix {
         let y_ptr = SendPtr(y.as_mut_ptr());
         (0..panels)
             .into_par_iter()
-            .for_each_init(Vec::new, |buf, i| {
+            .try_for_each_init(Vec::new, |buf, i| -> Result<()> {
                 let (r0, r1) = (i * p, ((i + 1) * p).min(n));
                 // An f32 copy is read in place; anything else is decoded first.
                 let rhs = match &self.backing {
                     Backing::Copied(values) => values[r0 * k..r1 * k].as_ptr(),
                     Backing::Mapped(_) => {
                         buf.resize((r1 - r0) * k, 0.0);
-                        self.rows_f32(r0, r1, buf);
+                        self.rows_f32(r0, r1, buf)?;
                         buf.as_ptr()
                     }
                 };
@@ -326,8 +323,9 @@ impl StoredMatrix {
                         false,
                         gemm::Parallelism::None,
                     )
-                }
-            });
+                };
+                Ok(())
+            })?;
         Ok(Tensor::from_vec(y, (t, n), &Device::Cpu)?)
     }
 
@@ -378,48 +376,5 @@ fn float_at(b: &[u8], dtype: GgmlDType) -> f32 {
         GgmlDType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
         GgmlDType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
         _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-    }
-}
-
-/// Decode whole blocks of `dtype` from `src` into `out`.
-fn decode(src: &[u8], dtype: GgmlDType, out: &mut [f32]) {
-    fn blocks<B: GgmlType>(src: &[u8], out: &mut [f32]) {
-        let n = src.len() / std::mem::size_of::<B>();
-        if (src.as_ptr() as usize) % std::mem::align_of::<B>() == 0 {
-            // SAFETY: the blocks are plain `repr(C)` integers and halves with
-            // no invalid bit patterns, the pointer is aligned for `B` and the
-            // slice covers exactly `n` blocks of the map.
-            let xs = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<B>(), n) };
-            B::to_float(xs, out);
-        } else {
-            // An unaligned tensor (possible in safetensors): copy its bytes
-            // into aligned blocks first.
-            let mut xs = vec![B::zeros(); n];
-            // SAFETY: as above; `xs` has room for exactly `src.len()` bytes.
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), xs.as_mut_ptr().cast::<u8>(), src.len())
-            };
-            B::to_float(&xs, out);
-        }
-    }
-    match dtype {
-        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-            let size = dtype.type_size();
-            for (y, b) in out.iter_mut().zip(src.chunks_exact(size)) {
-                *y = float_at(b, dtype);
-            }
-        }
-        GgmlDType::Q4_0 => blocks::<BlockQ4_0>(src, out),
-        GgmlDType::Q4_1 => blocks::<BlockQ4_1>(src, out),
-        GgmlDType::Q5_0 => blocks::<BlockQ5_0>(src, out),
-        GgmlDType::Q5_1 => blocks::<BlockQ5_1>(src, out),
-        GgmlDType::Q8_0 => blocks::<BlockQ8_0>(src, out),
-        GgmlDType::Q8_1 => blocks::<BlockQ8_1>(src, out),
-        GgmlDType::Q2K => blocks::<BlockQ2K>(src, out),
-        GgmlDType::Q3K => blocks::<BlockQ3K>(src, out),
-        GgmlDType::Q4K => blocks::<BlockQ4K>(src, out),
-        GgmlDType::Q5K => blocks::<BlockQ5K>(src, out),
-        GgmlDType::Q6K => blocks::<BlockQ6K>(src, out),
-        GgmlDType::Q8K => blocks::<BlockQ8K>(src, out),
     }
 }

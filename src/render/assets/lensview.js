@@ -134,7 +134,9 @@
       case 'next-token-prob': var nt = grid.next_token[row][pos]; return nt ? nt.prob : null;
       case 'target-prob': case 'target-rank':
         var t = target(grid); if (!t) return null;
-        return stat === 'target-prob' ? t.cells[row][pos].prob : t.cells[row][pos].rank;
+        var c = t.cells[row][pos];
+        if (c.prob === null) return null; // outside --positions
+        return stat === 'target-prob' ? c.prob : c.rank;
     }
     return null;
   }
@@ -264,6 +266,10 @@
     function tooltipText(row, pos) {
       var t = grid.tokens[pos], lines = [];
       lines.push('layer ' + rowLabel(grid, row) + ' \u00b7 pos ' + pos + ' ' + label(t.text) + ' (' + t.kind + ')');
+      if (grid.entropy[row][pos] === null) {
+        lines.push('not computed (outside --positions)');
+        return lines.join('\n');
+      }
       grid.topk[row][pos].forEach(function (k, i) {
         lines.push((i + 1) + '. ' + display(k.text) + '  ' + prob(k.prob));
       });

@@ -3,6 +3,10 @@
 //! itself targets baseline x86-64). libm's `expf` is a call per element and
 //! cannot vectorise; it was a third of the lens time and 7% of a long forward
 //! pass, which is why these are hand-written rather than taken from candle.
+//!
+//! [`bf16`] holds the bf16 lens's matrix product (`--lens-precision bf16`).
+
+pub mod bf16;
 
 /// Run `$call` (an `#[inline(always)]` function call) compiled for the widest
 /// vector unit this CPU has.

@@ -1,0 +1,9 @@
+//! A batch input file (JSONL).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = lensmap::batch::input::parse_input(text);
+    }
+});

@@ -1,0 +1,177 @@
+"""`lensmap` from Python against HF transformers' numbers and against the CLI."""
+
+from __future__ import annotations
+
+import _thread
+import json
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lensmap
+from conftest import QUESTION, SEED, SEED_FLAGS, SMOLLM2, reference, run_cli
+
+# The CLI reference test's relative tolerance on probabilities in f32
+# (tests/cli_reference.rs, PROB_REL_F32).
+PROB_REL_F32 = 2e-4
+
+
+def test_f32_matches_hf_reference():
+    ref = reference("smollm2_filler.json")
+    m = lensmap.Model(str(SMOLLM2), precision="f32")
+    r = m.lens(QUESTION, **SEED)
+    assert [t[0] for t in r.tokens] == ref["input_ids"]
+    assert r.answer_ids == ref["greedy"]["manual_greedy_ids"]
+    assert r.answer == ref["greedy"]["manual_greedy_text"]
+
+    assert r.entropy.dtype == np.float32
+    want_h = np.array(ref["entropy"])
+    assert r.entropy.shape == want_h.shape == (31, 45)
+    dh = np.abs(r.entropy.astype(np.float64) - want_h)
+    print(f"max |Δentropy| {dh.max():.2e} nats")
+    assert dh.max() <= 5e-5
+
+    top1 = r.top_ids[:, :, 0]
+    ref_p = np.array(ref["top5_probs"])
+    clear = ref_p[:, :, 0] - ref_p[:, :, 1] > 1e-3
+    ref_top1 = np.array(ref["top5_ids"])[:, :, 0]
+    assert (top1 == ref_top1)[clear].all(), "top-1 differs where the reference gap > 1e-3"
+
+    want_p = np.array(ref["tracked"][" Canberra"]["prob"])
+    rel = np.abs(r.answer_prob.astype(np.float64) - want_p) / np.maximum(want_p, 1e-30)
+    print(f"answer_prob worst relative error {rel.max():.1e}")
+    assert rel.max() <= PROB_REL_F32
+    want_rank = np.array(ref["tracked"][" Canberra"]["rank"])
+    assert r.answer_rank.dtype == np.uint32
+    # In f32 a near-tie may flip one place (as in the CLI test).
+    near = want_rank <= 1000
+    assert np.abs(r.answer_rank.astype(np.int64) - want_rank)[near].max() <= 1
+
+
+def test_arrays_agree_with_the_json(seed):
+    g = json.loads(seed.to_json())
+    n_rows, n = g["n_rows"], len(g["tokens"])
+    assert seed.entropy.shape == seed.kl_to_final.shape == (n_rows, n)
+    assert seed.top_ids.shape == seed.top_probs.shape == seed.top_tokens.shape == (n_rows, n, 5)
+    np.testing.assert_array_equal(seed.entropy, np.array(g["entropy"], dtype=np.float32))
+    np.testing.assert_array_equal(seed.kl_to_final, np.array(g["kl_to_final"], dtype=np.float32))
+    assert seed.top_tokens[30][37][0] == g["topk"][30][37][0]["text"]
+    assert seed.top_ids[30][37][1] == g["topk"][30][37][1]["id"]
+    assert seed.top_probs[30][37][2] == np.float32(g["topk"][30][37][2]["prob"])
+    answer = next(t for t in g["tracked"] if t["role"] == "answer")
+    assert seed.answer_rank[12][40] == answer["cells"][12][40]["rank"]
+    assert seed.tokens[-1] == (30, ".", "dummy")
+    assert seed.rehearsal == g["rehearsal"]
+    assert seed.model["n_layers"] == 30 and seed.n_rows == 31
+
+
+def test_to_pandas_equals_batch_cells_parquet(seed, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "australia", "prompt": QUESTION, "answer": " Canberra"}) + "\n")
+    run_cli("batch", "--model", SMOLLM2, "--prompts", prompts, "--out", tmp_path / "out",
+            "--dummy", "8", "--generate", "8", "--quiet")
+    want = pd.read_parquet(tmp_path / "out" / "cells.parquet")
+    got = seed.to_pandas(id="australia")
+    assert list(got.columns) == list(want.columns)
+    assert len(got) == 31 * 45
+    pd.testing.assert_frame_equal(got, want)
+    assert seed.to_polars(id="australia").shape == want.shape
+
+
+def test_model_batch_runs_lensmap_batch(model, tmp_path):
+    items = [{"id": "australia", "prompt": QUESTION, "answer": " Canberra"}]
+    summary = model.batch(items, tmp_path / "py", dummy=8, generate=8)
+    assert summary["done"] == 1 and summary["failed"] == 0
+    assert summary["settings"]["generate"] == 8 and summary["settings"]["top_k"] == 5
+    run_cli("batch", "--model", SMOLLM2, "--prompts", tmp_path / "py" / "input" / "prompts.jsonl",
+            "--out", tmp_path / "cli", "--dummy", "8", "--generate", "8", "--quiet")
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "py" / "cells.parquet"),
+        pd.read_parquet(tmp_path / "cli" / "cells.parquet"),
+    )
+    cells = model.batch_cells(items, dummy=8, generate=8)
+    pd.testing.assert_frame_equal(cells.to_pandas(), pd.read_parquet(tmp_path / "cli" / "cells.parquet"))
+    with pytest.raises(lensmap.LensmapError, match="shard"):
+        model.batch(items, tmp_path / "bad", shard="3/2")
+
+
+def test_load_of_cli_json_equals_in_process(seed, tmp_path):
+    out = tmp_path / "seed.json"
+    run_cli("run", "--model", SMOLLM2, "--prompt", QUESTION, *SEED_FLAGS, "--json", out, "--quiet")
+    loaded = lensmap.load(out)
+    assert json.loads(loaded.to_json()) == json.loads(seed.to_json())
+    np.testing.assert_array_equal(loaded.entropy, seed.entropy)
+    np.testing.assert_array_equal(loaded.answer_prob, seed.answer_prob)
+    # save() writes what the CLI writes.
+    seed.save(tmp_path / "py", formats=["json", "svg"])
+    # (`--json` leaves out the final newline that `--out` writes.)
+    assert (tmp_path / "py.json").read_text() == out.read_text() + "\n"
+
+
+def test_bad_model_path_raises_the_cli_message(tmp_path):
+    missing = tmp_path / "no-such-model.gguf"
+    res = run_cli("run", "--model", missing, "--prompt", "hi", check=False)
+    assert res.returncode == 2
+    lines = [l for l in res.stderr.splitlines() if l]
+    assert lines[0].startswith("error: ") and lines[1].startswith("hint: ")
+    with pytest.raises(lensmap.LensmapError) as e:
+        lensmap.Model(str(missing))
+    assert str(e.value) == lines[0][len("error: "):]
+    assert e.value.hint == lines[1][len("hint: "):]
+
+
+def test_bad_options_raise(model):
+    with pytest.raises(lensmap.LensmapError, match="between 1 and 100"):
+        model.lens("hi", top_k=0)
+    with pytest.raises(lensmap.LensmapError, match="answer_skip"):
+        model.lens("hi", answer=" Canberra", answer_skip=1, generate=2)
+    with pytest.raises(lensmap.LensmapError, match="precision"):
+        lensmap.Model(str(SMOLLM2), precision="f16")
+    with pytest.raises(lensmap.LensmapError, match="not a lensmap JSON file"):
+        lensmap.load(SMOLLM2.parent.parent / "README.md")
+
+
+def test_figure_from_arrays_writes_the_cli_svg(tmp_path):
+    base = tmp_path / "cli"
+    # No --generate: arrays from elsewhere carry no greedy answer for the subtitle.
+    run_cli("run", "--model", SMOLLM2, "--prompt", QUESTION, "--dummy", "8",
+            "--out", base, "--format", "json,svg", "--quiet")
+    g = json.loads((tmp_path / "cli.json").read_text())
+    cell = lambda key: [[[t[key] for t in c] for c in row] for row in g["topk"]]  # noqa: E731
+    fig = lensmap.figure(
+        entropy=np.array(g["entropy"]),
+        top_tokens=cell("text"),
+        tokens=[t["text"] for t in g["tokens"]],
+        kinds=[t["kind"] for t in g["tokens"]],
+        top_probs=cell("prob"),
+        top_ids=cell("id"),
+        kl_to_final=g["kl_to_final"],
+        model=g["model"]["file"],
+        vocab_size=g["model"]["vocab_size"],
+    )
+    assert fig.svg() == (tmp_path / "cli.svg").read_text()
+    with pytest.raises(lensmap.LensmapError, match="tokens"):
+        lensmap.figure(entropy=np.zeros((3, 4)), top_tokens=np.full((3, 4, 1), "a"), tokens=["a"])
+
+
+def test_help_shows_the_parameters():
+    sig = lensmap.Model.lens.__text_signature__
+    for p in ("dummy", "answer_skip", "answer_alt", "chat_template" if False else "top_k", "window"):
+        assert p in sig, sig
+    assert "Run the logit lens" in lensmap.Model.lens.__doc__
+
+
+def test_ctrl_c_stops_a_run(model):
+    """KeyboardInterrupt arrives between layers: the GIL is free while it runs."""
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            # ~2000 tokens: seconds of forward pass, so the interrupt lands inside it.
+            model.lens(QUESTION, dummy=2000)
+    finally:
+        timer.cancel()
+    # The model still answers afterwards.
+    assert model.lens(QUESTION).n_rows == 31

@@ -317,11 +317,17 @@ not json
                 );
             }
         }
+        // `I/N` is 1-based, as in cargo nextest's `--partition count:I/N`.
         assert_eq!(
             "1/4".parse::<Shard>().unwrap(),
-            Shard { index: 1, count: 4 }
+            Shard { index: 0, count: 4 }
         );
-        assert!("4/4".parse::<Shard>().is_err());
+        assert_eq!(
+            "4/4".parse::<Shard>().unwrap(),
+            Shard { index: 3, count: 4 }
+        );
+        assert!("0/4".parse::<Shard>().unwrap_err().contains("count from 1"));
+        assert!("5/4".parse::<Shard>().is_err());
         assert!("x".parse::<Shard>().is_err());
     }
 }

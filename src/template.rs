@@ -232,7 +232,8 @@ fn neutralise_generation_tags(src: &str) -> std::borrow::Cow<'_, str> {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` comes after the opening `{%`: in `{%}` they overlap.
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             break;
         };
         let inner = &tag[2..end];
@@ -626,6 +627,21 @@ mod tests {
                 .unwrap(),
             "hi"
         );
+    }
+
+    /// Found by the `chat_template` fuzz target: in `{%}` the opening `{%`
+    /// and a closing `%}` overlap, which sliced the tag backwards and panicked.
+    #[test]
+    fn overlapping_tag_delimiters_are_a_template_error_not_a_panic() {
+        let src = "{%}{% generation %}x{% endgeneration %}";
+        assert_eq!(
+            neutralise_generation_tags(src),
+            "{%}{% generation %}x{% endif %}"
+        );
+        let t = ChatTemplate::new(src, "test");
+        assert!(t
+            .render(&[Message::new("user", "hi")], "", "", false)
+            .is_err());
     }
 
     #[test]

@@ -809,6 +809,8 @@ fn _figure(
             d_model: 0,
             vocab_size,
             precision: String::new(),
+            lens_precision: "f32".into(),
+            lens_kernel: None,
         },
         template_source: "none".into(),
         prompt_text: String::new(),
@@ -821,6 +823,8 @@ fn _figure(
         tracked: Vec::new(),
         answer: None,
         rehearsal: None,
+        lens: Default::default(),
+        more_lenses: Vec::new(),
     };
     // The same size checks the renderers make, before anything is drawn.
     render::render_svg(&grid, &FigureOptions::default()).map_err(py_err)?;

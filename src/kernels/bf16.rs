@@ -14,7 +14,7 @@
 //!
 //! Layout: pairs of consecutive k values share one u32 (low half = even k),
 //! which is the operand layout of `vdpbf16ps`. The head is stored as groups
-//! of [`NR`] columns, `[group][k pair][NR]`, so one micro-tile reads it
+//! of `NR` columns, `[group][k pair][NR]`, so one micro-tile reads it
 //! sequentially.
 
 use rayon::prelude::*;
@@ -114,7 +114,7 @@ impl Bf16Head {
         .unwrap_or_else(|e| match e {})
     }
 
-    /// Round and pack an `[n, k]` matrix read [`NR`] rows at a time by
+    /// Round and pack an `[n, k]` matrix read `NR` rows at a time by
     /// `rows(r0, r1, out)` (f32, row-major), so a head kept quantised is
     /// never decoded whole.
     pub fn pack_rows<E: Send>(

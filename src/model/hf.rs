@@ -1,7 +1,7 @@
 //! Hugging Face model directories: `config.json` + safetensors weights.
 //!
 //! [`HfConfig`] is `config.json` as written, every field optional; the arch
-//! files resolve it once into a [`ModelConfig`] (filling in transformers'
+//! files resolve it once into a [`ModelConfig`](super::config::ModelConfig) (filling in transformers'
 //! defaults there, never in the forward pass). Both config layouts are read:
 //! transformers 4 (`rope_theta`, `rope_scaling`) and 5 (`rope_parameters`).
 

@@ -10,7 +10,6 @@
 
 use std::time::Instant;
 
-use candle_core::quantized::GgmlDType;
 use lensmap::model::dequant::{dequantize_blocks_with, Kernel, TYPES};
 use lensmap::synth::{fill_random_blocks, Rng};
 

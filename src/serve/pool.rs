@@ -127,12 +127,15 @@ impl WorkerPool {
         let counters = Arc::clone(&self.counters);
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _admission = admission;
             if tx.is_closed() {
                 return; // the client went away while the job waited
             }
             counters.running.fetch_add(1, Ordering::SeqCst);
             let out = catch_unwind(AssertUnwindSafe(f));
+            // Settle the counters before the answer is sent, so a health
+            // check made right after the client has it sees this job gone
+            // (admitted first: `waiting` is admitted − running).
+            drop(admission);
             counters.running.fetch_sub(1, Ordering::SeqCst);
             if let Ok(out) = out {
                 let _ = tx.send(out);

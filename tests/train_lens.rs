@@ -38,12 +38,10 @@ fn train(out: &Path, tokens: &str, seq_len: &str, extra: &[&str]) {
     );
 }
 
-/// About 2,800 tokens of training and evaluation: ~1 minute on an idle
-/// 2-core machine (estimated from the FLOP count; not yet timed, the machine
-/// was overloaded when this was written), so it is opt-in:
-/// `cargo test --release --test train_lens -- --ignored`.
+/// 2,048 tokens of training (64-token chunks) and 4 held-out chunks: the
+/// tuned lens must beat the logit lens on held-out KL at every row 1…L−1.
+/// 89 s on an idle 2-core machine (2026-11-30).
 #[test]
-#[ignore]
 fn short_run_beats_the_logit_lens() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("lens");

@@ -117,43 +117,8 @@ pub struct LensArgs {
     /// " Canberra" is token 6: `--answer auto --answer-skip 5` tracks it.
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Answer")]
     pub answer_skip: usize,
-    /// `f32` (exact, default) or `bf16`: round the normed residual and the unembedding to bf16
-    ///
-    /// bf16 products are summed in f32 on AVX512-BF16 where the CPU has it
-    /// (else in plain f32 on the rounded values); statistics stay f64. About
-    /// twice as fast; the error against f32 is in the README ("Precision").
-    #[arg(
-        long,
-        default_value = "f32",
-        value_name = "f32|bf16",
-        help_heading = "Lens"
-    )]
-    pub lens_precision: lensmap::lens::LensPrecision,
-    /// Compute the lens only at these positions: `all`, `tail` or `A..B` (B exclusive)
-    ///
-    /// `tail` is the chat template's tail and the dummies after the user's
-    /// text. Other cells are `null` in the JSON and drawn as absent (grey).
-    #[arg(
-        long,
-        default_value = "all",
-        value_name = "all|tail|A..B",
-        help_heading = "Lens"
-    )]
-    pub positions: lensmap::lens::PositionSpec,
-    /// `logit`, `tuned:DIR` (a tuned-lens directory), or `logit,tuned:DIR` side by side
-    ///
-    /// DIR holds tuned-lens's `config.json` and `params.pt` (or
-    /// `params.safetensors`). Row i < L goes through translator i
-    /// (`h + h·W_iᵀ + b_i`) before the final norm and unembedding; the output
-    /// row is the model's own. With two lenses the JSON holds both grids
-    /// (`more_lenses`) and the figure shows them side by side on one scale.
-    #[arg(
-        long,
-        default_value = "logit",
-        value_name = "LENS",
-        help_heading = "Lens"
-    )]
-    pub lens: String,
+    #[command(flatten)]
+    pub choice: lensmap::lens::LensChoiceArgs,
 }
 
 /// How the figure looks.
@@ -254,8 +219,8 @@ impl RunArgs {
             answer_alt: l.answer_alt.clone(),
             answer_skip: l.answer_skip,
             lenses,
-            lens_precision: l.lens_precision,
-            positions: l.positions,
+            lens_precision: l.choice.lens_precision,
+            positions: l.choice.positions,
         }
         .request()
         .map_err(|_| {
@@ -291,7 +256,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     lensmap::run::check_top_k(args.lens.top_k)?;
-    let lenses = lensmap::lens::Lens::parse_list(&args.lens.lens)?;
+    let lenses = lensmap::lens::Lens::parse_list(&args.lens.choice.lens)?;
     let clock = std::time::Instant::now();
     let session = Session::open_within(
         &args.model.model,

@@ -89,30 +89,8 @@ pub struct BatchArgs {
     /// Canberra.", where " Canberra" is token 6 (`--answer-skip 5`).
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Lens")]
     pub answer_skip: usize,
-    /// `f32` (exact, default) or `bf16` (see `lensmap run --help`)
-    #[arg(
-        long,
-        default_value = "f32",
-        value_name = "f32|bf16",
-        help_heading = "Lens"
-    )]
-    pub lens_precision: crate::lens::LensPrecision,
-    /// Compute the lens only at `all`, `tail` or `A..B` positions (see `lensmap run --help`)
-    #[arg(
-        long,
-        default_value = "all",
-        value_name = "all|tail|A..B",
-        help_heading = "Lens"
-    )]
-    pub positions: crate::lens::PositionSpec,
-    /// `logit`, or `tuned:DIR` for a tuned lens (tuned-lens's `config.json` + `params.pt`)
-    #[arg(
-        long,
-        default_value = "logit",
-        value_name = "LENS",
-        help_heading = "Lens"
-    )]
-    pub lens: String,
+    #[command(flatten)]
+    pub choice: crate::lens::LensChoiceArgs,
     /// Results directory: `prompts/` (one file per prompt) and the tables
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     pub out: PathBuf,
@@ -166,7 +144,7 @@ pub fn run(args: BatchArgs) -> Result<()> {
     let lines: Vec<&InputLine> = input.items.iter().filter(|l| in_run(l.line)).collect();
     let n_entries = lines.len() + errors.len();
 
-    let lens = match crate::lens::Lens::parse_list(&args.lens)?.as_slice() {
+    let lens = match crate::lens::Lens::parse_list(&args.choice.lens)?.as_slice() {
         [one] => one.clone(),
         _ => {
             return Err(Error::InvalidOption(
@@ -447,8 +425,8 @@ pub fn request(args: &BatchArgs, item: &PromptItem, lens: &crate::lens::Lens) ->
         },
         alts: item.alts.clone(),
         max_tokens: None,
-        lens_precision: args.lens_precision,
-        positions: args.positions,
+        lens_precision: args.choice.lens_precision,
+        positions: args.choice.positions,
         lenses: vec![lens.clone()],
     }
 }
@@ -483,11 +461,11 @@ fn settings(args: &BatchArgs, lens: &crate::lens::Lens) -> Result<serde_json::Va
         "lens": crate::grid::LensInfo::of(lens),
     });
     // Only when not the default, so f32 keys stay those of earlier runs.
-    if args.lens_precision != crate::lens::LensPrecision::F32 {
-        settings["lens_precision"] = args.lens_precision.label().into();
+    if args.choice.lens_precision != crate::lens::LensPrecision::F32 {
+        settings["lens_precision"] = args.choice.lens_precision.label().into();
     }
-    if args.positions != crate::lens::PositionSpec::All {
-        settings["positions"] = format!("{:?}", args.positions).into();
+    if args.choice.positions != crate::lens::PositionSpec::All {
+        settings["positions"] = format!("{:?}", args.choice.positions).into();
     }
     Ok(settings)
 }

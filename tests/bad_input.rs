@@ -4,28 +4,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
-use common::{assert_error, lensmap, model_file};
+use common::{assert_error, lensmap, model_file, run_hi};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-fn run_with_model(model: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "Hi",
-        "-q",
-    ];
-    args.extend_from_slice(extra);
-    lensmap(&args)
-}
-
 #[test]
 fn missing_model_file() {
-    let out = run_with_model(Path::new("/nonexistent/model.gguf"), &[]);
+    let out = run_hi(Path::new("/nonexistent/model.gguf"), &[]);
     assert_error(&out, "not found");
     assert!(String::from_utf8_lossy(&out.stderr).contains("hint: run `scripts/fetch-models`"));
 }
@@ -36,11 +22,11 @@ fn truncated_gguf() {
     let full = std::fs::read(model_file(SMOLLM2)).unwrap();
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
-    assert_error(&run_with_model(&cut, &[]), "truncated");
+    assert_error(&run_hi(&cut, &[]), "truncated");
     // Cut inside the header: still one line.
     let tiny = dir.path().join("tiny.gguf");
     std::fs::write(&tiny, &full[..4096]).unwrap();
-    assert_error(&run_with_model(&tiny, &[]), "not a valid GGUF file");
+    assert_error(&run_hi(&tiny, &[]), "not a valid GGUF file");
 }
 
 #[test]
@@ -48,7 +34,7 @@ fn not_a_gguf_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("notes.gguf");
     std::fs::write(&p, "just some text, not a model\n").unwrap();
-    assert_error(&run_with_model(&p, &[]), "no `GGUF` magic");
+    assert_error(&run_hi(&p, &[]), "no `GGUF` magic");
 }
 
 /// Write a tiny GGUF whose header says what we want.
@@ -73,7 +59,7 @@ fn unsupported_architecture_names_supported_ones() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("mamba.gguf");
     write_gguf(&p, "mamba");
-    let line = assert_error(&run_with_model(&p, &[]), "unsupported architecture `mamba`");
+    let line = assert_error(&run_hi(&p, &[]), "unsupported architecture `mamba`");
     assert!(line.contains("llama") && line.contains("gemma3"), "{line}");
 }
 
@@ -91,7 +77,7 @@ fn unsupported_quant_type_names_supported_ones() {
     assert_eq!(&bytes[ty..ty + 4], &0u32.to_le_bytes());
     bytes[ty..ty + 4].copy_from_slice(&16u32.to_le_bytes());
     std::fs::write(&p, &bytes).unwrap();
-    let line = assert_error(&run_with_model(&p, &[]), "unsupported");
+    let line = assert_error(&run_hi(&p, &[]), "unsupported");
     assert!(line.contains("Q4_K") && line.contains("Q8_0"), "{line}");
 }
 
@@ -116,7 +102,7 @@ fn broken_template_reports_its_own_message() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.jinja");
     std::fs::write(&bad, "{% for m in messages %}{{ m.content }").unwrap();
-    let out = run_with_model(
+    let out = run_hi(
         &model_file(SMOLLM2),
         &["--chat-template", bad.to_str().unwrap()],
     );
@@ -127,7 +113,7 @@ fn broken_template_reports_its_own_message() {
         "{{ raise_exception('System role not supported') }}",
     )
     .unwrap();
-    let out = run_with_model(
+    let out = run_hi(
         &model_file(SMOLLM2),
         &["--chat-template", raising.to_str().unwrap()],
     );
@@ -137,10 +123,10 @@ fn broken_template_reports_its_own_message() {
 #[test]
 fn options_out_of_range() {
     let model = model_file(SMOLLM2);
-    assert_error(&run_with_model(&model, &["--top-k", "0"]), "--top-k");
+    assert_error(&run_hi(&model, &["--top-k", "0"]), "--top-k");
     assert_error(
-        &run_with_model(&model, &["--dummy", "2", "--dummy-text", "Hello world"]),
+        &run_hi(&model, &["--dummy", "2", "--dummy-text", "Hello world"]),
         "Hello world",
     );
-    assert_error(&run_with_model(&model, &["--precision", "f13"]), "f13");
+    assert_error(&run_hi(&model, &["--precision", "f13"]), "f13");
 }

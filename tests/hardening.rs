@@ -6,24 +6,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{assert_error, lensmap};
+use common::{assert_error, lensmap, run_hi};
 
 use candle_core::quantized::gguf_file::{write, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-
-fn run(model: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "Hi",
-        "-q",
-    ];
-    args.extend_from_slice(extra);
-    lensmap(&args)
-}
 
 /// A copy of the tiny HF llama with `edit` applied to its directory.
 fn tiny_llama(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
@@ -100,19 +87,19 @@ fn negative_norm_epsilon_is_refused() {
             v["rms_norm_eps"] = (-1.0).into()
         })
     });
-    assert_error(&run(&m, &["--raw"]), "norm epsilon `-1`");
+    assert_error(&run_hi(&m, &["--raw"]), "norm epsilon `-1`");
 }
 
 #[test]
 fn nan_weight_names_its_tensor() {
     let (_d, m) = tiny_llama(|d| poke_f32(d, "model.layers.1.mlp.up_proj.weight", 7, f32::NAN));
     assert_error(
-        &run(&m, &["--raw"]),
+        &run_hi(&m, &["--raw"]),
         "tensor `model.layers.1.mlp.up_proj.weight` holds a non-finite value",
     );
     let (_d, m) = tiny_llama(|d| poke_f32(d, "model.norm.weight", 0, f32::INFINITY));
     assert_error(
-        &run(&m, &["--raw"]),
+        &run_hi(&m, &["--raw"]),
         "tensor `model.norm.weight` holds a non-finite value (`inf`)",
     );
 }
@@ -126,7 +113,7 @@ fn overflowing_residual_names_its_layer() {
         }
     });
     assert_error(
-        &run(&m, &["--raw"]),
+        &run_hi(&m, &["--raw"]),
         "the residual after block 0 holds a non-finite value",
     );
 }
@@ -144,7 +131,7 @@ fn looping_template_runs_out_of_fuel() {
     .unwrap();
     let m = common::reference_dir().join("tiny/llama");
     let line = assert_error(
-        &run(&m, &["--chat-template", t.to_str().unwrap()]),
+        &run_hi(&m, &["--chat-template", t.to_str().unwrap()]),
         "ran out of fuel",
     );
     assert!(line.contains("loop.jinja"), "names the template: {line}");
@@ -156,7 +143,7 @@ fn looping_template_runs_out_of_fuel() {
                     .into()
         })
     });
-    assert_error(&run(&m, &[]), "template `");
+    assert_error(&run_hi(&m, &[]), "template `");
 }
 
 // --- item 3: unbounded sizes --------------------------------------------------
@@ -169,7 +156,7 @@ fn huge_layer_count_in_config_is_refused() {
         })
     });
     assert_error(
-        &run(&m, &["--raw"]),
+        &run_hi(&m, &["--raw"]),
         "layers `9223372036854775808` is outside 1..=1024",
     );
 }
@@ -181,7 +168,7 @@ fn huge_head_dim_in_config_is_refused() {
             v["head_dim"] = (1u64 << 31).into()
         })
     });
-    assert_error(&run(&m, &["--raw"]), "head_dim `2147483648`");
+    assert_error(&run_hi(&m, &["--raw"]), "head_dim `2147483648`");
 }
 
 #[test]
@@ -189,7 +176,7 @@ fn huge_block_count_in_gguf_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("m.gguf");
     gguf(&p, &[("llama.block_count", Value::U64(1 << 40))]);
-    assert_error(&run(&p, &["--raw"]), "layers `1099511627776`");
+    assert_error(&run_hi(&p, &["--raw"]), "layers `1099511627776`");
 }
 
 // --- item 4: panics inside dependencies ------------------------------------------
@@ -206,7 +193,7 @@ fn tokenizer_decoder_typo_is_one_line() {
         bad.replace_range(at + rel..at + rel + 4, "tru");
         std::fs::write(&p, bad).unwrap();
     });
-    assert_error(&run(&m, &["--raw"]), "tokenizer");
+    assert_error(&run_hi(&m, &["--raw"]), "tokenizer");
 }
 
 #[test]
@@ -214,7 +201,7 @@ fn gguf_alignment_zero_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("m.gguf");
     gguf(&p, &[("general.alignment", Value::U32(0))]);
-    assert_error(&run(&p, &["--raw"]), "`general.alignment` is `0`");
+    assert_error(&run_hi(&p, &["--raw"]), "`general.alignment` is `0`");
 }
 
 // --- item 5: GGUF offset checks ---------------------------------------------------
@@ -232,11 +219,14 @@ fn gguf_offsets_overflowing_misaligned_or_odd_alignment() {
         std::fs::write(&p, b).unwrap();
     };
     patch(u64::MAX - 31);
-    assert_error(&run(&p, &["--raw"]), "offsets are corrupt");
+    assert_error(&run_hi(&p, &["--raw"]), "offsets are corrupt");
     patch(4);
-    assert_error(&run(&p, &["--raw"]), "not a multiple of the alignment 32");
+    assert_error(
+        &run_hi(&p, &["--raw"]),
+        "not a multiple of the alignment 32",
+    );
     gguf(&p, &[("general.alignment", Value::U32(24))]);
-    assert_error(&run(&p, &["--raw"]), "must be a power of two");
+    assert_error(&run_hi(&p, &["--raw"]), "must be a power of two");
 }
 
 // --- item 7: messages ---------------------------------------------------------------
@@ -245,7 +235,7 @@ fn gguf_offsets_overflowing_misaligned_or_odd_alignment() {
 fn os_error_printed_once() {
     let m = common::reference_dir().join("tiny/llama");
     let line = assert_error(
-        &run(&m, &["--chat-template", "/nonexistent/t.jinja"]),
+        &run_hi(&m, &["--chat-template", "/nonexistent/t.jinja"]),
         "No such file or directory",
     );
     assert_eq!(line.matches("No such file").count(), 1, "{line}");
@@ -273,14 +263,14 @@ fn gguf_cut_inside_header_says_truncated() {
     gguf(&p, &[]);
     let b = std::fs::read(&p).unwrap();
     std::fs::write(&p, &b[..100]).unwrap();
-    assert_error(&run(&p, &["--raw"]), "header is truncated");
+    assert_error(&run_hi(&p, &["--raw"]), "header is truncated");
 }
 
 #[test]
 fn negative_top_k_is_out_of_range() {
     let m = common::reference_dir().join("tiny/llama");
     assert_error(
-        &run(&m, &["--top-k", "-1"]),
+        &run_hi(&m, &["--top-k", "-1"]),
         "`--top-k` must be between 1 and 100, got `-1`",
     );
 }
@@ -350,13 +340,13 @@ fn bad_zoom_and_window_fail_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("g.json");
     let m = common::reference_dir().join("tiny/llama");
-    let out = run(
+    let out = run_hi(
         &m,
         &["--raw", "--zoom", "9999", "--json", json.to_str().unwrap()],
     );
     assert_error(&out, "zoom position `9999` is outside the prompt's");
     assert!(!json.exists(), "no JSON written before the check");
-    let out = run(
+    let out = run_hi(
         &m,
         &[
             "--raw",

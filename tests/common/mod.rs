@@ -155,6 +155,21 @@ pub fn lensmap(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `lensmap run --model MODEL --prompt Hi -q EXTRA…`: the smallest run, for
+/// tests about how a model file or an option is refused.
+pub fn run_hi(model: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    lensmap(&args)
+}
+
 /// Assert a failure whose first stderr line starts with `error:` and contains
 /// `needle`, with no panic anywhere.
 pub fn assert_error(out: &std::process::Output, needle: &str) -> String {

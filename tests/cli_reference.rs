@@ -37,21 +37,7 @@ fn agreement(got: &Value, reference: &Value) -> Agreement {
     eprintln!("max |Δentropy| {max_entropy:.2e} at row {r} pos {p}");
     let (max_kl, r, p) = max_abs_diff(&kl, &ref_kl);
     eprintln!("max |ΔKL| {max_kl:.2e} at row {r} pos {p}");
-    let (mut same, mut total, mut clear_misses) = (0, 0, 0);
-    for (r, row) in got["topk"].as_array().unwrap().iter().enumerate() {
-        for (p, cell) in row.as_array().unwrap().iter().enumerate() {
-            let ours = cell[0]["id"].as_u64().unwrap();
-            let theirs = reference["top5_ids"][r][p][0].as_u64().unwrap();
-            let gap = reference["top5_probs"][r][p][0].as_f64().unwrap()
-                - reference["top5_probs"][r][p][1].as_f64().unwrap();
-            total += 1;
-            if ours == theirs {
-                same += 1;
-            } else if gap > 1e-3 {
-                clear_misses += 1;
-            }
-        }
-    }
+    let (same, total, clear_misses) = top1_agreement(got, reference, 1e-3);
     Agreement {
         max_entropy,
         max_kl,

@@ -99,24 +99,14 @@ fn lens_a_matches_tuned_lens() {
         grid_f64(&reference["kl_to_final"]),
     );
     let mut worst_kl: f64 = 0.0;
-    let (mut misses, mut same, mut total) = (0, 0, 0);
     for (r, row) in ref_kl.iter().enumerate() {
         for (p, &want) in row.iter().enumerate() {
             let rel = (kl[r][p] - want).abs() / want.max(1.0);
             worst_kl = worst_kl.max(rel);
             assert!(rel <= 1e-3, "KL at row {r} pos {p}: {} vs {want}", kl[r][p]);
-            let ours = got["topk"][r][p][0]["id"].as_u64().unwrap();
-            let theirs = reference["top5_ids"][r][p][0].as_u64().unwrap();
-            let gap = reference["top5_probs"][r][p][0].as_f64().unwrap()
-                - reference["top5_probs"][r][p][1].as_f64().unwrap();
-            total += 1;
-            if ours == theirs {
-                same += 1;
-            } else if gap > 1e-3 {
-                misses += 1;
-            }
         }
     }
+    let (same, total, misses) = top1_agreement(&got, &reference, 1e-3);
     eprintln!("max |ΔKL| / max(1, KL) {worst_kl:.2e}; top-1 {same}/{total} equal");
     assert_eq!(
         misses, 0,

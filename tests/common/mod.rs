@@ -147,6 +147,28 @@ pub fn assert_same_lens(name: &str, f32: &CellGrid, rest: &CellGrid, reference: 
     }
 }
 
+/// Top-1 agreement of a lensmap JSON grid with a reference file:
+/// `(same, total, clear_misses)`, where a clear miss differs from the
+/// reference at a cell whose top-1 leads its runner-up by more than `min_gap`.
+pub fn top1_agreement(got: &Value, reference: &Value, min_gap: f64) -> (usize, usize, usize) {
+    let (mut same, mut total, mut clear_misses) = (0, 0, 0);
+    for (r, row) in got["topk"].as_array().unwrap().iter().enumerate() {
+        for (p, cell) in row.as_array().unwrap().iter().enumerate() {
+            let ours = cell[0]["id"].as_u64().unwrap();
+            let theirs = reference["top5_ids"][r][p][0].as_u64().unwrap();
+            let gap = reference["top5_probs"][r][p][0].as_f64().unwrap()
+                - reference["top5_probs"][r][p][1].as_f64().unwrap();
+            total += 1;
+            if ours == theirs {
+                same += 1;
+            } else if gap > min_gap {
+                clear_misses += 1;
+            }
+        }
+    }
+    (same, total, clear_misses)
+}
+
 /// Run the `lensmap` binary.
 pub fn lensmap(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lensmap"))

@@ -26,6 +26,7 @@ use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::kernels::bf16::{Bf16Head, Bf16Kernel};
 use crate::model::{KvCache, Model, Precision, ResidualTrace};
 use crate::run::Session;
 use crate::tuned::{save_lens, write_atomic, TunedConfig, TunedLens};
@@ -70,9 +71,28 @@ pub struct TrainArgs {
     /// Tokens per chunk (one chunk per step)
     #[arg(long, default_value_t = 512)]
     pub seq_len: usize,
-    /// Seed of the chunk order
+    /// Seed of the chunk order and of the sampled positions
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The chunk order: a file of chunk indices (whitespace-separated), e.g.
+    /// `data/torch_randperm_2916_seed1.txt`, the reference lenses' order;
+    /// default: a splitmix64 shuffle from `--seed`
+    #[arg(long, value_name = "FILE")]
+    pub chunk_order: Option<PathBuf>,
+    /// Positions of each chunk that enter the loss (sampled without
+    /// replacement, fresh each step); default: all. The whole chunk still
+    /// runs through the model, so every sampled position has its context
+    #[arg(long, value_name = "N")]
+    pub positions_per_step: Option<usize>,
+    /// Optimiser steps per chunk, each on its own sample of positions: the
+    /// model's forward pass (the residuals) is computed once per chunk and
+    /// reused. The learning-rate schedule runs over chunks × this
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub steps_per_chunk: usize,
+    /// `auto` (bf16 where the CPU has AVX512-BF16, else f32), `bf16` or `f32`:
+    /// the unembedding products of training. The held-out report is always f32
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "f32"])]
+    pub train_precision: String,
     /// Stop after this many steps (the checkpoint stays, to resume; for tests)
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -172,6 +192,38 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     p
 }
 
+/// Chunk indices listed in `path` (whitespace-separated), each below `n`.
+fn read_chunk_order(path: &Path, n: usize) -> Result<Vec<usize>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.split_whitespace()
+        .map(|w| match w.parse::<usize>() {
+            Ok(i) if i < n => Ok(i),
+            _ => Err(Error::InvalidOption(format!(
+                "`--chunk-order {}`: `{w}` is not a chunk index below {n}",
+                path.display()
+            ))),
+        })
+        .collect()
+}
+
+/// The positions of a `t`-token chunk that enter step `step`'s loss:
+/// `n` of them sampled without replacement (sorted), or `None` for all.
+fn sample_positions(t: usize, n: Option<usize>, seed: u64, step: usize) -> Result<Option<Tensor>> {
+    let Some(n) = n.filter(|&n| n < t) else {
+        return Ok(None);
+    };
+    let mut idx: Vec<u32> = permutation(
+        t,
+        seed ^ (step as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f),
+    )
+    .into_iter()
+    .take(n)
+    .map(|i| i as u32)
+    .collect();
+    idx.sort_unstable();
+    Ok(Some(Tensor::from_vec(idx, n, &Device::Cpu)?))
+}
+
 /// The frozen model's pieces the lens differentiates through.
 struct Unembed<'a> {
     /// `[d]` RMSNorm weight (offset folded in).
@@ -244,10 +296,9 @@ impl<'a> Unembed<'a> {
     }
 }
 
-/// KL(final ‖ softmax(z)) of every token; with `grad`, `z` becomes
-/// `(softmax(z) − p) / T`. One f32 `exp` per logit, sums in f64.
-fn kl_rows(z: &mut [f32], t: &Targets, vocab: usize, grad: bool) -> Vec<f64> {
-    let scale = 1.0 / (z.len() / vocab) as f64;
+/// KL(final ‖ softmax(z)) of every token (`z` is overwritten). One f32
+/// `exp` per logit, sums in f64: the held-out report's exact path.
+fn kl_rows(z: &mut [f32], t: &Targets, vocab: usize) -> Vec<f64> {
     z.par_chunks_mut(vocab)
         .zip(t.p.par_chunks(vocab))
         .zip(t.plogp.par_iter())
@@ -260,16 +311,55 @@ fn kl_rows(z: &mut [f32], t: &Targets, vocab: usize, grad: bool) -> Vec<f64> {
                 s += e as f64;
                 *x = e;
             }
-            if grad {
-                let inv = (1.0 / s) as f32;
-                let scale = scale as f32;
-                for (x, &p) in zr.iter_mut().zip(pr) {
-                    *x = (*x * inv - p) * scale;
-                }
-            }
             plogp - pz + m as f64 + s.ln()
         })
         .collect()
+}
+
+/// Training's [`kl_rows`] with the gradient: KL per token and `z` replaced
+/// by `(softmax(z) − p) / T`, through the vectorised `exp` and f32 sums in
+/// 16 lanes (the held-out report keeps `kl_rows`' f64 sums).
+fn kl_grad_rows(z: &mut [f32], t: &Targets, vocab: usize) -> Vec<f64> {
+    let scale = 1.0 / (z.len() / vocab) as f32;
+    z.par_chunks_mut(vocab)
+        .zip(t.p.par_chunks(vocab))
+        .zip(t.plogp.par_iter())
+        .map(|((zr, pr), &plogp)| {
+            let (m, s, pz) = crate::kernels::dispatch!(softmax_grad_row(zr, pr, scale));
+            plogp - pz + m as f64 + s.ln()
+        })
+        .collect()
+}
+
+/// One row of [`kl_grad_rows`]: returns `(max z, Σ e^(z−max), Σ p·z)`.
+#[inline(always)]
+fn softmax_grad_row(z: &mut [f32], p: &[f32], scale: f32) -> (f32, f64, f64) {
+    const W: usize = 16;
+    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (mut s, mut pz) = ([0f32; W], [0f32; W]);
+    let mut zc = z.chunks_exact_mut(W);
+    let mut pc = p.chunks_exact(W);
+    for (zw, pw) in (&mut zc).zip(&mut pc) {
+        for j in 0..W {
+            pz[j] += pw[j] * zw[j];
+            let e = crate::kernels::exp_neg(zw[j] - m);
+            s[j] += e;
+            zw[j] = e;
+        }
+    }
+    let (mut s_tail, mut pz_tail) = (0f32, 0f32);
+    for (x, &q) in zc.into_remainder().iter_mut().zip(pc.remainder()) {
+        pz_tail += q * *x;
+        *x = crate::kernels::exp_neg(*x - m);
+        s_tail += *x;
+    }
+    let sum = s.iter().map(|&v| v as f64).sum::<f64>() + s_tail as f64;
+    let pzs = pz.iter().map(|&v| v as f64).sum::<f64>() + pz_tail as f64;
+    let inv = (1.0 / sum) as f32;
+    for (x, &q) in z.iter_mut().zip(p) {
+        *x = (*x * inv - q) * scale;
+    }
+    (m, sum, pzs)
 }
 
 /// One translator and its optimiser state, f32 host vectors.
@@ -294,32 +384,155 @@ fn translate(h: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `(dW, db)` of one translator, row-major.
 type LayerGrad = (Vec<f32>, Vec<f32>);
 
-/// Loss of every layer (mean KL over tokens) and the gradients `(dW, db)`.
+/// Seconds spent in each part of training, summed over steps (the report's
+/// `time_s`): where the time goes decides what to make faster.
+#[derive(Debug, Default, Clone, Serialize)]
+struct StepTimes {
+    /// The frozen model's forward pass (all residuals of the chunk).
+    model_forward: f64,
+    /// Final distributions `p` of the sampled positions.
+    targets: f64,
+    /// Translators, final norm and the unembedding product, every layer.
+    lens_forward: f64,
+    /// Softmax, KL and `dz` over the vocabulary.
+    softmax: f64,
+    /// `dz·W_U`, every layer.
+    lens_backward: f64,
+    /// Back through the norm and the translators (`dW`, `db`).
+    translator_grads: f64,
+    /// Clipping, the optimiser and the checkpoint.
+    optimiser: f64,
+}
+
+/// Add the seconds since `*t` to `slot` and restart `*t`.
+fn lap(t: &mut Instant, slot: &mut f64) {
+    *slot += t.elapsed().as_secs_f64();
+    *t = Instant::now();
+}
+
+/// The two unembedding products of training, in f32 (candle) or bf16.
+enum HeadProducts {
+    F32,
+    /// The bf16 kernel: the head for `z = n·W_Uᵀ`, and `W_Uᵀ` cut into
+    /// vocabulary panels for `dn = dz·W_U`, so each panel's packed block
+    /// stays in cache while the kernel sweeps the token rows.
+    Bf16 {
+        kernel: Bf16Kernel,
+        head: Bf16Head,
+        panels_t: Vec<(usize, Bf16Head)>,
+    },
+}
+
+/// Vocabulary columns per panel of the bf16 backward (`48 × 2048` pairs of
+/// packed bf16 = 384 KiB per column group: fits a 1 MiB L2).
+const BACKWARD_PANEL: usize = 4096;
+
+impl HeadProducts {
+    fn new(u: &Unembed, bf16: bool) -> Result<Self> {
+        if !bf16 {
+            return Ok(HeadProducts::F32);
+        }
+        let (v, d) = (u.vocab, u.head.dim(1)?);
+        let w = u.head.flatten_all()?.to_vec1::<f32>()?;
+        let head = Bf16Head::pack(&w, v, d);
+        let panels_t = (0..v)
+            .step_by(BACKWARD_PANEL)
+            .map(|v0| {
+                let p = BACKWARD_PANEL.min(v - v0);
+                let packed = Bf16Head::pack_rows(d, p, |r0, r1, out| {
+                    for (r, row) in (r0..r1).zip(out.chunks_exact_mut(p)) {
+                        for (j, o) in row.iter_mut().enumerate() {
+                            *o = w[(v0 + j) * d + r];
+                        }
+                    }
+                    Ok::<(), std::convert::Infallible>(())
+                })
+                .unwrap_or_else(|e| match e {});
+                (v0, packed)
+            })
+            .collect();
+        Ok(HeadProducts::Bf16 {
+            kernel: Bf16Kernel::detect(),
+            head,
+            panels_t,
+        })
+    }
+
+    /// `z = n·W_Uᵀ`, `[t, vocab]`.
+    fn logits(&self, u: &Unembed, n: &Tensor) -> Result<Vec<f32>> {
+        match self {
+            HeadProducts::F32 => Ok(n.matmul(&u.head.t()?)?.flatten_all()?.to_vec1::<f32>()?),
+            HeadProducts::Bf16 { kernel, head, .. } => {
+                let t = n.dim(0)?;
+                let a = n.flatten_all()?.to_vec1::<f32>()?;
+                let mut z = vec![0f32; t * u.vocab];
+                head.matmul(&a, t, &mut z, *kernel);
+                Ok(z)
+            }
+        }
+    }
+
+    /// `dn = dz·W_U`, `[t, d]`.
+    fn backward(&self, u: &Unembed, dz: Vec<f32>, t: usize) -> Result<Tensor> {
+        match self {
+            HeadProducts::F32 => {
+                let dz = Tensor::from_vec(dz, (t, u.vocab), &Device::Cpu)?;
+                Ok(dz.matmul(&u.head)?)
+            }
+            HeadProducts::Bf16 {
+                kernel, panels_t, ..
+            } => {
+                let (v, d) = (u.vocab, u.head.dim(1)?);
+                let mut dn = vec![0f32; t * d];
+                let mut part = vec![0f32; t * d];
+                let mut a = Vec::new();
+                for (v0, panel) in panels_t {
+                    let p = panel.cols();
+                    a.clear();
+                    for row in dz.chunks_exact(v) {
+                        a.extend_from_slice(&row[*v0..v0 + p]);
+                    }
+                    panel.matmul(&a, t, &mut part, *kernel);
+                    dn.iter_mut().zip(&part).for_each(|(o, x)| *o += x);
+                }
+                Ok(Tensor::from_vec(dn, (t, d), &Device::Cpu)?)
+            }
+        }
+    }
+}
+
+/// Loss of every layer (mean KL over tokens) and the gradients `(dW, db)`,
+/// from the residual rows `rows` (`[t, d]` each) of the sampled positions.
 fn step_grads(
     u: &Unembed,
-    trace: &ResidualTrace,
+    products: &HeadProducts,
+    rows: &[Tensor],
     t: &Targets,
     params: &[Param],
     d: usize,
+    times: &mut StepTimes,
 ) -> Result<(Vec<f64>, Vec<LayerGrad>)> {
     let mut losses = Vec::with_capacity(params.len());
     let mut grads = Vec::with_capacity(params.len());
-    for (i, p) in params.iter().enumerate() {
-        let h = trace.rows[i].to_dtype(DType::F32)?;
+    let mut clock = Instant::now();
+    for (p, h) in params.iter().zip(rows) {
         let (w, b) = (to_tensor(&p.w, &[d, d])?, to_tensor(&p.b, &[d])?);
-        let x = translate(&h, &w, &b)?;
-        let (mut z, xhat, rms) = u.logits(&x)?;
-        let kl = kl_rows(&mut z, t, u.vocab, true);
+        let x = translate(h, &w, &b)?;
+        let (xhat, rms) = u.normalise(&x)?;
+        let mut z = products.logits(u, &xhat.broadcast_mul(u.norm)?)?;
+        lap(&mut clock, &mut times.lens_forward);
+        let kl = kl_grad_rows(&mut z, t, u.vocab);
         losses.push(kl.iter().sum::<f64>() / kl.len() as f64);
-        let tt = kl.len();
-        let dz = Tensor::from_vec(z, (tt, u.vocab), &Device::Cpu)?;
-        let dn = dz.matmul(&u.head)?;
+        lap(&mut clock, &mut times.softmax);
+        let dn = products.backward(u, z, kl.len())?;
+        lap(&mut clock, &mut times.lens_backward);
         let dxhat = dn.broadcast_mul(u.norm)?;
         let proj = (&dxhat * &xhat)?.mean_keepdim(D::Minus1)?;
         let dx = (dxhat - xhat.broadcast_mul(&proj)?)?.broadcast_div(&rms)?;
-        let dw = dx.t()?.matmul(&h)?;
+        let dw = dx.t()?.matmul(h)?;
         let db = dx.sum(0)?;
         grads.push((dw.flatten_all()?.to_vec1::<f32>()?, db.to_vec1::<f32>()?));
+        lap(&mut clock, &mut times.translator_grads);
     }
     Ok((losses, grads))
 }
@@ -410,7 +623,7 @@ pub fn heldout_kl(
                     None => h,
                 };
                 let (mut z, _, _) = u.logits(&x)?;
-                *sum += kl_rows(&mut z, &t, u.vocab, false).iter().sum::<f64>();
+                *sum += kl_rows(&mut z, &t, u.vocab).iter().sum::<f64>();
             }
         }
         count += ids.len();
@@ -428,6 +641,8 @@ struct TrainReport {
     budget: Budget,
     wall_time_s: f64,
     train_time_s: f64,
+    /// Where the training time went (this process's steps only).
+    time_s: StepTimes,
     tokens_per_s: f64,
     threads: usize,
     recipe: serde_json::Value,
@@ -459,7 +674,7 @@ const CHECKPOINT: &str = "checkpoint.safetensors";
 /// What a checkpoint must match to be resumed.
 fn fingerprint(args: &TrainArgs, steps: usize, n_chunks: usize) -> String {
     format!(
-        "{}|{}|{}|{:?}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}",
         args.model,
         steps,
         n_chunks,
@@ -468,7 +683,11 @@ fn fingerprint(args: &TrainArgs, steps: usize, n_chunks: usize) -> String {
         args.weight_decay,
         args.seq_len,
         args.seed,
-        args.precision.label()
+        args.precision.label(),
+        args.chunk_order,
+        args.positions_per_step,
+        args.train_precision,
+        args.steps_per_chunk
     )
 }
 
@@ -590,16 +809,35 @@ pub fn run(args: TrainArgs) -> Result<()> {
             train_chunks.len()
         )));
     }
-    let order: Vec<usize> = permutation(train_chunks.len(), args.seed)
-        .into_iter()
-        .take(steps)
-        .collect();
+    let order: Vec<usize> = match &args.chunk_order {
+        Some(p) => read_chunk_order(p, train_chunks.len())?,
+        None => permutation(train_chunks.len(), args.seed),
+    };
+    if order.len() < steps {
+        return Err(Error::InvalidOption(format!(
+            "`--chunk-order` lists {} chunks, but `--tokens {}` needs {steps}",
+            order.len(),
+            args.tokens
+        )));
+    }
+    let order = order[..steps].to_vec();
+    if args.positions_per_step == Some(0) || args.steps_per_chunk == 0 {
+        return Err(Error::InvalidOption(
+            "`--positions-per-step` and `--steps-per-chunk` must be at least 1".into(),
+        ));
+    }
+    let per_chunk = args.steps_per_chunk;
+    let bf16 = match args.train_precision.as_str() {
+        "auto" => Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16,
+        p => p == "bf16",
+    };
+    let products = HeadProducts::new(&u, bf16)?;
     let adam = args.optimizer == "adam";
     let opt = Optimiser {
         adam,
         lr: args.lr.unwrap_or(if adam { 1e-3 } else { 0.1 }),
         wd: args.weight_decay,
-        total: steps,
+        total: steps * per_chunk,
     };
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let fp = fingerprint(&args, steps, train_chunks.len());
@@ -625,21 +863,49 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     pb.set_position((start * args.seq_len) as u64);
     let train_clock = Instant::now();
+    let mut times = StepTimes::default();
     for (step, &c) in order.iter().enumerate().skip(start) {
         if args.stop_after == Some(step) {
             pb.finish_and_clear();
             return Ok(());
         }
+        let mut clock = Instant::now();
         let ids = &train_chunks[c];
         let mut trace = ResidualTrace::default();
         model.forward(ids, &mut KvCache::default(), Some(&mut trace))?;
-        let t = u.targets(model, &trace.rows[l])?;
-        let (losses, mut grads) = step_grads(&u, &trace, &t, &params, d)?;
-        clip(&mut grads, 1.0);
-        opt.apply(&mut params, &grads, step);
+        lap(&mut clock, &mut times.model_forward);
+        let residuals = trace
+            .rows
+            .iter()
+            .map(|r| r.to_dtype(DType::F32))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut last = Vec::new();
+        for k in 0..per_chunk {
+            let s = step * per_chunk + k;
+            let mut clock = Instant::now();
+            let picked = sample_positions(ids.len(), args.positions_per_step, args.seed, s)?;
+            let rows = residuals
+                .iter()
+                .map(|r| match &picked {
+                    Some(idx) => r.index_select(idx, 0),
+                    None => Ok(r.clone()),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let t = u.targets(model, &rows[l])?;
+            lap(&mut clock, &mut times.targets);
+            let (losses, mut grads) =
+                step_grads(&u, &products, &rows[..l], &t, &params, d, &mut times)?;
+            let mut clock = Instant::now();
+            clip(&mut grads, 1.0);
+            opt.apply(&mut params, &grads, s);
+            lap(&mut clock, &mut times.optimiser);
+            step_losses.push(losses.clone());
+            last = losses;
+        }
+        let mut clock = Instant::now();
         // Running loss per third of the layers.
         let g = l.div_ceil(3);
-        let groups: Vec<String> = losses
+        let groups: Vec<String> = last
             .chunks(g)
             .enumerate()
             .map(|(k, c)| {
@@ -653,8 +919,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .collect();
         pb.set_message(format!("step {}/{steps} KL {}", step + 1, groups.join(" ")));
         pb.inc(ids.len() as u64);
-        step_losses.push(losses);
         save_checkpoint(&args.out, &params, step + 1, &fp, &step_losses)?;
+        lap(&mut clock, &mut times.optimiser);
     }
     pb.finish_and_clear();
     let train_time = train_clock.elapsed().as_secs_f64();
@@ -697,6 +963,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         },
         wall_time_s: wall.elapsed().as_secs_f64(),
         train_time_s: train_time,
+        time_s: times.clone(),
         tokens_per_s: trained_tokens as f64 / train_time.max(1e-9),
         threads: rayon::current_num_threads(),
         recipe: serde_json::json!({
@@ -707,8 +974,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "weight_decay": args.weight_decay,
             "clip_grad_norm": 1.0,
             "momentum": if adam { "adam betas (0.9, 0.999), eps 1e-8" } else { "nesterov 0.9" },
-            "precision": "f32 lens forward and backward; model forward at --precision",
-            "chunk_order": format!("splitmix64 Fisher-Yates, seed {}", args.seed),
+            "precision": if bf16 {
+                "bf16 unembedding products (f32 sums), f32 elsewhere; model forward at --precision"
+            } else {
+                "f32 lens forward and backward; model forward at --precision"
+            },
+            "positions_per_step": args.positions_per_step.unwrap_or(args.seq_len).min(args.seq_len),
+            "steps_per_chunk": per_chunk,
+            "optimizer_steps": steps * per_chunk,
+            "chunk_order": match &args.chunk_order {
+                Some(p) => format!("listed in {}", p.display()),
+                None => format!("splitmix64 Fisher-Yates, seed {}", args.seed),
+            },
         }),
         corpus: serde_json::json!({
             "file": args.corpus.display().to_string(),

@@ -68,7 +68,15 @@ fn short_run_beats_the_logit_lens() {
 fn resumed_run_equals_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (whole, resumed) = (tmp.path().join("whole"), tmp.path().join("resumed"));
-    let args = ["--heldout-chunks", "1"];
+    // Two steps per chunk on sampled positions: the sampling is part of what resumes.
+    let args = [
+        "--heldout-chunks",
+        "1",
+        "--positions-per-step",
+        "8",
+        "--steps-per-chunk",
+        "2",
+    ];
     train(&whole, "64", "16", &args);
     train(
         &resumed,

@@ -150,6 +150,11 @@ impl Bf16Head {
         self.n
     }
 
+    /// Columns of the head (the width each product sums over).
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
     /// `out = round(a) · round(head)ᵀ`: `a` is row-major `[m, k]`, `out`
     /// `[m, n]`. Spread over rayon's threads by column groups.
     pub fn matmul(&self, a: &[f32], m: usize, out: &mut [f32], kernel: Bf16Kernel) {

@@ -178,6 +178,8 @@ pub struct LensFlags {
     pub lens_precision: LensPrecision,
     /// `--positions`.
     pub positions: PositionSpec,
+    /// A prompt limit tighter than the model's context (`serve --max-tokens`).
+    pub max_tokens: Option<usize>,
 }
 
 impl Default for LensFlags {
@@ -197,6 +199,7 @@ impl Default for LensFlags {
             lenses: vec![Lens::Logit],
             lens_precision: LensPrecision::F32,
             positions: PositionSpec::All,
+            max_tokens: None,
         }
     }
 }
@@ -206,6 +209,13 @@ impl LensFlags {
     pub fn request(&self) -> std::result::Result<LensRequest, SkipWithoutAuto> {
         let answer =
             AnswerSpec::from_flags(self.answer.as_deref(), self.answer_skip, self.generate)?;
+        Ok(self.request_with(answer))
+    }
+
+    /// The request these options describe, with the answer already decided
+    /// (`answer` and `answer_skip` are not read). Every [`LensRequest`] the
+    /// CLI, `batch`, `serve` and Python make is built here.
+    pub fn request_with(&self, answer: AnswerSpec) -> LensRequest {
         let track = self
             .target
             .iter()
@@ -214,7 +224,7 @@ impl LensFlags {
                 role: TrackedRole::Target,
             })
             .collect();
-        Ok(LensRequest {
+        LensRequest {
             prompt: PromptSpec {
                 user: self.prompt.clone(),
                 system: self.system.clone(),
@@ -227,11 +237,11 @@ impl LensFlags {
             generate: self.generate,
             answer,
             alts: self.answer_alt.clone(),
-            max_tokens: None,
+            max_tokens: self.max_tokens,
             lenses: self.lenses.clone(),
             lens_precision: self.lens_precision,
             positions: self.positions,
-        })
+        }
     }
 }
 

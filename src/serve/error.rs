@@ -34,21 +34,29 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
-    /// A library error from a request: the user's input is at fault unless
-    /// the error is about files or tensors. `render_is_input`: whether a
-    /// `Render` error means a malformed grid (it does on `/api/render`).
+    /// A library error from a request, its status chosen by its kind
+    /// ([`crate::error::ErrorKind`]): input 400, missing 404, out of memory
+    /// 503, interrupted 499 (the client went away), internal 500. A model
+    /// file's fault is the server's, not the client's: 500.
+    /// `render_is_input`: whether a `Render` error means a malformed grid (it
+    /// does on `/api/render`).
     pub fn from_lensmap(err: crate::Error, render_is_input: bool) -> Self {
-        use crate::Error as E;
-        let status = match &err {
-            E::InvalidOption(_)
-            | E::PromptTooLong { .. }
-            | E::PromptOverLimit { .. }
-            | E::Template(_)
-            | E::Tokenizer(_) => StatusCode::BAD_REQUEST,
-            E::Render(_) if render_is_input => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        use crate::error::ErrorKind;
+        let status = match err.kind() {
+            _ if render_is_input && matches!(err, crate::Error::Render(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorKind::UserInput if err.concerns_model() => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::UserInput => StatusCode::BAD_REQUEST,
+            ErrorKind::MissingResource => StatusCode::NOT_FOUND,
+            ErrorKind::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            // nginx's "client closed request": nobody reads it, logs do.
+            ErrorKind::Interrupted => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, err.to_string())
+        Self::new(status, err.message())
     }
 }
 

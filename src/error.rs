@@ -196,20 +196,13 @@ impl Error {
     /// What kind of failure this is (see [`ErrorKind`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
+            // A corrupt or unsupported model file is the user's to replace.
+            e if e.concerns_model() => ErrorKind::UserInput,
             Error::ModelNotFound(_) | Error::ModelNotFoundIn { .. } => ErrorKind::MissingResource,
-            Error::BadGguf { .. }
-            | Error::BadCheckpoint { .. }
-            | Error::UnsupportedArch { .. }
-            | Error::UnsupportedDtype { .. }
-            | Error::MissingTensor { .. }
-            | Error::ShapeMismatch { .. }
-            | Error::Config(_)
-            | Error::Tokenizer(_)
+            Error::Tokenizer(_)
             | Error::Template(_)
-            | Error::BadLens { .. }
             | Error::PromptTooLong { .. }
             | Error::PromptOverLimit { .. }
-            | Error::NonFinite { .. }
             | Error::InvalidOption(_)
             | Error::BadInput { .. } => ErrorKind::UserInput,
             Error::OutOfMemory { .. } => ErrorKind::ResourceExhausted,
@@ -244,14 +237,7 @@ impl Error {
     /// causes, joined by `: ` (as `anyhow`'s `{:#}`). Front ends that do not
     /// go through `anyhow` (the server, Python, a batch's failed lines) use it.
     pub fn message(&self) -> String {
-        let mut text = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text.replace('\n', " ")
+        chain(self).replace('\n', " ")
     }
 
     /// A suggestion for the user, printed after the error as `hint: ...`.
@@ -289,6 +275,19 @@ impl Error {
             err: source,
         }
     }
+}
+
+/// An error and its causes, joined by `: `, e.g. minijinja's `syntax error:
+/// unexpected end of input (in chat_template:3)`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }
 
 /// An OS error in words, without Rust's ` (os error N)` suffix; a directory

@@ -120,3 +120,36 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     );
     Response::from_parts(parts, Body::from(body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    /// One error of each kind gets the status `README.md` ("Exit codes") gives it.
+    #[test]
+    fn status_by_kind() {
+        let status = |e: Error| ApiError::from_lensmap(e, false).status.as_u16();
+        assert_eq!(status(Error::InvalidOption("bad".into())), 400);
+        assert_eq!(status(Error::ModelNotFound("/nowhere/m.gguf".into())), 404);
+        let oom = Error::OutOfMemory {
+            model: "m".into(),
+            precision: "f32",
+            needed: "2 GiB".into(),
+            available: "1 GiB".into(),
+            limit: "`MemAvailable`",
+        };
+        assert_eq!(status(oom), 503);
+        assert_eq!(status(Error::Cancelled), 499);
+        assert_eq!(status(Error::Internal("boom".into())), 500);
+        // The server's own model file is not the client's fault.
+        let bad = Error::NonFinite {
+            what: "row 3".into(),
+            value: f64::NAN,
+        };
+        assert_eq!(status(bad), 500);
+        // A malformed grid sent to `/api/render` is.
+        let render = ApiError::from_lensmap(Error::Render("no rows".into()), true);
+        assert_eq!(render.status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -150,8 +150,12 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The user can fix it: an option out of range, a prompt too long, a
-    /// broken template, a corrupt or unsupported model file, a bad input line.
+    /// broken template, a bad input line.
     UserInput,
+    /// A model file (or a tuned lens for it) that is corrupt, unsupported or
+    /// inconsistent: the user's input on the command line, the server's own
+    /// fault behind `serve`.
+    BadModel,
     /// A model, file or directory that does not exist.
     MissingResource,
     /// The model does not fit the memory lensmap may use.
@@ -164,11 +168,11 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The process exit code: 2 for input (as clap's usage errors), 3
+    /// The process exit code: 2 for input and model files (as clap's usage errors), 3
     /// missing, 4 out of memory, 130 interrupted (as after SIGINT), 1 internal.
     pub fn exit_code(self) -> u8 {
         match self {
-            ErrorKind::UserInput => 2,
+            ErrorKind::UserInput | ErrorKind::BadModel => 2,
             ErrorKind::MissingResource => 3,
             ErrorKind::ResourceExhausted => 4,
             ErrorKind::Interrupted => 130,
@@ -196,8 +200,15 @@ impl Error {
     /// What kind of failure this is (see [`ErrorKind`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            // A corrupt or unsupported model file is the user's to replace.
-            e if e.concerns_model() => ErrorKind::UserInput,
+            Error::BadGguf { .. }
+            | Error::BadCheckpoint { .. }
+            | Error::UnsupportedArch { .. }
+            | Error::UnsupportedDtype { .. }
+            | Error::MissingTensor { .. }
+            | Error::ShapeMismatch { .. }
+            | Error::Config(_)
+            | Error::BadLens { .. }
+            | Error::NonFinite { .. } => ErrorKind::BadModel,
             Error::ModelNotFound(_) | Error::ModelNotFoundIn { .. } => ErrorKind::MissingResource,
             Error::Tokenizer(_)
             | Error::Template(_)
@@ -214,23 +225,6 @@ impl Error {
             | Error::Serialize { .. }
             | Error::Internal(_) => ErrorKind::Internal,
         }
-    }
-
-    /// Whether the fault is in the model's files (or a tuned lens for it)
-    /// rather than in a request: the server answers these with 500.
-    pub fn concerns_model(&self) -> bool {
-        matches!(
-            self,
-            Error::BadGguf { .. }
-                | Error::BadCheckpoint { .. }
-                | Error::UnsupportedArch { .. }
-                | Error::UnsupportedDtype { .. }
-                | Error::MissingTensor { .. }
-                | Error::ShapeMismatch { .. }
-                | Error::Config(_)
-                | Error::BadLens { .. }
-                | Error::NonFinite { .. }
-        )
     }
 
     /// The one line `lensmap` prints after `error: `: this error and its

@@ -46,8 +46,8 @@ impl ApiError {
             _ if render_is_input && matches!(err, crate::Error::Render(_)) => {
                 StatusCode::BAD_REQUEST
             }
-            ErrorKind::UserInput if err.concerns_model() => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::UserInput => StatusCode::BAD_REQUEST,
+            ErrorKind::BadModel => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::MissingResource => StatusCode::NOT_FOUND,
             ErrorKind::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
             // nginx's "client closed request": nobody reads it, logs do.

@@ -76,7 +76,7 @@ pub enum Error {
     #[error("prompt is {tokens} tokens but the model's context is {context}")]
     PromptTooLong { tokens: usize, context: usize },
     /// The prompt exceeds a limit the caller set below the context (`lensmap serve --max-tokens`).
-    #[error("prompt is {tokens} tokens (template and dummies included) but this request allows at most {limit} (`--max-tokens`)")]
+    #[error("prompt is {tokens} tokens (template and dummies included) but this request allows at most {limit} (the server's limit)")]
     PromptOverLimit { tokens: usize, limit: usize },
     /// A weight or residual holds NaN or infinity (issue #13): the lens
     /// would otherwise draw garbage as certainty.

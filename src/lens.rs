@@ -221,7 +221,7 @@ impl LensQuery {
     /// The errors [`apply_lens`] reports before any work.
     fn check(&self, vocab: usize) -> Result<()> {
         if self.top_k == 0 {
-            return Err(Error::InvalidOption("`--top-k` must be at least 1".into()));
+            return Err(Error::InvalidOption("top-k must be at least 1".into()));
         }
         if let Some(&bad) = self.tracked.iter().find(|&&id| id as usize >= vocab) {
             return Err(Error::InvalidOption(format!(

@@ -114,11 +114,12 @@ pub struct LensRequest {
 /// The largest `--top-k` lensmap accepts.
 pub const MAX_TOP_K: usize = 100;
 
-/// Check `--top-k`; callers run it before loading a model, to fail fast.
+/// Check a top-k; callers run it before loading a model, to fail fast. (The
+/// CLI's own check names its flag; this message is for the other front ends.)
 pub fn check_top_k(k: usize) -> Result<()> {
     if k == 0 || k > MAX_TOP_K {
         return Err(Error::InvalidOption(format!(
-            "`--top-k` must be between 1 and {MAX_TOP_K}, got `{k}`"
+            "top-k must be between 1 and {MAX_TOP_K}, got `{k}`"
         )));
     }
     Ok(())

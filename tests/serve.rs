@@ -579,6 +579,51 @@ fn render_endpoint_and_figure_formats() {
 }
 
 /// The seed-shaped request for one of five questions, and its expected bytes.
+/// `POST /api/view` answers the view spec the HTML page of the same grid
+/// embeds (one source of view rules for both pages), and refuses what the
+/// figure refuses.
+#[test]
+fn view_endpoint_answers_the_html_pages_spec() {
+    let srv = server();
+    let a = srv.local_addr();
+    let r = post_json(
+        a,
+        "/api/lens",
+        &serde_json::json!({ "prompt": SEED, "dummy": 4, "target": " Canberra" }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let grid_bytes = r.body;
+    let grid = lensmap::LensGrid::from_json(std::str::from_utf8(&grid_bytes).unwrap()).unwrap();
+    let view = post_bytes(a, "/api/view?stat=kl&window=20..30&zoom=25", &grid_bytes);
+    assert_eq!(view.status, 200, "{}", view.text());
+    assert_eq!(view.header("content-type"), Some("application/json"));
+    let opts = lensmap::render::FigureOptions {
+        stat: lensmap::render::Stat::Kl,
+        window: Some((20, 30)),
+        zoom: Some(25),
+        ..Default::default()
+    };
+    assert_eq!(
+        view.text(),
+        lensmap::render::view_spec_json(&grid, &opts).unwrap()
+    );
+    let spec: Value = serde_json::from_slice(&view.body).unwrap();
+    assert_eq!(spec["window"], serde_json::json!([20, 30]));
+    assert_eq!(spec["stats"].as_array().unwrap().len(), 5);
+    // What the figure refuses, the view refuses.
+    for bad in [
+        "/api/view?zoom=999",
+        "/api/view?window=5..2",
+        "/api/view?stat=nope",
+        "/api/view?format=svg",
+    ] {
+        let r = post_bytes(a, bad, &grid_bytes);
+        assert_eq!(r.status, 400, "{bad}");
+        r.error();
+    }
+    assert_eq!(post_bytes(a, "/api/view", b"{}").status, 400);
+}
+
 fn variants() -> Vec<(Value, Vec<u8>)> {
     let s = session();
     ["Australia", "France", "Japan", "Canada", "Kenya"]

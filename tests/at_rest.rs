@@ -103,7 +103,7 @@ fn run_smollm2(extra: &[&str], address_space: Option<u64>) -> (bool, String) {
                 .arg(env!("CARGO_BIN_EXE_lensmap"));
             c
         }
-        None => Command::new(env!("CARGO_BIN_EXE_lensmap")),
+        None => lensmap_cmd(),
     };
     let res = cmd
         .args(["run", "--model"])

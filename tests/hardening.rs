@@ -4,9 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{assert_error, lensmap, run_hi};
+use common::{assert_error, lensmap, lensmap_cmd, run_hi};
 
 use candle_core::quantized::gguf_file::{write, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -372,7 +372,7 @@ fn slow_loris_clients_do_not_hold_the_server() {
     use std::time::{Duration, Instant};
     let started = Instant::now();
     let m = common::reference_dir().join("tiny/llama");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lensmap"))
+    let mut child = lensmap_cmd()
         .args([
             "serve",
             "--model",

@@ -93,15 +93,14 @@ const SELF_TEST: &str = r#"
   out.hostChildren = host.children.length;
   v2.setZoom(5);
   out.changesAfterDestroy = changes.length;
-  var pre = document.createElement('pre');
-  pre.id = 'selftest';
-  pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
+  window.__lvReport(out);
 })();
 </script>
 "#;
 
-const ERROR_HOOK: &str = "<script>window.__lvErrors = []; window.addEventListener('error', function (e) { window.__lvErrors.push(String(e.message)); });</script>\n";
+/// Collects script errors, and gives the self-tests `__lvReport(out)`, which
+/// writes `out` as JSON into `<pre id="selftest">`.
+const ERROR_HOOK: &str = "<script>window.__lvErrors = []; window.addEventListener('error', function (e) { window.__lvErrors.push(String(e.message)); });\nwindow.__lvReport = function (out) { var pre = document.createElement('pre'); pre.id = 'selftest'; pre.textContent = JSON.stringify(out); document.body.appendChild(pre); };</script>\n";
 
 fn hex(s: &str) -> Rgb {
     Rgb::parse(s).unwrap_or_else(|| panic!("not a colour: {s}"))
@@ -316,10 +315,7 @@ const PARITY_TEST: &str = r#"
     v.setWindow(s, s + 5);
     out.zooms.push(v.getState().zoom);
   }
-  var pre = document.createElement('pre');
-  pre.id = 'selftest';
-  pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
+  window.__lvReport(out);
 })();
 </script>
 "#;

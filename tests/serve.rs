@@ -6,10 +6,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{lensmap_cmd, output_ok, stderr_of_failure};
 use lensmap::model::Precision;
 use lensmap::prompt::PromptSpec;
 use lensmap::run::{AnswerSpec, LensRequest, Session};
@@ -207,27 +210,13 @@ fn seed_request_matches_lensmap_run_json() {
 
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("seed.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args([
-            "run",
-            "--model",
-            MODEL,
-            "--prompt",
-            SEED,
-            "--dummy",
-            "8",
-            "--generate",
-            "8",
-            "-q",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .expect("run lensmap");
-    assert!(
-        out.status.success(),
-        "lensmap run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        lensmap_cmd()
+            .args([
+                "run", "--model", MODEL, "--prompt", SEED, "--dummy", "8", "--generate", "8", "-q",
+                "--json",
+            ])
+            .arg(&json),
     );
     let cli_text = std::fs::read(&json).unwrap();
     let cli: Value = serde_json::from_slice(&cli_text).unwrap();
@@ -526,17 +515,23 @@ fn foreign_host_headers_are_refused_on_loopback() {
     }
 }
 
-#[test]
-fn render_endpoint_and_figure_formats() {
-    let srv = server();
-    let a = srv.local_addr();
+/// The grid `/api/lens` answers for the seed question with 4 dummies and
+/// the target " Canberra".
+fn seed_grid_bytes(a: SocketAddr) -> Vec<u8> {
     let r = post_json(
         a,
         "/api/lens",
         &serde_json::json!({ "prompt": SEED, "dummy": 4, "target": " Canberra" }),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let grid = r.body;
+    r.body
+}
+
+#[test]
+fn render_endpoint_and_figure_formats() {
+    let srv = server();
+    let a = srv.local_addr();
+    let grid = seed_grid_bytes(a);
 
     let svg = post_bytes(a, "/api/render?format=svg&stat=target-prob", &grid);
     assert_eq!(svg.status, 200, "{}", svg.text());
@@ -586,13 +581,7 @@ fn render_endpoint_and_figure_formats() {
 fn view_endpoint_answers_the_html_pages_spec() {
     let srv = server();
     let a = srv.local_addr();
-    let r = post_json(
-        a,
-        "/api/lens",
-        &serde_json::json!({ "prompt": SEED, "dummy": 4, "target": " Canberra" }),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let grid_bytes = r.body;
+    let grid_bytes = seed_grid_bytes(a);
     let grid = lensmap::LensGrid::from_json(std::str::from_utf8(&grid_bytes).unwrap()).unwrap();
     let view = post_bytes(a, "/api/view?stat=kl&window=20..30&zoom=25", &grid_bytes);
     assert_eq!(view.status, 200, "{}", view.text());
@@ -744,7 +733,7 @@ fn a_full_queue_answers_503() {
 
 #[test]
 fn the_binary_prints_its_url_and_serves() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lensmap"))
+    let mut child = lensmap_cmd()
         .args([
             "serve",
             "--model",
@@ -797,18 +786,22 @@ fn the_binary_prints_its_url_and_serves() {
 
 #[test]
 fn bad_serve_arguments_fail_cleanly() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["serve", "--model", "models/nope.gguf", "--port", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
-    let out = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["serve", "--model", MODEL, "--host", "example.com"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--host"));
+    let stderr = stderr_of_failure(lensmap_cmd().args([
+        "serve",
+        "--model",
+        "models/nope.gguf",
+        "--port",
+        "0",
+    ]));
+    assert!(stderr.contains("not found"), "{stderr}");
+    let stderr = stderr_of_failure(lensmap_cmd().args([
+        "serve",
+        "--model",
+        MODEL,
+        "--host",
+        "example.com",
+    ]));
+    assert!(stderr.contains("--host"), "{stderr}");
     assert!(
         serve::start(ServeConfig::new(vec![session(), session()])).is_err(),
         "duplicate names"

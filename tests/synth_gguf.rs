@@ -124,24 +124,19 @@ fn tiny_shape_has_llama3_template_tokens_and_runs_the_seed_case() {
     assert_eq!((ids[0], ids[2], ids[3]), (base + 6, base + 7, base + 9));
 
     let out = dir.path().join("seed.json");
-    let res = std::process::Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["run", "--model"])
-        .arg(&path)
-        .args([
-            "--prompt",
-            common::QUESTION,
-            "--dummy",
-            "8",
-            "--quiet",
-            "--json",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    common::output_ok(
+        common::lensmap_cmd()
+            .args(["run", "--model"])
+            .arg(&path)
+            .args([
+                "--prompt",
+                common::QUESTION,
+                "--dummy",
+                "8",
+                "--quiet",
+                "--json",
+            ])
+            .arg(&out),
     );
     let got: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();

@@ -684,17 +684,21 @@ fn parse_window(s: &str) -> Result<(usize, usize), ApiError> {
     Ok((a, b))
 }
 
-/// The query and body of a request that sends a grid (`/api/render`, `/api/view`).
+/// A request that sends a grid (`/api/render`, `/api/view`): its `format`,
+/// its figure options and the grid's bytes.
 fn grid_request(
     state: &Shared,
     query: Result<Query<RenderQuery>, axum::extract::rejection::QueryRejection>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(RenderQuery, Bytes), ApiError> {
+) -> Result<(Option<String>, FigureOptions, Bytes), ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     require_json(headers)?;
-    Ok((q, body_bytes(body, state.limits.max_render_body)?))
+    let bytes = body_bytes(body, state.limits.max_render_body)?;
+    let window = q.window.as_deref().map(parse_window).transpose()?;
+    let opts = figure_options(q.stat.as_deref(), window, q.zoom, q.title)?;
+    Ok((q.format, opts, bytes))
 }
 
 /// A grid sent as the request body (on a worker: it may be 32 MiB).
@@ -709,13 +713,11 @@ async fn render_figure(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Payload, ApiError> {
-    let (q, bytes) = grid_request(&state, query, &headers, body)?;
-    let format = match &q.format {
+    let (format, opts, bytes) = grid_request(&state, query, &headers, body)?;
+    let format = match &format {
         Some(f) => Format::parse(f, false)?,
         None => Format::Svg,
     };
-    let window = q.window.as_deref().map(parse_window).transpose()?;
-    let opts = figure_options(q.stat.as_deref(), window, q.zoom, q.title)?;
     run_job(&state, move || {
         let grid = grid_body(&bytes)?;
         draw(&grid, format, &opts, true)
@@ -734,14 +736,12 @@ async fn view(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Payload, ApiError> {
-    let (q, bytes) = grid_request(&state, query, &headers, body)?;
-    if q.format.is_some() {
+    let (format, opts, bytes) = grid_request(&state, query, &headers, body)?;
+    if format.is_some() {
         return Err(ApiError::bad_request(
             "`/api/view` answers JSON and takes no `format`",
         ));
     }
-    let window = q.window.as_deref().map(parse_window).transpose()?;
-    let opts = figure_options(q.stat.as_deref(), window, q.zoom, q.title)?;
     run_job(&state, move || {
         let grid = grid_body(&bytes)?;
         let json =

@@ -3,13 +3,11 @@
 //! in `engine_reference.rs`, on the eight tiny HF fixtures in `tiny_fixtures.rs`;
 //! the peak-RSS check is alone in `at_rest_rss.rs`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use lensmap::lens::{lens_of_ids, LensQuery};
 use lensmap::model::checkpoint::CheckpointFormat;
 use lensmap::model::{Checkpoint, Precision, WeightSource};

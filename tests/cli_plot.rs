@@ -1,9 +1,7 @@
 //! `lensmap run --out` and `lensmap plot`: the figure drawn from saved JSON,
 //! without the model, is the figure the run drew; `--format` picks files.
 
-mod common;
-
-use common::{lensmap_cmd, model_file, output_ok};
+use crate::common::{lensmap_cmd, model_file, output_ok};
 
 fn lensmap(args: &[&str]) {
     output_ok(lensmap_cmd().args(args));

@@ -2,9 +2,7 @@
 //! stats, generation, JSON) against HF transformers' numbers in
 //! `../shared/reference/smollm2_{chat,filler}.json`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

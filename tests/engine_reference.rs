@@ -1,9 +1,7 @@
 //! The engine alone (forward pass + lens + stats) against HF transformers,
 //! fed the reference's own input ids so tokenizer errors cannot hide here.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lensmap::lens::{lens_of_ids, LensPrecision, LensQuery};
 use lensmap::model::{Checkpoint, Precision};
 

@@ -3,12 +3,10 @@
 //! sharded and prefix-less checkpoints, both config.json layouts, the HF
 //! cache layout, `info`, and one-line errors for broken inputs.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use lensmap::lens::{lens_of_ids, LensQuery};
 use lensmap::model::arch::{config_from_hf, config_to_hf};
 use lensmap::model::hf::HfConfig;
@@ -181,7 +179,11 @@ fn convert_smollm2_matches_gguf() {
     assert!(h <= 1e-4 && kl <= 4e-5, "{h:.2e} {kl:.2e}");
     // And against transformers within the GGUF's own bounds (`engine_reference`).
     let (max_h, max_kl) = SMOLLM2_F32_TOL;
-    compare_cells(&a, &c.reference, 1e-3).assert_within("smollm2 hf vs transformers", max_h, max_kl);
+    compare_cells(&a, &c.reference, 1e-3).assert_within(
+        "smollm2 hf vs transformers",
+        max_h,
+        max_kl,
+    );
 
     // The tokenizer files round-trip: same ids, same specials and template.
     let tok_gguf = lensmap::tokenize::TextTokenizer::from_checkpoint(&c.gguf).unwrap();
@@ -842,10 +844,10 @@ fn llama3_rope_freqs_gguf_matches_reference() {
         .unwrap();
     let rope = model.cfg.rope.as_ref().unwrap();
     assert!(rope.freq_factors.is_some() && rope.llama3.is_none());
-    let reference = common::reference("tiny/llama3_rope/reference.json");
+    let reference = crate::common::reference("tiny/llama3_rope/reference.json");
     let got = lens(&model, &tiny_ids("llama3_rope"));
-    let want = common::grid_f64(&reference["entropy"]);
-    let (max, r, p) = common::max_abs_diff(&got.entropy, &want);
+    let want = crate::common::grid_f64(&reference["entropy"]);
+    let (max, r, p) = crate::common::max_abs_diff(&got.entropy, &want);
     eprintln!("llama3_rope via GGUF rope_freqs: max |Δentropy| {max:.2e} at row {r} pos {p}");
     // Measured 2.9e-6, as the fixture read from its HF directory (`tiny_fixtures`).
     assert!(max <= 1e-5, "max |Δentropy| {max}");

@@ -4,12 +4,10 @@
 //! Needs Debian's `chromium` package (`/usr/bin/chromium`, or set `CHROMIUM`).
 //! Without it the test fails: CI installs it.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::chromium::{file_url, unescape_html, Browser};
+use crate::common::chromium::{file_url, unescape_html, Browser};
 use lensmap::render::{self, colormap::StatScale, sample, FigureOptions, Rgb, Stat};
 use lensmap::LensGrid;
 

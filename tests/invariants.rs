@@ -34,8 +34,11 @@ proptest! {
     /// in order; KL to a distribution is ≥ 0 and KL to itself is 0.
     #[test]
     fn lens_distribution_sums_to_one(z in logits(), other in logits()) {
+        // The normaliser sums f32 exponentials (relative error ~1e-7 each,
+        // `kernels::exp_neg`); one probability is exp in f64: Σ p is 1 to f32
+        // precision (measured 1 − 1.0e-8 at worst, kept as a regression case).
         let total: f64 = (0..z.len() as u32).map(|id| prob_rank(&z, id).prob).sum();
-        prop_assert!((total - 1.0).abs() <= 1e-9, "Σ p = {total}");
+        prop_assert!((total - 1.0).abs() <= 1e-6, "Σ p = {total}");
         let fin = FinalDist::of(&z);
         let f32_total: f64 = fin.p.iter().map(|&p| p as f64).sum();
         prop_assert!((f32_total - 1.0).abs() <= 1e-5, "Σ p (f32) = {f32_total}");
@@ -75,7 +78,8 @@ fn grid() -> impl Strategy<Value = LensGrid> {
                 let mut g = sample::synthetic_grid(n, rows);
                 for (t, (text, kind)) in g.tokens.iter_mut().zip(tokens) {
                     t.text = text;
-                    t.kind = [TokenKind::Text, TokenKind::Template, TokenKind::Dummy][kind as usize];
+                    t.kind =
+                        [TokenKind::Text, TokenKind::Template, TokenKind::Dummy][kind as usize];
                 }
                 for (r, row) in g.topk.iter_mut().enumerate() {
                     for (pos, cell) in row.iter_mut().enumerate() {
@@ -97,8 +101,15 @@ fn grid() -> impl Strategy<Value = LensGrid> {
 
 /// A statistic, window and zoom for a grid of `n` positions.
 fn figure(n: usize) -> impl Strategy<Value = FigureOptions> {
-    (0..Stat::ALL.len(), 0..n, 1..=n, 0..n, any::<bool>(), "\\PC{0,40}").prop_map(
-        move |(stat, s, w, z, pick, title)| {
+    (
+        0..Stat::ALL.len(),
+        0..n,
+        1..=n,
+        0..n,
+        any::<bool>(),
+        "\\PC{0,40}",
+    )
+        .prop_map(move |(stat, s, w, z, pick, title)| {
             let stat = Stat::ALL[stat];
             let (window, zoom) = if pick {
                 let e = (s + w).min(n);
@@ -113,8 +124,7 @@ fn figure(n: usize) -> impl Strategy<Value = FigureOptions> {
                 title: Some(title),
                 ..FigureOptions::default()
             }
-        },
-    )
+        })
 }
 
 proptest! {

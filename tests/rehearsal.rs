@@ -4,10 +4,7 @@
 //! arrays in `../shared/reference/smollm2_filler.json`, and the rehearsal
 //! summary against what those arrays give.
 
-mod common;
-
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -10,9 +10,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{lensmap_cmd, output_ok, stderr_of_failure};
+use crate::common::{lensmap_cmd, output_ok, stderr_of_failure};
 use lensmap::model::Precision;
 use lensmap::prompt::PromptSpec;
 use lensmap::run::{AnswerSpec, LensRequest, Session};
@@ -213,7 +211,16 @@ fn seed_request_matches_lensmap_run_json() {
     output_ok(
         lensmap_cmd()
             .args([
-                "run", "--model", MODEL, "--prompt", SEED, "--dummy", "8", "--generate", "8", "-q",
+                "run",
+                "--model",
+                MODEL,
+                "--prompt",
+                SEED,
+                "--dummy",
+                "8",
+                "--generate",
+                "8",
+                "-q",
                 "--json",
             ])
             .arg(&json),
@@ -794,13 +801,8 @@ fn bad_serve_arguments_fail_cleanly() {
         "0",
     ]));
     assert!(stderr.contains("not found"), "{stderr}");
-    let stderr = stderr_of_failure(lensmap_cmd().args([
-        "serve",
-        "--model",
-        MODEL,
-        "--host",
-        "example.com",
-    ]));
+    let stderr =
+        stderr_of_failure(lensmap_cmd().args(["serve", "--model", MODEL, "--host", "example.com"]));
     assert!(stderr.contains("--host"), "{stderr}");
     assert!(
         serve::start(ServeConfig::new(vec![session(), session()])).is_err(),

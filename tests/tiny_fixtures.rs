@@ -6,9 +6,7 @@
 //! reference's neighbouring log-probs are closer than 1e-4.
 //! See: `../shared/reference/tiny/README.md` for what each fixture traps.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lensmap::lens::{lens_of_ids, CellGrid, LensQuery};
 use lensmap::model::{Checkpoint, Model, Precision};
 use serde_json::Value;
@@ -121,7 +119,7 @@ fn check_fixture(name: &str, precision: Precision) -> (CellGrid, Value) {
     let mut failures = Vec::new();
     for (r, row) in grid.iter().enumerate() {
         for (p, cell) in row.iter().enumerate() {
-            let ref_ids = common::ids(&reference["top5_ids"][r][p]);
+            let ref_ids = crate::common::ids(&reference["top5_ids"][r][p]);
             let ref_p: Vec<f64> = reference["top5_probs"][r][p]
                 .as_array()
                 .unwrap()

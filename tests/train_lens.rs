@@ -6,11 +6,9 @@
 //! reads back through the loader, and a resumed run gives the same
 //! translators as an uninterrupted one.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use lensmap::tuned::TunedLens;
 use serde_json::Value;
 

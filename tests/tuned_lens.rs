@@ -5,12 +5,10 @@
 //! (`../shared/reference/tuned/smollm2_filler_tuned.json`); a lens of the
 //! wrong shape refused; two lenses side by side.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
+use crate::common::*;
 use candle_core::{Device, Tensor};
-use common::*;
 use lensmap::tuned::TunedLens;
 use serde_json::Value;
 
@@ -94,7 +92,11 @@ fn lens_a_matches_tuned_lens() {
         "max |Δentropy| {:.2e}",
         a.max_entropy
     );
-    assert!(a.max_kl_rel <= 8e-5, "max |ΔKL|/max(1, KL) {:.2e}", a.max_kl_rel);
+    assert!(
+        a.max_kl_rel <= 8e-5,
+        "max |ΔKL|/max(1, KL) {:.2e}",
+        a.max_kl_rel
+    );
     assert_eq!(
         a.top1_clear_misses, 0,
         "top-1 differs where the reference gap exceeds 1e-3"
@@ -249,7 +251,12 @@ fn two_lenses_side_by_side() {
     // `plot` redraws both from the JSON alone.
     let json = tmp.path().join("both.json");
     std::fs::write(&json, both.to_string()).unwrap();
-    output_ok(lensmap_cmd().args(["plot"]).arg(&json).args(["--format", "svg"]));
+    output_ok(
+        lensmap_cmd()
+            .args(["plot"])
+            .arg(&json)
+            .args(["--format", "svg"]),
+    );
     let replot = std::fs::read_to_string(tmp.path().join("both.svg")).unwrap();
     assert_eq!(replot, svg);
 }

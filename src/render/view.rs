@@ -52,8 +52,8 @@ pub struct ViewSpec {
     /// top-k tokens, tracked tokens): the full display form for tooltips
     /// and the cut label for cells and axes.
     pub labels: BTreeMap<String, [String; 2]>,
-    /// The most frequent top-1 tokens of every position (at most
-    /// [`COUNTS_SHOWN`]), most frequent first.
+    /// The most frequent top-1 tokens of every position (as many as region C
+    /// of the static figure lists), most frequent first.
     pub top1_counts: Vec<Vec<Top1Count>>,
     /// Tables for the default zoom of any window, see [`ZoomRule`].
     pub zoom_rule: ZoomRule,
@@ -155,8 +155,9 @@ pub struct ViewLayout {
     pub zoom_w: f64,
     /// Top-1 counts listed in C.
     pub counts_shown: usize,
-    /// Narrowest and widest window the width box allows.
+    /// Narrowest window the width box allows.
     pub window_min: usize,
+    /// Widest window the width box allows.
     pub window_max: usize,
 }
 

@@ -147,8 +147,8 @@ pub fn assert_same_lens(name: &str, f32: &CellGrid, rest: &CellGrid, reference: 
 
 /// Bounds `(max |Δentropy|, max |ΔKL|)` in nats against transformers'
 /// references, about twice the worst measured over every reference test of
-/// that model and precision (`cargo test --release --test engine_reference
-/// --test cli_reference -- --nocapture --test-threads 1`). A regression of a
+/// that model and precision (`cargo test --release --test tests
+/// _reference:: -- --nocapture --test-threads 1`). A regression of a
 /// few times the float noise fails.
 ///
 /// SmolLM2, f32 (and at rest): measured 4.6e-5 (row 10 pos 0) and 3.9e-4.
@@ -271,9 +271,7 @@ pub fn compare_cells(got: &LensCells, reference: &Value, min_gap: f64) -> CellAg
             }
         }
     }
-    eprintln!(
-        "max |ΔKL|/max(1, KL) {max_kl_rel:.2e}; top-1 equal in {top1_same} of {cells} cells"
-    );
+    eprintln!("max |ΔKL|/max(1, KL) {max_kl_rel:.2e}; top-1 equal in {top1_same} of {cells} cells");
     CellAgreement {
         max_entropy,
         max_kl,

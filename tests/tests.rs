@@ -13,6 +13,7 @@ mod batch;
 mod cli_plot;
 mod cli_reference;
 mod engine_reference;
+mod exit_codes;
 mod forward_consistency;
 mod hardening;
 mod hf_loading;

@@ -3,13 +3,11 @@
 //! in `engine_reference.rs`, on the eight tiny HF fixtures in `tiny_fixtures.rs`;
 //! the peak-RSS check is alone in `at_rest_rss.rs`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use lensmap::lens::{lens_of_ids, LensQuery};
 use lensmap::model::checkpoint::CheckpointFormat;
 use lensmap::model::{Checkpoint, Precision, WeightSource};
@@ -103,7 +101,7 @@ fn run_smollm2(extra: &[&str], address_space: Option<u64>) -> (bool, String) {
                 .arg(env!("CARGO_BIN_EXE_lensmap"));
             c
         }
-        None => Command::new(env!("CARGO_BIN_EXE_lensmap")),
+        None => lensmap_cmd(),
     };
     let res = cmd
         .args(["run", "--model"])

@@ -3,7 +3,8 @@
 //! A memory assertion, not a timing one. Alone in its binary because it reads
 //! the peak RSS of this process's children (`getrusage(RUSAGE_CHILDREN)`),
 //! which other tests' children would share.
-//! See: issue #9.
+//! Guards "Real-size models on a laptop: weights stay at rest, 8B in 5.5 GB,
+//! 70B on a 24 GB machine".
 
 mod common;
 

@@ -1,11 +1,9 @@
 //! Bad input gets one clear line on stderr and a non-zero exit, never a
 //! panic: one test per error class.
 
-mod common;
-
 use std::path::Path;
 
-use common::{assert_error, lensmap, model_file, run_hi};
+use crate::common::{assert_error, lensmap, model_file, run_hi};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 

@@ -1,10 +1,10 @@
-//! `lensmap batch` (issue 5) on a few prompts of `data/capitals.jsonl`:
+//! `lensmap batch` ("Rehearsal, measured: answer tracking at dummy tokens,
+//! dataset batch mode, tables for pandas and Parquet") on a few prompts of
+//! `data/capitals.jsonl`:
 //! resuming after a kill, shards, the Parquet table read back, bad lines.
 //!
 //! One uninterrupted run (`baseline`) is shared by every test; the others
 //! must reproduce its files byte for byte.
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -72,7 +72,7 @@ fn new_dirs() -> Dirs {
 }
 
 fn batch_cmd(d: &Dirs, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lensmap"));
+    let mut c = lensmap_cmd();
     c.args(["batch", "--model"])
         .arg(model_file(SMOLLM2))
         .arg("--prompts")

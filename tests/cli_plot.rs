@@ -1,22 +1,10 @@
 //! `lensmap run --out` and `lensmap plot`: the figure drawn from saved JSON,
 //! without the model, is the figure the run drew; `--format` picks files.
 
-mod common;
-
-use std::process::Command;
-
-use common::model_file;
+use crate::common::{lensmap_cmd, model_file, output_ok};
 
 fn lensmap(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(lensmap_cmd().args(args));
 }
 
 #[test]

@@ -1,17 +1,12 @@
 //! The engine alone (forward pass + lens + stats) against HF transformers,
 //! fed the reference's own input ids so tokenizer errors cannot hide here.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lensmap::lens::{lens_of_ids, LensPrecision, LensQuery};
 use lensmap::model::{Checkpoint, Precision};
 
 struct Compared {
-    max_entropy: f64,
-    max_kl: f64,
-    top1_agree: f64,
-    top1_disagree_clear: usize,
+    cells: CellAgreement,
     /// Max |Δ ln p| of the tracked answer " Canberra" over all cells.
     max_answer_logp: f64,
 }
@@ -48,47 +43,24 @@ fn compare_lens(
     let (max_answer_logp, r, p) = max_abs_diff(&got_logp, &ref_logp);
     eprintln!("max |Δ ln p(answer)| = {max_answer_logp:.2e} at row {r} pos {p}");
 
-    let ref_h = grid_f64(&reference["entropy"]);
-    let ref_kl = grid_f64(&reference["kl_to_final"]);
-    let got_h = cell_map(&grid, |c| c.entropy);
-    let got_kl = cell_map(&grid, |c| c.kl_to_final);
-    assert_eq!(got_h.len(), ref_h.len(), "rows");
-    report_rows("entropy", &got_h, &ref_h);
-    let (max_entropy, r, p) = max_abs_diff(&got_h, &ref_h);
-    eprintln!("max |Δentropy| = {max_entropy:.2e} at row {r} pos {p}");
-    let (max_kl, r, p) = max_abs_diff(&got_kl, &ref_kl);
-    eprintln!("max |ΔKL| = {max_kl:.2e} at row {r} pos {p}");
-
-    let (mut agree, mut total, mut clear_disagree) = (0usize, 0usize, 0usize);
-    for (r, row) in grid.iter().enumerate() {
-        for (p, cell) in row.iter().enumerate() {
-            let ref_id = reference["top5_ids"][r][p][0].as_u64().unwrap() as u32;
-            let gap = reference["top5_probs"][r][p][0].as_f64().unwrap()
-                - reference["top5_probs"][r][p][1].as_f64().unwrap();
-            total += 1;
-            if cell.topk[0].0 == ref_id {
-                agree += 1;
-            } else if gap > 1e-3 {
-                clear_disagree += 1;
-                eprintln!(
-                    "top-1 differs at row {r} pos {p}: {} vs {ref_id} (gap {gap:.2e})",
-                    cell.topk[0].0
-                );
-            }
-        }
-    }
-    let top1_agree = agree as f64 / total as f64;
-    eprintln!(
-        "top-1 agrees in {:.2}% of {total} cells",
-        100.0 * top1_agree
-    );
+    let a = compare_cells(&LensCells::of_grid(&grid), &reference, 1e-3);
     Compared {
-        max_entropy,
-        max_kl,
-        top1_agree,
-        top1_disagree_clear: clear_disagree,
+        cells: a,
         max_answer_logp,
     }
+}
+
+/// max |Δ ln p(" Canberra")| of the f32 forward (and at rest), about twice
+/// the measured 1.35e-4 (SmolLM2, row 21 pos 38) and 6.4e-5 (Gemma 3).
+const SMOLLM2_ANSWER_LOGP: f64 = 3e-4;
+const GEMMA3_ANSWER_LOGP: f64 = 1.3e-4;
+
+fn assert_answer_logp(c: &Compared, bound: f64) {
+    assert!(
+        c.max_answer_logp <= bound,
+        "max |Δ ln p(answer)| {:.2e} > {bound:.1e}",
+        c.max_answer_logp
+    );
 }
 
 #[test]
@@ -98,10 +70,9 @@ fn smollm2_filler_f32_matches_transformers() {
         "smollm2_filler.json",
         Precision::F32,
     );
-    assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
-    assert!(c.max_kl <= 0.01, "max |ΔKL| {}", c.max_kl);
-    assert_eq!(c.top1_disagree_clear, 0);
-    assert!(c.top1_agree > 0.99);
+    let (h, kl) = SMOLLM2_F32_TOL;
+    c.cells.assert_within("SmolLM2 f32", h, kl);
+    assert_answer_logp(&c, SMOLLM2_ANSWER_LOGP);
 }
 
 #[test]
@@ -111,8 +82,9 @@ fn gemma3_filler_f32_matches_transformers() {
         "gemma3_filler.json",
         Precision::F32,
     );
-    assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
-    assert_eq!(c.top1_disagree_clear, 0);
+    let (h, kl) = GEMMA3_F32_TOL;
+    c.cells.assert_within("Gemma 3 f32", h, kl);
+    assert_answer_logp(&c, GEMMA3_ANSWER_LOGP);
 }
 
 // The bf16 lens (`--lens-precision bf16`) against the same references, on
@@ -128,14 +100,14 @@ fn smollm2_filler_bf16_lens_within_bounds() {
         LensPrecision::Bf16,
     );
     assert!(
-        c.max_entropy <= BF16_SMOLLM2.0,
+        c.cells.max_entropy <= BF16_SMOLLM2.0,
         "max |Δentropy| {}",
-        c.max_entropy
+        c.cells.max_entropy
     );
     assert!(
-        c.top1_agree >= BF16_SMOLLM2.1,
+        c.cells.top1_rate() >= BF16_SMOLLM2.1,
         "top-1 agreement {}",
-        c.top1_agree
+        c.cells.top1_rate()
     );
     assert!(
         c.max_answer_logp <= BF16_SMOLLM2.2,
@@ -153,14 +125,14 @@ fn gemma3_filler_bf16_lens_within_bounds() {
         LensPrecision::Bf16,
     );
     assert!(
-        c.max_entropy <= BF16_GEMMA3.0,
+        c.cells.max_entropy <= BF16_GEMMA3.0,
         "max |Δentropy| {}",
-        c.max_entropy
+        c.cells.max_entropy
     );
     assert!(
-        c.top1_agree >= BF16_GEMMA3.1,
+        c.cells.top1_rate() >= BF16_GEMMA3.1,
         "top-1 agreement {}",
-        c.top1_agree
+        c.cells.top1_rate()
     );
     assert!(
         c.max_answer_logp <= BF16_GEMMA3.2,
@@ -194,15 +166,15 @@ fn check_at_rest(model_name: &str, reference_name: &str) -> Compared {
 #[test]
 fn smollm2_filler_at_rest_matches_f32_and_transformers() {
     let c = check_at_rest("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2_filler.json");
-    assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
-    assert!(c.max_kl <= 0.01, "max |ΔKL| {}", c.max_kl);
-    assert_eq!(c.top1_disagree_clear, 0);
-    assert!(c.top1_agree > 0.99);
+    let (h, kl) = SMOLLM2_F32_TOL;
+    c.cells.assert_within("SmolLM2 at rest", h, kl);
+    assert_answer_logp(&c, SMOLLM2_ANSWER_LOGP);
 }
 
 #[test]
 fn gemma3_filler_at_rest_matches_f32_and_transformers() {
     let c = check_at_rest("gemma-3-270m-q4_k_m.gguf", "gemma3_filler.json");
-    assert!(c.max_entropy <= 0.005, "max |Δentropy| {}", c.max_entropy);
-    assert_eq!(c.top1_disagree_clear, 0);
+    let (h, kl) = GEMMA3_F32_TOL;
+    c.cells.assert_within("Gemma 3 at rest", h, kl);
+    assert_answer_logp(&c, GEMMA3_ANSWER_LOGP);
 }

@@ -3,12 +3,10 @@
 //! what was passed. See: issue 10, "A house the next engineer can change",
 //! part 4 ("Errors by kind").
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{assert_error, lensmap, model_file, run_hi};
+use crate::common::{assert_error, lensmap, model_file, run_hi};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 

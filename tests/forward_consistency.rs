@@ -3,8 +3,6 @@
 //! (as generation does). This exercises attention with queries that start
 //! past 0, inside sliding windows (tiny mistral: W = 8, gemma3: W = 6).
 
-mod common;
-
 use candle_core::Tensor;
 use lensmap::model::{Checkpoint, KvCache, Precision};
 
@@ -24,12 +22,12 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn incremental_decoding_matches_full_forward() {
     for name in ["llama", "mistral", "gemma3", "gpt2", "qwen3", "phi3"] {
-        let dir = common::reference_dir().join("tiny").join(name);
+        let dir = crate::common::reference_dir().join("tiny").join(name);
         let model = Checkpoint::open(&dir)
             .and_then(|c| c.load(Precision::F32))
             .unwrap();
-        let reference = common::reference(&format!("tiny/{name}/reference.json"));
-        let ids = common::ids(&reference["input_ids"]);
+        let reference = crate::common::reference(&format!("tiny/{name}/reference.json"));
+        let ids = crate::common::ids(&reference["input_ids"]);
         let full = model.forward(&ids, &mut KvCache::default(), None).unwrap();
 
         // A prefix, chunks of 7 (several queries past 0, straddling window

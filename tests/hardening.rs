@@ -1,12 +1,10 @@
 //! Issue #13 "Hardened against bad files and hostile clients" (`issues show
 //! 13`): one test per numbered item, each reproducing the original input.
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{assert_error, lensmap, run_hi};
+use crate::common::{assert_error, lensmap, lensmap_cmd, run_hi};
 
 use candle_core::quantized::gguf_file::{write, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -14,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 
 /// A copy of the tiny HF llama with `edit` applied to its directory.
 fn tiny_llama(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, PathBuf) {
-    let src = common::reference_dir().join("tiny/llama");
+    let src = crate::common::reference_dir().join("tiny/llama");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("llama");
     std::fs::create_dir(&d).unwrap();
@@ -129,7 +127,7 @@ fn looping_template_runs_out_of_fuel() {
         "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
     )
     .unwrap();
-    let m = common::reference_dir().join("tiny/llama");
+    let m = crate::common::reference_dir().join("tiny/llama");
     let line = assert_error(
         &run_hi(&m, &["--chat-template", t.to_str().unwrap()]),
         "ran out of fuel",
@@ -233,7 +231,7 @@ fn gguf_offsets_overflowing_misaligned_or_odd_alignment() {
 
 #[test]
 fn os_error_printed_once() {
-    let m = common::reference_dir().join("tiny/llama");
+    let m = crate::common::reference_dir().join("tiny/llama");
     let line = assert_error(
         &run_hi(&m, &["--chat-template", "/nonexistent/t.jinja"]),
         "No such file or directory",
@@ -245,7 +243,7 @@ fn os_error_printed_once() {
 #[test]
 fn convert_on_a_directory_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let m = common::reference_dir().join("tiny/llama");
+    let m = crate::common::reference_dir().join("tiny/llama");
     let out = lensmap(&[
         "convert",
         "--model",
@@ -268,7 +266,7 @@ fn gguf_cut_inside_header_says_truncated() {
 
 #[test]
 fn negative_top_k_is_out_of_range() {
-    let m = common::reference_dir().join("tiny/llama");
+    let m = crate::common::reference_dir().join("tiny/llama");
     assert_error(
         &run_hi(&m, &["--top-k", "-1"]),
         "`--top-k` must be between 1 and 100, got `-1`",
@@ -281,7 +279,7 @@ fn batch(prompts: &str, extra: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p.jsonl");
     std::fs::write(&p, prompts).unwrap();
-    let m = common::reference_dir().join("tiny/llama");
+    let m = crate::common::reference_dir().join("tiny/llama");
     let out_dir = dir.path().join("out");
     let mut args = vec![
         "batch",
@@ -339,7 +337,7 @@ fn batch_shards_count_from_one() {
 fn bad_zoom_and_window_fail_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("g.json");
-    let m = common::reference_dir().join("tiny/llama");
+    let m = crate::common::reference_dir().join("tiny/llama");
     let out = run_hi(
         &m,
         &["--raw", "--zoom", "9999", "--json", json.to_str().unwrap()],
@@ -371,8 +369,8 @@ fn slow_loris_clients_do_not_hold_the_server() {
     use std::net::{SocketAddr, TcpStream};
     use std::time::{Duration, Instant};
     let started = Instant::now();
-    let m = common::reference_dir().join("tiny/llama");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lensmap"))
+    let m = crate::common::reference_dir().join("tiny/llama");
+    let mut child = lensmap_cmd()
         .args([
             "serve",
             "--model",

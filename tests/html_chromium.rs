@@ -4,12 +4,10 @@
 //! Needs Debian's `chromium` package (`/usr/bin/chromium`, or set `CHROMIUM`).
 //! Without it the test fails: CI installs it.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::chromium::{file_url, unescape_html, Browser};
+use crate::common::chromium::{file_url, unescape_html, Browser};
 use lensmap::render::{self, colormap::StatScale, sample, FigureOptions, Rgb, Stat};
 use lensmap::LensGrid;
 
@@ -78,7 +76,7 @@ const SELF_TEST: &str = r#"
   var host = document.createElement('div');
   document.body.appendChild(host);
   var changes = [];
-  var v2 = LensView.mount(host, v.grid, { onChange: function (s) { changes.push(s); } });
+  var v2 = LensView.mount(host, v.grid, Object.assign({}, v.spec, { onChange: function (s) { changes.push(s); } }));
   out.v2Start = v2.getState();
   out.tipsWithTwo = document.querySelectorAll('body > .lv-tooltip').length;
   v2.setZoom(3);
@@ -93,15 +91,14 @@ const SELF_TEST: &str = r#"
   out.hostChildren = host.children.length;
   v2.setZoom(5);
   out.changesAfterDestroy = changes.length;
-  var pre = document.createElement('pre');
-  pre.id = 'selftest';
-  pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
+  window.__lvReport(out);
 })();
 </script>
 "#;
 
-const ERROR_HOOK: &str = "<script>window.__lvErrors = []; window.addEventListener('error', function (e) { window.__lvErrors.push(String(e.message)); });</script>\n";
+/// Collects script errors, and gives the self-tests `__lvReport(out)`, which
+/// writes `out` as JSON into `<pre id="selftest">`.
+const ERROR_HOOK: &str = "<script>window.__lvErrors = []; window.addEventListener('error', function (e) { window.__lvErrors.push(String(e.message)); });\nwindow.__lvReport = function (out) { var pre = document.createElement('pre'); pre.id = 'selftest'; pre.textContent = JSON.stringify(out); document.body.appendChild(pre); };</script>\n";
 
 fn hex(s: &str) -> Rgb {
     Rgb::parse(s).unwrap_or_else(|| panic!("not a colour: {s}"))
@@ -275,4 +272,176 @@ fn html_page_renders_and_reacts_in_chromium() {
             "screenshot pixel of ({r},{p}) at ({px},{py}): {got:?}, want {want:?}"
         );
     }
+}
+
+/// Script added to a page that shows every position: for every statistic it
+/// reads back every cell of B (fill, text colour, label, top-1), every pixel
+/// of the overview canvas, the row labels, the colour bar, and the zoom the
+/// view picks after moving the window to each start (width 5).
+const PARITY_TEST: &str = r#"
+<script>
+(function () {
+  var out = { errors: window.__lvErrors, stats: {}, zooms: [] };
+  var v = window.lensmapView, n = v.grid.tokens.length, rows = v.grid.n_rows;
+  v.spec.stats.forEach(function (s) {
+    v.setStat(s.key);
+    var cells = {};
+    document.querySelectorAll('rect.lv-cell').forEach(function (c) {
+      cells[c.getAttribute('data-row') + ',' + c.getAttribute('data-pos')] = [c.getAttribute('fill'), c.getAttribute('data-top1')];
+    });
+    document.querySelectorAll('text.lv-cell-text').forEach(function (t) {
+      var k = t.getAttribute('data-row') + ',' + t.getAttribute('data-pos');
+      cells[k].push(t.getAttribute('fill'), t.textContent);
+    });
+    var img = document.querySelector('canvas.lv-ov-canvas').getContext('2d').getImageData(0, 0, n, rows).data;
+    var overview = [];
+    for (var r = 0; r < rows; r++) {
+      for (var p = 0; p < n; p++) {
+        var o = ((rows - 1 - r) * n + p) * 4;
+        overview.push([img[o], img[o + 1], img[o + 2]]);
+      }
+    }
+    var ticks = Array.prototype.map.call(document.querySelectorAll('.lv-svg text.lv-muted'), function (t) { return t.textContent; });
+    out.stats[s.key] = { cells: cells, overview: overview, ticks: ticks,
+      title: document.querySelector('.lv-bartitle').textContent };
+  });
+  out.rowLabels = Array.prototype.map.call(document.querySelectorAll('.lv-svg > text.lv-rowlab'), function (t) { return t.textContent; });
+  out.xlabels = Array.prototype.map.call(document.querySelectorAll('text.lv-xlabel'), function (t) { return t.textContent; });
+  for (var s = 0; s + 5 <= n; s++) {
+    v.setWindow(0, n);
+    v.setZoom(s === 0 ? n - 1 : 0);
+    v.setWindow(s, s + 5);
+    out.zooms.push(v.getState().zoom);
+  }
+  window.__lvReport(out);
+})();
+</script>
+"#;
+
+/// Run a page with `script` added and return what the script wrote into `<pre id="selftest">`.
+fn page_selftest(html: &str, script: &str, dir: &std::path::Path) -> serde_json::Value {
+    let page = dir.join("selftest.html");
+    let with_hook = html.replacen("<head>\n", &format!("<head>\n{ERROR_HOOK}"), 1);
+    std::fs::write(
+        &page,
+        with_hook.replace("</body>", &format!("{script}</body>")),
+    )
+    .unwrap();
+    let dom = BROWSER.dump_dom(&file_url(&page), &dir.join("profile"));
+    let start = dom
+        .find("<pre id=\"selftest\">")
+        .unwrap_or_else(|| panic!("self-test output missing\n{}", &dom[..dom.len().min(2000)]))
+        + "<pre id=\"selftest\">".len();
+    let end = start + dom[start..].find("</pre>").unwrap();
+    serde_json::from_str(&unescape_html(&dom[start..end])).expect("self-test JSON")
+}
+
+/// The browser draws every cell of every statistic exactly as the static
+/// figure colours and labels it (one source of view rules: the page draws
+/// from the view spec Rust resolves; see "A house the next engineer can
+/// change", part 5), and picks the static figure's zoom for every window.
+fn check_view_parity(grid: &LensGrid) {
+    use render::colormap::cell_value;
+    use render::labels::{token_display, token_label};
+    let n = grid.n_positions();
+    let opts = FigureOptions {
+        window: Some((0, n)),
+        ..FigureOptions::labelled(grid)
+    };
+    let html = render::render_html(grid, &opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = page_selftest(&html, PARITY_TEST, dir.path());
+    assert_eq!(out["errors"], serde_json::json!([]), "JavaScript errors");
+    let spec = render::view_spec(grid, &opts).unwrap();
+    let mut checked = 0;
+    for sv in &spec.stats {
+        let stat: Stat = sv.key.parse().unwrap();
+        let scale = StatScale::new(stat, grid);
+        let got = &out["stats"][sv.key];
+        assert_eq!(got["title"], scale.title.as_str());
+        let ticks: Vec<String> = scale.ticks().into_iter().map(|t| t.1).collect();
+        for t in &ticks {
+            assert!(
+                got["ticks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == t.as_str()),
+                "{}: tick {t} missing: {}",
+                sv.key,
+                got["ticks"]
+            );
+        }
+        for r in 0..grid.n_rows {
+            for p in 0..n {
+                let want = scale.color(cell_value(grid, stat, r, p));
+                let cell = &got["cells"][format!("{r},{p}")];
+                let top = grid.topk[r][p].first();
+                let (want_label, want_top1) = match top {
+                    Some(t) => (token_label(&t.text), token_display(&t.text)),
+                    None => (String::new(), String::new()),
+                };
+                let want_text = want.text_color().hex();
+                assert_eq!(
+                    (
+                        cell[0].as_str().unwrap(),
+                        cell[1].as_str().unwrap(),
+                        cell[2].as_str().unwrap(),
+                        cell[3].as_str().unwrap()
+                    ),
+                    (
+                        want.hex().as_str(),
+                        want_top1.as_str(),
+                        want_text.as_str(),
+                        want_label.as_str()
+                    ),
+                    "{} cell ({r},{p}): browser vs figure",
+                    sv.key
+                );
+                let px = &got["overview"][r * n + p];
+                let px = Rgb(
+                    px[0].as_u64().unwrap() as u8,
+                    px[1].as_u64().unwrap() as u8,
+                    px[2].as_u64().unwrap() as u8,
+                );
+                assert_eq!(px, want, "{} overview pixel ({r},{p})", sv.key);
+                checked += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{} statistics, {checked} cells equal in B and in the overview",
+        spec.stats.len()
+    );
+    let rows: Vec<String> = (0..grid.n_rows).rev().map(|r| grid.row_label(r)).collect();
+    let got_rows: Vec<String> = out["rowLabels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    // Drawn bottom row last: the DOM lists row 0 first.
+    assert_eq!(got_rows.iter().rev().cloned().collect::<Vec<_>>(), rows);
+    let xlabels: Vec<String> = grid.tokens.iter().map(|t| token_label(&t.text)).collect();
+    assert_eq!(out["xlabels"], serde_json::json!(xlabels));
+    let zooms: Vec<usize> = (0..=n - 5)
+        .map(|s| render::resolve_zoom(grid, &FigureOptions::default(), (s, s + 5)).unwrap())
+        .collect();
+    assert_eq!(
+        out["zooms"],
+        serde_json::json!(zooms),
+        "default zoom per window"
+    );
+}
+
+#[test]
+fn html_view_draws_every_cell_as_the_figure_seed_grid() {
+    check_view_parity(&seed_grid());
+}
+
+/// A longer grid (60 positions, template, text and dummy runs, odd tokens
+/// such as `&`, `<b>` and CJK).
+#[test]
+fn html_view_draws_every_cell_as_the_figure_synthetic_grid() {
+    check_view_parity(&sample::synthetic_grid(60, 7));
 }

@@ -1,13 +1,10 @@
-//! `lensmap run --answer ... --answer-alt ...` (issue 5): the answer and
+//! `lensmap run --answer ... --answer-alt ...` ("Rehearsal, measured: answer
+//! tracking at dummy tokens, ..."): the answer and
 //! distractor tracked in every cell against HF transformers' `tracked`
 //! arrays in `../shared/reference/smollm2_filler.json`, and the rehearsal
 //! summary against what those arrays give.
 
-mod common;
-
-use std::process::Command;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -235,15 +232,13 @@ fn auto_answer_with_skip_tracks_canberra() {
 
 /// Run `lensmap run` on the seed prompt, expecting it to fail; its stderr.
 fn run_err(extra: &[&str]) -> String {
-    let res = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["run", "--model"])
-        .arg(model_file(SMOLLM2))
-        .args(["--prompt", QUESTION, "--quiet"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(!res.status.success(), "lensmap run {extra:?} succeeded");
-    String::from_utf8_lossy(&res.stderr).into_owned()
+    stderr_of_failure(
+        lensmap_cmd()
+            .args(["run", "--model"])
+            .arg(model_file(SMOLLM2))
+            .args(["--prompt", QUESTION, "--quiet"])
+            .args(extra),
+    )
 }
 
 /// A skip past the end of the greedy answer is a one-line error, not a panic.

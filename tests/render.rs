@@ -741,3 +741,20 @@ fn html_is_self_contained_and_embeds_the_grid() {
         }
     }
 }
+
+/// The view spec's zoom tables (what `lensview.js` reads when the window
+/// moves) give `resolve_zoom`'s answer for every window of both sample grids.
+#[test]
+fn view_zoom_rule_matches_resolve_zoom_on_every_window() {
+    use lensmap::render::view::ZoomRule;
+    for grid in [seed_grid(), sample::synthetic_grid(60, 7)] {
+        let rule = ZoomRule::new(&grid);
+        let n = grid.n_positions();
+        for s in 0..n {
+            for e in s + 1..=n {
+                let want = render::resolve_zoom(&grid, &FigureOptions::default(), (s, e)).unwrap();
+                assert_eq!(rule.zoom(s, e), want, "window {s}..{e}");
+            }
+        }
+    }
+}

@@ -6,10 +6,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::common::{lensmap_cmd, output_ok, stderr_of_failure};
 use lensmap::model::Precision;
 use lensmap::prompt::PromptSpec;
 use lensmap::run::{AnswerSpec, LensRequest, Session};
@@ -93,7 +94,10 @@ impl Resp {
 
 fn request_raw(addr: SocketAddr, head: &str, body: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    // A guard against a hung server, not a timing goal: in the one test
+    // binary the 50-request burst shares 2 cores with other heavy tests
+    // (300 s was exceeded on a busy machine).
+    s.set_read_timeout(Some(Duration::from_secs(900))).unwrap();
     let mut req = head.as_bytes().to_vec();
     req.extend_from_slice(body);
     // The server may answer (413) before reading everything; the answer still counts.
@@ -207,27 +211,22 @@ fn seed_request_matches_lensmap_run_json() {
 
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("seed.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args([
-            "run",
-            "--model",
-            MODEL,
-            "--prompt",
-            SEED,
-            "--dummy",
-            "8",
-            "--generate",
-            "8",
-            "-q",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .expect("run lensmap");
-    assert!(
-        out.status.success(),
-        "lensmap run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        lensmap_cmd()
+            .args([
+                "run",
+                "--model",
+                MODEL,
+                "--prompt",
+                SEED,
+                "--dummy",
+                "8",
+                "--generate",
+                "8",
+                "-q",
+                "--json",
+            ])
+            .arg(&json),
     );
     let cli_text = std::fs::read(&json).unwrap();
     let cli: Value = serde_json::from_slice(&cli_text).unwrap();
@@ -526,17 +525,23 @@ fn foreign_host_headers_are_refused_on_loopback() {
     }
 }
 
-#[test]
-fn render_endpoint_and_figure_formats() {
-    let srv = server();
-    let a = srv.local_addr();
+/// The grid `/api/lens` answers for the seed question with 4 dummies and
+/// the target " Canberra".
+fn seed_grid_bytes(a: SocketAddr) -> Vec<u8> {
     let r = post_json(
         a,
         "/api/lens",
         &serde_json::json!({ "prompt": SEED, "dummy": 4, "target": " Canberra" }),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let grid = r.body;
+    r.body
+}
+
+#[test]
+fn render_endpoint_and_figure_formats() {
+    let srv = server();
+    let a = srv.local_addr();
+    let grid = seed_grid_bytes(a);
 
     let svg = post_bytes(a, "/api/render?format=svg&stat=target-prob", &grid);
     assert_eq!(svg.status, 200, "{}", svg.text());
@@ -579,6 +584,45 @@ fn render_endpoint_and_figure_formats() {
 }
 
 /// The seed-shaped request for one of five questions, and its expected bytes.
+/// `POST /api/view` answers the view spec the HTML page of the same grid
+/// embeds (one source of view rules for both pages), and refuses what the
+/// figure refuses.
+#[test]
+fn view_endpoint_answers_the_html_pages_spec() {
+    let srv = server();
+    let a = srv.local_addr();
+    let grid_bytes = seed_grid_bytes(a);
+    let grid = lensmap::LensGrid::from_json(std::str::from_utf8(&grid_bytes).unwrap()).unwrap();
+    let view = post_bytes(a, "/api/view?stat=kl&window=20..30&zoom=25", &grid_bytes);
+    assert_eq!(view.status, 200, "{}", view.text());
+    assert_eq!(view.header("content-type"), Some("application/json"));
+    let opts = lensmap::render::FigureOptions {
+        stat: lensmap::render::Stat::Kl,
+        window: Some((20, 30)),
+        zoom: Some(25),
+        ..Default::default()
+    };
+    assert_eq!(
+        view.text(),
+        lensmap::render::view_spec_json(&grid, &opts).unwrap()
+    );
+    let spec: Value = serde_json::from_slice(&view.body).unwrap();
+    assert_eq!(spec["window"], serde_json::json!([20, 30]));
+    assert_eq!(spec["stats"].as_array().unwrap().len(), 5);
+    // What the figure refuses, the view refuses.
+    for bad in [
+        "/api/view?zoom=999",
+        "/api/view?window=5..2",
+        "/api/view?stat=nope",
+        "/api/view?format=svg",
+    ] {
+        let r = post_bytes(a, bad, &grid_bytes);
+        assert_eq!(r.status, 400, "{bad}");
+        r.error();
+    }
+    assert_eq!(post_bytes(a, "/api/view", b"{}").status, 400);
+}
+
 fn variants() -> Vec<(Value, Vec<u8>)> {
     let s = session();
     ["Australia", "France", "Japan", "Canada", "Kenya"]
@@ -699,7 +743,7 @@ fn a_full_queue_answers_503() {
 
 #[test]
 fn the_binary_prints_its_url_and_serves() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lensmap"))
+    let mut child = lensmap_cmd()
         .args([
             "serve",
             "--model",
@@ -752,18 +796,17 @@ fn the_binary_prints_its_url_and_serves() {
 
 #[test]
 fn bad_serve_arguments_fail_cleanly() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["serve", "--model", "models/nope.gguf", "--port", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
-    let out = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["serve", "--model", MODEL, "--host", "example.com"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--host"));
+    let stderr = stderr_of_failure(lensmap_cmd().args([
+        "serve",
+        "--model",
+        "models/nope.gguf",
+        "--port",
+        "0",
+    ]));
+    assert!(stderr.contains("not found"), "{stderr}");
+    let stderr =
+        stderr_of_failure(lensmap_cmd().args(["serve", "--model", MODEL, "--host", "example.com"]));
+    assert!(stderr.contains("--host"), "{stderr}");
     assert!(
         serve::start(ServeConfig::new(vec![session(), session()])).is_err(),
         "duplicate names"

@@ -7,8 +7,6 @@
 //! `models/SmolLM2-135M-Instruct.Q4_1.gguf`. Without Chromium the test fails.
 //! `LENSMAP_UPDATE_SCREENSHOT=1` also writes the screenshot to `docs/serve.png`.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::chromium::{chromium, unescape_html, Browser};
+use crate::common::chromium::{chromium, unescape_html, Browser};
 use lensmap::model::Precision;
 use lensmap::render::colormap::StatScale;
 use lensmap::render::{Rgb, Stat};

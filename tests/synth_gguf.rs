@@ -4,8 +4,6 @@
 //! template tokens, and runs the seed case. (The real shapes are benchmark
 //! only: `scripts/bench-big`.)
 
-mod common;
-
 use std::io::{Read, Seek, SeekFrom};
 
 use candle_core::quantized::GgmlDType;
@@ -16,7 +14,7 @@ use lensmap::tokenize::TextTokenizer;
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn tiny_file(dir: &std::path::Path) -> (lensmap::synth::GgufPlan, std::path::PathBuf) {
-    let source = GgufFile::open(&common::model_file(SMOL)).unwrap();
+    let source = GgufFile::open(&crate::common::model_file(SMOL)).unwrap();
     let shape = Shape::named("tiny").unwrap();
     let plan = llama_plan(
         &shape,
@@ -124,24 +122,19 @@ fn tiny_shape_has_llama3_template_tokens_and_runs_the_seed_case() {
     assert_eq!((ids[0], ids[2], ids[3]), (base + 6, base + 7, base + 9));
 
     let out = dir.path().join("seed.json");
-    let res = std::process::Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["run", "--model"])
-        .arg(&path)
-        .args([
-            "--prompt",
-            common::QUESTION,
-            "--dummy",
-            "8",
-            "--quiet",
-            "--json",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    crate::common::output_ok(
+        crate::common::lensmap_cmd()
+            .args(["run", "--model"])
+            .arg(&path)
+            .args([
+                "--prompt",
+                crate::common::QUESTION,
+                "--dummy",
+                "8",
+                "--quiet",
+                "--json",
+            ])
+            .arg(&out),
     );
     let got: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
@@ -153,7 +146,7 @@ fn tiny_shape_has_llama3_template_tokens_and_runs_the_seed_case() {
         .collect();
     assert!(texts.contains(&"<|start_header_id|>"), "{texts:?}");
     assert!(texts.contains(&"<|eot_id|>"), "{texts:?}");
-    let entropy = common::grid_f64(&got["entropy"]);
+    let entropy = crate::common::grid_f64(&got["entropy"]);
     assert_eq!(entropy.len(), shape.n_layers + 1);
     let max = (shape.vocab as f64).ln();
     for row in &entropy {

@@ -2,19 +2,19 @@
 //! llama3_rope, qwen2, qwen3, mistral, gemma3, gpt2, phi3), each loaded from
 //! its directory with `Model::from_hf_dir`, fed the reference's own input ids,
 //! and read through the lens. Every cell must match transformers: entropy and
-//! KL within 1e-4 nats, the same top-1, and the same top-5 except where the
+//! KL within 1e-5 and 6e-5 nats, the same top-1, and the same top-5 except where the
 //! reference's neighbouring log-probs are closer than 1e-4.
 //! See: `../shared/reference/tiny/README.md` for what each fixture traps.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lensmap::lens::{lens_of_ids, CellGrid, LensQuery};
 use lensmap::model::{Checkpoint, Model, Precision};
 use serde_json::Value;
 
-/// Entropy and KL tolerance, nats.
-const TOL: f64 = 1e-4;
+/// Entropy and KL tolerance, nats: about twice the worst measured over the
+/// eight fixtures, 4.9e-6 and 2.9e-5 (qwen2).
+const TOL_ENTROPY: f64 = 1e-5;
+const TOL_KL: f64 = 6e-5;
 /// Log-prob gap under which two neighbours in the top-5 may swap.
 const TIE: f64 = 1e-4;
 
@@ -107,27 +107,19 @@ fn check_fixture(name: &str, precision: Precision) -> (CellGrid, Value) {
 
     let grid = lens_of_ids(&model, &ids, &LensQuery::top(5)).unwrap();
 
-    let ref_h = grid_f64(&reference["entropy"]);
-    let ref_kl = grid_f64(&reference["kl_to_final"]);
-    let got_h = cell_map(&grid, |c| c.entropy);
-    let got_kl = cell_map(&grid, |c| c.kl_to_final);
-    assert_eq!(got_h.len(), ref_h.len(), "{name}: rows");
     eprintln!(
         "== {name} ({}): {} rows x {} positions",
         model.precision.label(),
-        got_h.len(),
+        grid.len(),
         ids.len()
     );
-    report_rows("entropy", &got_h, &ref_h);
-    report_rows("KL", &got_kl, &ref_kl);
-    let (max_h, hr, hp) = max_abs_diff(&got_h, &ref_h);
-    let (max_kl, kr, kp) = max_abs_diff(&got_kl, &ref_kl);
-    eprintln!("{name}: max |Δentropy| {max_h:.2e} (row {hr} pos {hp}), max |ΔKL| {max_kl:.2e} (row {kr} pos {kp})");
+    // Top-1 is checked strictly below, with the top-5.
+    let a = compare_cells(&LensCells::of_grid(&grid), &reference, f64::INFINITY);
 
     let mut failures = Vec::new();
     for (r, row) in grid.iter().enumerate() {
         for (p, cell) in row.iter().enumerate() {
-            let ref_ids = common::ids(&reference["top5_ids"][r][p]);
+            let ref_ids = crate::common::ids(&reference["top5_ids"][r][p]);
             let ref_p: Vec<f64> = reference["top5_probs"][r][p]
                 .as_array()
                 .unwrap()
@@ -147,14 +139,7 @@ fn check_fixture(name: &str, precision: Precision) -> (CellGrid, Value) {
     for f in failures.iter().take(10) {
         eprintln!("{name}: {f}");
     }
-    assert!(
-        max_h <= TOL,
-        "{name}: max |Δentropy| {max_h:.2e} at row {hr} pos {hp}"
-    );
-    assert!(
-        max_kl <= TOL,
-        "{name}: max |ΔKL| {max_kl:.2e} at row {kr} pos {kp}"
-    );
+    a.assert_within(name, TOL_ENTROPY, TOL_KL);
     assert!(
         failures.is_empty(),
         "{name}: {} top-k cells differ, first: {}",

@@ -1,16 +1,14 @@
-//! `lensmap train-lens` (issue 14): a short run on the small corpus in
+//! `lensmap train-lens` ("The tuned lens: load tuned-lens checkpoints exactly,
+//! train one in minutes on a CPU, ..."): a short run on the small corpus in
 //! `data/lens_corpus_sample.txt` (four pages of the Python 3.11 FAQ from
 //! Debian's python3.11-doc, extracted by `scripts/extract_pydoc.py`) beats
 //! the logit lens on held-out text at every layer 1 … L−1, its `params.pt`
 //! reads back through the loader, and a resumed run gives the same
 //! translators as an uninterrupted one.
 
-mod common;
-
 use std::path::Path;
-use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use lensmap::tuned::TunedLens;
 use serde_json::Value;
 
@@ -21,20 +19,15 @@ fn corpus() -> std::path::PathBuf {
 }
 
 fn train(out: &Path, tokens: &str, seq_len: &str, extra: &[&str]) {
-    let res = Command::new(env!("CARGO_BIN_EXE_lensmap"))
-        .args(["train-lens", "-q", "--model"])
-        .arg(model_file(SMOLLM2))
-        .arg("--corpus")
-        .arg(corpus())
-        .args(["--tokens", tokens, "--seq-len", seq_len, "--out"])
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    output_ok(
+        lensmap_cmd()
+            .args(["train-lens", "-q", "--model"])
+            .arg(model_file(SMOLLM2))
+            .arg("--corpus")
+            .arg(corpus())
+            .args(["--tokens", tokens, "--seq-len", seq_len, "--out"])
+            .arg(out)
+            .args(extra),
     );
 }
 

@@ -1,7 +1,7 @@
 //! Colour maps and the fixed scale of every statistic.
 //!
-//! `lensview.js` implements the same maps (same control points, same linear
-//! interpolation); `tests/html_chromium.rs` checks the two agree.
+//! The interactive view does not recompute them: `render::view` sends it every
+//! cell's colour and the palette stops of its colour bar.
 
 use super::Stat;
 use crate::grid::{LensGrid, TrackedRole};
@@ -106,15 +106,6 @@ impl Palette {
         let stops = self.stops();
         let [r, g, b] = interpolate(&stops, t);
         Rgb(round8(r), round8(g), round8(b))
-    }
-
-    /// Name used by `lensview.js`.
-    pub fn js_name(self) -> &'static str {
-        match self {
-            Palette::RdBuR => "RdBu_r",
-            Palette::Blues => "Blues",
-            Palette::BluesR => "Blues_r",
-        }
     }
 }
 

@@ -1,11 +1,9 @@
 //! The interactive HTML page: one self-contained file (no network), the grid
-//! embedded as JSON, drawn by `assets/lensview.js`, the same script the
-//! `lensmap serve` page uses.
+//! embedded as JSON next to its [`ViewSpec`](super::ViewSpec) (every rule the view draws by),
+//! drawn by `assets/lensview.js`, the same script the `lensmap serve` page uses.
 
-use super::font::text_width;
 use super::labels::xml_escape;
-use super::layout::{layout, MARGIN, SUBTITLE_SIZE};
-use super::svg::subtitle_lines;
+use super::view::view_spec;
 use super::{FigureOptions, DEFAULT_TITLE};
 use crate::grid::LensGrid;
 use crate::{Error, Result};
@@ -63,25 +61,16 @@ pub fn embedded_grid_json(grid: &LensGrid) -> Result<String> {
     Ok(v.to_string())
 }
 
-/// The page's options for `LensView.mount`, as JSON (window and zoom resolved
-/// with the same rules as the static figure).
-pub fn view_options_json(grid: &LensGrid, opts: &FigureOptions) -> Result<String> {
-    let lay = layout(grid, opts)?;
-    let max_sub = ((lay.width - 2.0 * MARGIN) / text_width(1, SUBTITLE_SIZE)) as usize;
-    let subtitle = subtitle_lines(grid, opts, max_sub.max(120));
-    let v = serde_json::json!({
-        "title": opts.title.clone().unwrap_or_else(|| DEFAULT_TITLE.to_string()),
-        "subtitle": subtitle,
-        "stat": opts.stat.as_str(),
-        "window": [lay.window.0, lay.window.1],
-        "zoom": lay.zoom,
-    });
-    Ok(v.to_string())
+/// The page's view for `LensView.mount`, as JSON: the [`ViewSpec`](super::ViewSpec) with
+/// window and zoom resolved as the static figure resolves them.
+pub fn view_spec_json(grid: &LensGrid, opts: &FigureOptions) -> Result<String> {
+    let spec = view_spec(grid, opts)?;
+    serde_json::to_string(&spec).map_err(|e| Error::Render(format!("view to JSON: {e}")))
 }
 
 /// Draw the interactive page.
 pub fn render_html(grid: &LensGrid, opts: &FigureOptions) -> Result<String> {
-    let options = view_options_json(grid, opts)?;
+    let options = view_spec_json(grid, opts)?;
     let grid_json = embedded_grid_json(grid)?;
     let title = opts
         .title

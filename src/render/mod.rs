@@ -22,6 +22,7 @@ mod layout;
 mod png;
 pub mod sample;
 pub(crate) mod svg;
+pub mod view;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -31,10 +32,11 @@ use crate::{Error, Result};
 
 pub use colormap::{Rgb, StatScale};
 pub use font::{FONT_DATA, FONT_FAMILY};
-pub use html::{render_html, LENSVIEW_CSS, LENSVIEW_JS};
+pub use html::{render_html, view_spec_json, LENSVIEW_CSS, LENSVIEW_JS};
 pub use layout::{layout, FigureLayout, GridGeom, Rect};
 pub use png::{render_png, PNG_SCALE};
 pub use svg::render_svg;
+pub use view::{view_spec, ViewSpec};
 
 /// The statistic that colours the cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -26,6 +26,8 @@ pub const WINDOW_COLOR: &str = "#7b2cbf";
 pub const ZOOM_COLOR: &str = "#1a9641";
 /// Blue of template and dummy markers.
 pub const KIND_COLOR: &str = "#1f5fbf";
+/// Template positions in the overview's kind strip.
+pub const TEMPLATE_STRIP_COLOR: &str = "#8fb3e8";
 /// Fill of dummy boxes.
 pub const DUMMY_FILL: &str = "#dbe8fb";
 const GREY: &str = "#555555";
@@ -302,7 +304,7 @@ fn draw_overview(
             let fill = if k == TokenKind::Dummy {
                 KIND_COLOR
             } else {
-                "#8fb3e8"
+                TEMPLATE_STRIP_COLOR
             };
             let _ = writeln!(
                 s,

@@ -75,6 +75,10 @@ pub fn router(state: Shared) -> Router {
             "/api/render",
             post(render_figure).layer(DefaultBodyLimit::max(render_limit)),
         )
+        .route(
+            "/api/view",
+            post(view).layer(DefaultBodyLimit::max(render_limit)),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -108,7 +112,7 @@ async fn common_headers(mut resp: Response) -> Response {
 async fn bounded_body(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let limit = match req.uri().path() {
         "/api/lens" => state.limits.max_body,
-        "/api/render" => state.limits.max_render_body,
+        "/api/render" | "/api/view" => state.limits.max_render_body,
         _ => state.limits.max_body,
     };
     let declared = req
@@ -673,26 +677,73 @@ fn parse_window(s: &str) -> Result<(usize, usize), ApiError> {
     Ok((a, b))
 }
 
+/// A request that sends a grid (`/api/render`, `/api/view`): its `format`,
+/// its figure options and the grid's bytes.
+fn grid_request(
+    state: &Shared,
+    query: Result<Query<RenderQuery>, axum::extract::rejection::QueryRejection>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Option<String>, FigureOptions, Bytes), ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    require_json(headers)?;
+    let bytes = body_bytes(body, state.limits.max_render_body)?;
+    let window = q.window.as_deref().map(parse_window).transpose()?;
+    let opts = figure_options(q.stat.as_deref(), window, q.zoom, q.title)?;
+    Ok((q.format, opts, bytes))
+}
+
+/// A grid sent as the request body (on a worker: it may be 32 MiB).
+fn grid_body(bytes: &[u8]) -> Result<LensGrid, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not a lensmap grid: {e}")))
+}
+
 async fn render_figure(
     State(state): State<Shared>,
     query: Result<Query<RenderQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Payload, ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
-    require_json(&headers)?;
-    let bytes = body_bytes(body, state.limits.max_render_body)?;
-    let format = match &q.format {
+    let (format, opts, bytes) = grid_request(&state, query, &headers, body)?;
+    let format = match &format {
         Some(f) => Format::parse(f, false)?,
         None => Format::Svg,
     };
-    let window = q.window.as_deref().map(parse_window).transpose()?;
-    let opts = figure_options(q.stat.as_deref(), window, q.zoom, q.title)?;
     run_job(&state, move || {
-        let grid: LensGrid = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("the body is not a lensmap grid: {e}")))?;
+        let grid = grid_body(&bytes)?;
         draw(&grid, format, &opts, true)
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// POST /api/view
+
+/// The view spec of a grid (`lensview.js` draws by it): what the HTML page of
+/// `lensmap run` embeds for the same grid and options.
+async fn view(
+    State(state): State<Shared>,
+    query: Result<Query<RenderQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Payload, ApiError> {
+    let (format, opts, bytes) = grid_request(&state, query, &headers, body)?;
+    if format.is_some() {
+        return Err(ApiError::bad_request(
+            "`/api/view` answers JSON and takes no `format`",
+        ));
+    }
+    run_job(&state, move || {
+        let grid = grid_body(&bytes)?;
+        let json =
+            render::view_spec_json(&grid, &opts).map_err(|e| ApiError::from_lensmap(e, true))?;
+        Ok(Payload {
+            bytes: json.into_bytes(),
+            format: Format::Json,
+            timing: None,
+        })
     })
     .await
 }

@@ -2,28 +2,29 @@
  * interactive heatmap. No dependencies, no network. Used by the HTML output
  * of `lensmap run` and by the `lensmap serve` page.
  *
+ * The script only draws. Every rule (cell colours, palettes and colour-bar
+ * ticks, token and row labels, default window and zoom, top-1 counts, layout
+ * sizes) comes from the view spec that lensmap resolves in Rust
+ * (src/render/view.rs): the HTML page embeds it, `lensmap serve` answers it
+ * at POST /api/view.
+ *
  * API
  * ---
- *   var view = LensView.mount(element, grid, options);
+ *   var view = LensView.mount(element, grid, spec);
  *
  * Draws into `element` (its contents are replaced; a view already mounted
  * there is destroyed first) and returns the view.
  *
  * grid: the grid object, or its JSON text.
- * options (all optional):
- *   title     heading text (default 'Rehearsal at "dummy tokens"');
- *   subtitle  array of lines under it (default: the model file);
- *   stat      colour statistic: 'entropy' (default), 'kl', 'target-prob',
- *             'target-rank', 'next-token-prob' (the target ones only when the
- *             grid tracks a target);
- *   window    [start, end): the positions of the magnified region B, end
- *             exclusive (default: the template/dummy tail and a few before);
- *   zoom      the position shown in panel C (default: the first dummy);
+ * spec: the view spec (object or JSON text): title, subtitle, stat, window
+ *   [start, end), zoom, and the rules above. The caller may change title,
+ *   subtitle, stat (one of spec.stats), window and zoom before mounting, and
+ *   may add
  *   onChange  function (state), called with view.getState() whenever the
  *             statistic, window or zoom changes (by the user or a setter).
  *
  * view:
- *   grid, element        the parsed grid and the view's root element;
+ *   grid, spec, element  the parsed grid and spec, and the view's root element;
  *   setStat(stat)        switch the colour statistic (unknown ones are ignored);
  *   setWindow(start, end) move/resize the window (clamped to the grid);
  *   setZoom(pos)         show position `pos` in panel C;
@@ -33,126 +34,21 @@
  *                        in document.body) and its event listeners; the
  *                        setters do nothing afterwards.
  *
- * LensView also exports the helpers paletteAt(name, t), label(text),
- * display(text) and textColor(rgb).
- *
  * The DOM the tests read: cells are rect.lv-cell[data-row][data-pos]
- * [data-top1], x labels text.lv-xlabel[data-pos][data-kind], kind boxes
- * rect.lv-kind, zoom counts .lv-zoomcount[data-token-id][data-count], the
- * tooltip div.lv-tooltip[data-row][data-pos] in document.body.
- *
- * Colours use the same maps as the static figure (src/render/colormap.rs):
- * control points spaced evenly, linear interpolation, 8-bit rounding.
+ * [data-top1] with their text.lv-cell-text, x labels text.lv-xlabel[data-pos]
+ * [data-kind], kind boxes rect.lv-kind, zoom counts .lv-zoomcount
+ * [data-token-id][data-count], the tooltip div.lv-tooltip[data-row][data-pos]
+ * in document.body.
  */
 (function (global) {
   'use strict';
 
-  var PALETTES = {
-    'RdBu_r': ['#053061', '#2166ac', '#4393c3', '#92c5de', '#d1e5f0', '#f7f7f7',
-               '#fddbc7', '#f4a582', '#d6604d', '#b2182b', '#67001f'],
-    'Blues': ['#f7fbff', '#deebf7', '#c6dbef', '#9ecae1', '#6baed6', '#4292c6',
-              '#2171b5', '#08519c', '#08306b']
-  };
-  PALETTES['Blues_r'] = PALETTES['Blues'].slice().reverse();
-  var MISSING = '#bdbdbd';
-  var STATS = {
-    'entropy': { lo: 0, hi: 10, palette: 'RdBu_r', title: 'Entropy (nats)', clips: true, name: 'entropy' },
-    'kl': { lo: 0, hi: 10, palette: 'RdBu_r', title: 'KL to final (nats)', clips: true, name: 'KL to final' },
-    'target-prob': { lo: 0, hi: 1, palette: 'Blues', title: 'Target probability', name: 'target prob' },
-    'target-rank': { lo: 1, hi: 0, log: true, palette: 'Blues_r', title: 'Target rank (log)', name: 'target rank' },
-    'next-token-prob': { lo: 0, hi: 1, palette: 'Blues', title: 'Next-token probability', name: 'next-token prob' }
-  };
-  var CELL_W = 58, CELL_H = 15, LABEL_W = 48, MAX_LABEL = 7;
+  var SPEC_VERSION = 1;
   var SVGNS = 'http://www.w3.org/2000/svg';
 
   function hexRgb(h) {
-    var v = parseInt(h.slice(1), 16);
+    var v = parseInt(h.replace('#', ''), 16);
     return [(v >> 16) & 255, (v >> 8) & 255, v & 255];
-  }
-  function hex(c) {
-    return '#' + c.map(function (x) { return (x < 16 ? '0' : '') + x.toString(16); }).join('');
-  }
-  /* Colour at t in [0, 1] of a named palette, as [r, g, b]. */
-  function paletteAt(name, t) {
-    var stops = PALETTES[name].map(hexRgb);
-    t = isNaN(t) ? 0 : Math.min(1, Math.max(0, t));
-    var x = t * (stops.length - 1);
-    var i = Math.min(Math.floor(x), stops.length - 2), f = x - i;
-    return [0, 1, 2].map(function (k) {
-      var a = stops[i][k], b = stops[i + 1][k];
-      return Math.min(255, Math.max(0, Math.round(a + (b - a) * f)));
-    });
-  }
-  function luminance(c) {
-    var l = c.map(function (x) {
-      x /= 255;
-      return x <= 0.04045 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4);
-    });
-    return 0.2126 * l[0] + 0.7152 * l[1] + 0.0722 * l[2];
-  }
-  function textColor(c) {
-    var l = luminance(c);
-    return 1.05 / (l + 0.05) > (l + 0.05) / 0.05 ? '#ffffff' : '#000000';
-  }
-
-  /* Token display rules, as src/render/labels.rs. */
-  function unit(ch) {
-    if (ch === ' ' || ch === '\u0120' || ch === '\u2581') return '_';
-    if (ch === '\n') return '\\n';
-    if (ch === '\t') return '\\t';
-    if (ch === '\r') return '\\r';
-    var c = ch.codePointAt(0);
-    if (c < 0x20 || (c >= 0x7f && c < 0xa0)) return '\\x' + (c < 16 ? '0' : '') + c.toString(16);
-    if (/\s/.test(ch)) return '_';
-    if ((c >= 0x200b && c <= 0x200f) || (c >= 0x202a && c <= 0x202e) || (c >= 0x2060 && c <= 0x206f) || c === 0xfeff) return '\ufffd';
-    return ch;
-  }
-  function display(text) {
-    if (!text) return '\u2205';
-    return Array.from(text).map(unit).join('');
-  }
-  function label(text) {
-    var full = display(text);
-    if (Array.from(full).length <= MAX_LABEL) return full;
-    var out = '', n = 0, chars = Array.from(text);
-    for (var i = 0; i < chars.length; i++) {
-      var u = unit(chars[i]), len = Array.from(u).length;
-      if (n + len > MAX_LABEL - 1) break;
-      out += u; n += len;
-    }
-    return out + '...';
-  }
-
-  function target(grid) {
-    var t = (grid.tracked || []).filter(function (x) { return x.role === 'target'; });
-    return t.length ? t[0] : null;
-  }
-  function value(grid, stat, row, pos) {
-    switch (stat) {
-      case 'entropy': return grid.entropy[row][pos];
-      case 'kl': return grid.kl_to_final[row][pos];
-      case 'next-token-prob': var nt = grid.next_token[row][pos]; return nt ? nt.prob : null;
-      case 'target-prob': case 'target-rank':
-        var t = target(grid); if (!t) return null;
-        var c = t.cells[row][pos];
-        if (c.prob === null) return null; // outside --positions
-        return stat === 'target-prob' ? c.prob : c.rank;
-    }
-    return null;
-  }
-  function scaleFor(grid, stat) {
-    var s = Object.assign({}, STATS[stat] || STATS.entropy);
-    if (s.log) s.hi = Math.max(2, grid.model.vocab_size || 2);
-    return s;
-  }
-  function scaleT(s, v) {
-    var t = s.log ? (Math.log(Math.max(v, s.lo)) - Math.log(s.lo)) / (Math.log(s.hi) - Math.log(s.lo))
-                  : (v - s.lo) / (s.hi - s.lo);
-    return Math.min(1, Math.max(0, t));
-  }
-  /* [r, g, b] of a value, or null when missing. */
-  function colorOf(s, v) {
-    return (v === null || v === undefined || isNaN(v)) ? null : paletteAt(s.palette, scaleT(s, v));
   }
 
   function el(tag, attrs, parent, text) {
@@ -172,28 +68,13 @@
   function fmt(v, d) { return v === null || v === undefined ? 'n/a' : (+v).toFixed(d); }
   function prob(p) { return p >= 0.001 || p === 0 ? p.toFixed(3) : p.toExponential(1); }
 
-  /* Default window: the template/dummy tail plus 4 before it, at least the last 12, at most 32. */
-  function defaultWindow(grid) {
-    var n = grid.tokens.length;
-    if (n <= 40) return [0, n];
-    var lastText = -1;
-    grid.tokens.forEach(function (t, i) { if (t.kind === 'text') lastText = i; });
-    var s = Math.max(0, n - 12);
-    if (lastText + 1 < n) s = Math.min(s, Math.max(0, lastText + 1 - 4));
-    return [Math.max(s, n - 32), n];
-  }
-  /* Default zoom: the first dummy, else the last template position after the last text token, else the last. */
-  function defaultZoom(grid, w) {
-    var z = -1, i;
-    for (i = w[0]; i < w[1] && z < 0; i++) if (grid.tokens[i].kind === 'dummy') z = i;
-    for (i = w[1] - 1; i >= w[0] && z < 0 && grid.tokens[i].kind !== 'text'; i--) if (grid.tokens[i].kind === 'template') z = i;
-    return z < 0 ? w[1] - 1 : z;
-  }
-  function rowLabel(grid, r) { return r + 1 === grid.n_rows ? 'output' : String(r); }
-
-  function mount(root, gridJson, options) {
+  function mount(root, gridJson, specJson) {
     var grid = typeof gridJson === 'string' ? JSON.parse(gridJson) : gridJson;
-    options = options || {};
+    var spec = typeof specJson === 'string' ? JSON.parse(specJson) : specJson;
+    if (!spec || spec.version !== SPEC_VERSION) {
+      throw new Error('LensView.mount needs the view spec (version ' + SPEC_VERSION +
+        ') that lensmap writes into its HTML page or answers at POST /api/view');
+    }
     // One view per element: a new mount replaces the old one, tooltip included.
     if (root.lvView) root.lvView.destroy();
     // Every listener goes through listen(), so destroy() can remove them all.
@@ -202,19 +83,31 @@
       target.addEventListener(type, fn);
       listeners.push([target, type, fn]);
     }
+    var L = spec.layout, stats = {};
+    spec.stats.forEach(function (s) { stats[s.key] = s; });
+    /* The display form (tooltips) and the cut label (cells, axes) of a token text. */
+    function display(text) { var l = spec.labels[text]; return l ? l[0] : String(text); }
+    function label(text) { var l = spec.labels[text]; return l ? l[1] : String(text); }
+    /* The default zoom of a window (as resolve_zoom; see ZoomRule). */
+    function defaultZoom(w) {
+      var d = spec.zoom_rule.first_dummy[w[0]], t = spec.zoom_rule.tail_template[w[1] - 1];
+      if (d < w[1]) return d;
+      return t !== null && t >= w[0] ? t : w[1] - 1;
+    }
     var n = grid.tokens.length, rows = grid.n_rows;
     var state = {
-      stat: options.stat && STATS[options.stat] ? options.stat : 'entropy',
-      win: options.window || defaultWindow(grid),
-      zoom: null
+      stat: stats[spec.stat] ? spec.stat : spec.stats[0].key,
+      win: [spec.window[0], spec.window[1]],
+      zoom: spec.zoom
     };
-    if (!target(grid) && /^target/.test(state.stat)) state.stat = 'entropy';
-    state.zoom = options.zoom !== undefined && options.zoom !== null ? options.zoom : defaultZoom(grid, state.win);
+    /* A cell's fill ('#rrggbb') and text colour under statistic s. */
+    function cellColor(s, r, p) { return '#' + s.cells[r].substr(7 * p, 6); }
+    function cellText(s, r, p) { return s.cells[r].charAt(7 * p + 6) === 'w' ? '#ffffff' : '#000000'; }
 
     root.innerHTML = '';
     var box = el('div', { 'class': 'lv' }, root);
-    el('h1', { 'class': 'lv-title' }, box, options.title || 'Rehearsal at "dummy tokens"');
-    (options.subtitle || [grid.model.file]).forEach(function (line) {
+    el('h1', { 'class': 'lv-title' }, box, spec.title);
+    spec.subtitle.forEach(function (line) {
       if (line) el('div', { 'class': 'lv-sub' }, box, line);
     });
 
@@ -222,22 +115,21 @@
     var ctl = el('div', { 'class': 'lv-controls' }, box);
     var lab = el('label', {}, ctl, 'colour: ');
     var sel = el('select', { 'class': 'lv-stat' }, lab);
-    ['entropy', 'kl', 'target-prob', 'target-rank', 'next-token-prob'].forEach(function (k) {
-      if (/^target/.test(k) && !target(grid)) return;
-      var o = el('option', { value: k }, sel, STATS[k].name);
-      if (k === state.stat) o.selected = true;
+    spec.stats.forEach(function (s) {
+      var o = el('option', { value: s.key }, sel, s.name);
+      if (s.key === state.stat) o.selected = true;
     });
     listen(sel, 'change', function () { view.setStat(sel.value); });
     var winLab = el('label', { 'class': 'lv-winlab' }, ctl);
     var slider = el('input', { type: 'range', 'class': 'lv-slider', min: 0, step: 1 }, ctl);
-    var widthIn = el('input', { type: 'number', 'class': 'lv-width', min: 2, max: 64 }, ctl);
+    var widthIn = el('input', { type: 'number', 'class': 'lv-width', min: L.window_min, max: L.window_max }, ctl);
     el('span', { 'class': 'lv-hint' }, ctl, 'columns \u00b7 hover a cell for details, click a column to zoom');
     listen(slider, 'input', function () {
       var w = state.win[1] - state.win[0], s = +slider.value;
       view.setWindow(s, s + w);
     });
     listen(widthIn, 'change', function () {
-      var w = Math.max(2, Math.min(64, n, +widthIn.value || 12));
+      var w = Math.max(L.window_min, Math.min(L.window_max, n, +widthIn.value || state.win[1] - state.win[0]));
       var s = Math.min(state.win[0], n - w);
       view.setWindow(s, s + w);
     });
@@ -265,7 +157,7 @@
 
     function tooltipText(row, pos) {
       var t = grid.tokens[pos], lines = [];
-      lines.push('layer ' + rowLabel(grid, row) + ' \u00b7 pos ' + pos + ' ' + label(t.text) + ' (' + t.kind + ')');
+      lines.push('layer ' + spec.row_labels[row] + ' \u00b7 pos ' + pos + ' ' + label(t.text) + ' (' + t.kind + ')');
       if (grid.entropy[row][pos] === null) {
         lines.push('not computed (outside --positions)');
         return lines.join('\n');
@@ -275,7 +167,7 @@
       });
       lines.push('entropy ' + fmt(grid.entropy[row][pos], 3) + ' nats \u00b7 KL ' + fmt(grid.kl_to_final[row][pos], 3) + ' nats');
       var nt = grid.next_token[row][pos];
-      lines.push(nt ? 'next token ' + label((grid.tokens[pos + 1] || {}).text) + ': p ' + prob(nt.prob) + ', rank ' + nt.rank : 'next token: none (last position)');
+      lines.push(nt ? 'next token ' + label(grid.tokens[pos + 1].text) + ': p ' + prob(nt.prob) + ', rank ' + nt.rank : 'next token: none (last position)');
       (grid.tracked || []).forEach(function (tr) {
         var c = tr.cells[row][pos];
         lines.push(tr.role + ' ' + display(tr.token_text) + ': p ' + prob(c.prob) + ', rank ' + c.rank);
@@ -308,11 +200,11 @@
     });
 
     function drawOverview() {
-      var s = scaleFor(grid, state.stat);
+      var s = stats[state.stat];
       var ctx = canvas.getContext('2d'), img = ctx.createImageData(n, rows);
       for (var r = 0; r < rows; r++) {
         for (var p = 0; p < n; p++) {
-          var c = colorOf(s, value(grid, state.stat, r, p)) || hexRgb(MISSING);
+          var c = hexRgb(s.cells[r].substr(7 * p, 6));
           var o = ((rows - 1 - r) * n + p) * 4;
           img.data[o] = c[0]; img.data[o + 1] = c[1]; img.data[o + 2] = c[2]; img.data[o + 3] = 255;
         }
@@ -320,7 +212,7 @@
       ctx.putImageData(img, 0, 0);
       var kctx = kinds.getContext('2d'), kimg = kctx.createImageData(n, 1);
       grid.tokens.forEach(function (t, p) {
-        var c = t.kind === 'dummy' ? [31, 95, 191] : t.kind === 'template' ? [143, 179, 232] : [255, 255, 255];
+        var c = spec.kind_colors[t.kind] ? hexRgb(spec.kind_colors[t.kind]) : [255, 255, 255];
         kimg.data.set([c[0], c[1], c[2], 255], p * 4);
       });
       kctx.putImageData(kimg, 0, 0);
@@ -337,62 +229,61 @@
 
     function drawMain() {
       while (svg.firstChild) svg.removeChild(svg.firstChild);
-      var s = scaleFor(grid, state.stat);
+      var s = stats[state.stat], CW = L.cell_w, CH = L.cell_h;
       var w0 = state.win[0], w1 = state.win[1], cols = w1 - w0;
-      var gx = LABEL_W, gy = 26, gw = cols * CELL_W, gh = rows * CELL_H;
-      var cx = gx + gw + 40, cw = 190, barx = cx + cw + 30;
-      var counts = top1Counts(state.zoom);
-      var height = gy + gh + 60 + Math.max(0, Math.min(counts.length, 6) * 14 + 40 - 50);
+      var gx = L.row_label_w, gy = 26, gw = cols * CW, gh = rows * CH;
+      var cx = gx + gw + 40, cw = L.zoom_w, barx = cx + cw + 30;
+      var counts = spec.top1_counts[state.zoom];
+      var height = gy + gh + 60 + Math.max(0, counts.length * 14 + 40 - 50);
       svg.setAttribute('width', barx + 90);
       svg.setAttribute('height', height);
       svg.setAttribute('viewBox', '0 0 ' + (barx + 90) + ' ' + height);
       sv('text', { x: gx, y: gy - 8, 'class': 'lv-region' }, svg, 'positions ' + w0 + '\u2013' + (w1 - 1));
       var g = sv('g', { 'class': 'lv-cells' }, svg), gt = sv('g', { 'class': 'lv-cell-texts' }, svg);
       for (var r = 0; r < rows; r++) {
-        var y = gy + (rows - 1 - r) * CELL_H;
-        sv('text', { x: gx - 5, y: y + CELL_H / 2 + 3.4, 'class': 'lv-rowlab' }, svg, rowLabel(grid, r));
+        var y = gy + (rows - 1 - r) * CH;
+        sv('text', { x: gx - 5, y: y + CH / 2 + 3.4, 'class': 'lv-rowlab' }, svg, spec.row_labels[r]);
         for (var p = w0; p < w1; p++) {
-          var x = gx + (p - w0) * CELL_W;
-          var c = colorOf(s, value(grid, state.stat, r, p));
-          var top = grid.topk[r][p][0] || { text: '', prob: 0 };
-          sv('rect', { 'class': 'lv-cell', 'data-row': r, 'data-pos': p, 'data-top1': display(top.text),
-                       x: x, y: y, width: CELL_W, height: CELL_H, fill: c ? hex(c) : MISSING }, g);
-          sv('text', { x: x + CELL_W / 2, y: y + CELL_H / 2 + 3.4, fill: c ? textColor(c) : '#000000',
-                       'data-row': r, 'data-pos': p, 'class': 'lv-cell lv-cell-text' }, gt, label(top.text));
+          var x = gx + (p - w0) * CW;
+          var top = grid.topk[r][p][0];
+          sv('rect', { 'class': 'lv-cell', 'data-row': r, 'data-pos': p, 'data-top1': top ? display(top.text) : '',
+                       x: x, y: y, width: CW, height: CH, fill: cellColor(s, r, p) }, g);
+          sv('text', { x: x + CW / 2, y: y + CH / 2 + 3.4, fill: cellText(s, r, p),
+                       'data-row': r, 'data-pos': p, 'class': 'lv-cell lv-cell-text' }, gt, top ? label(top.text) : '');
         }
       }
       // X labels with template / dummy boxes.
       for (var q = w0; q < w1; q++) {
-        var t = grid.tokens[q], lx = gx + (q - w0) * CELL_W, ly = gy + gh + 4;
+        var t = grid.tokens[q], lx = gx + (q - w0) * CW, ly = gy + gh + 4;
         if (t.kind !== 'text') {
-          sv('rect', { x: lx + 2, y: ly, width: CELL_W - 4, height: 15, rx: 2, 'data-pos': q,
+          sv('rect', { x: lx + 2, y: ly, width: CW - 4, height: 15, rx: 2, 'data-pos': q,
                        'class': 'lv-kind lv-kind-' + t.kind }, svg);
         }
-        sv('text', { x: lx + CELL_W / 2, y: ly + 11, 'data-pos': q, 'data-kind': t.kind,
+        sv('text', { x: lx + CW / 2, y: ly + 11, 'data-pos': q, 'data-kind': t.kind,
                      'class': 'lv-xlabel lv-xlabel-' + t.kind }, svg, label(t.text));
       }
       // Zoom column, connector and panel C.
       var z = state.zoom;
       if (z >= w0 && z < w1) {
-        var zx = gx + (z - w0) * CELL_W;
-        sv('rect', { x: zx, y: gy - 1, width: CELL_W, height: gh + 2, 'class': 'lv-zoomcol' }, svg);
-        sv('path', { d: 'M' + (zx + CELL_W / 2) + ' ' + (gy - 2) + 'V' + (gy - 14) + 'H' + cx, 'class': 'lv-connector' }, svg);
+        var zx = gx + (z - w0) * CW;
+        sv('rect', { x: zx, y: gy - 1, width: CW, height: gh + 2, 'class': 'lv-zoomcol' }, svg);
+        sv('path', { d: 'M' + (zx + CW / 2) + ' ' + (gy - 2) + 'V' + (gy - 14) + 'H' + cx, 'class': 'lv-connector' }, svg);
       }
-      var panelH = gh + 30 + 20 + Math.min(counts.length, 6) * 14 + 8;
+      var panelH = gh + 30 + 20 + counts.length * 14 + 8;
       sv('rect', { x: cx, y: gy - 22, width: cw, height: panelH, rx: 3, 'class': 'lv-zoompanel' }, svg);
       sv('text', { x: cx + 8, y: gy - 8, 'class': 'lv-region lv-zoomtitle' }, svg, 'C  pos ' + z + ': ' + label(grid.tokens[z].text));
       for (r = 0; r < rows; r++) {
-        var tk = grid.topk[r][z][0] || { text: '', prob: 0, id: -1 }, yy = gy + (rows - 1 - r) * CELL_H + CELL_H / 2;
-        var zr = sv('g', { 'class': 'lv-zoomrow', 'data-row': r, 'data-token-id': tk.id }, svg);
-        sv('text', { x: cx + 42, y: yy + 3.4, 'class': 'lv-rowlab' }, zr, rowLabel(grid, r));
-        sv('text', { x: cx + 50, y: yy + 3.4 }, zr, label(tk.text));
-        sv('text', { x: cx + 140, y: yy + 3.4, 'text-anchor': 'end' }, zr, tk.prob.toFixed(2));
+        var tk = grid.topk[r][z][0], yy = gy + (rows - 1 - r) * CH + CH / 2;
+        var zr = sv('g', { 'class': 'lv-zoomrow', 'data-row': r, 'data-token-id': tk ? tk.id : -1 }, svg);
+        sv('text', { x: cx + 42, y: yy + 3.4, 'class': 'lv-rowlab' }, zr, spec.row_labels[r]);
+        sv('text', { x: cx + 50, y: yy + 3.4 }, zr, tk ? label(tk.text) : '');
+        sv('text', { x: cx + 140, y: yy + 3.4, 'text-anchor': 'end' }, zr, tk ? tk.prob.toFixed(2) : '');
         sv('rect', { x: cx + 146, y: yy - 3.5, width: 36, height: 7, fill: '#eeeeee' }, zr);
-        sv('rect', { x: cx + 146, y: yy - 3.5, width: 36 * Math.max(0, Math.min(1, tk.prob)), height: 7, 'class': 'lv-probbar' }, zr);
+        sv('rect', { x: cx + 146, y: yy - 3.5, width: 36 * Math.max(0, Math.min(1, tk ? tk.prob : 0)), height: 7, 'class': 'lv-probbar' }, zr);
       }
       var ty = gy + gh + 22;
       sv('text', { x: cx + 8, y: ty, 'class': 'lv-muted' }, svg, 'most frequent top-1:');
-      counts.slice(0, 6).forEach(function (c, i) {
+      counts.forEach(function (c, i) {
         var cg = sv('g', { 'class': 'lv-zoomcount', 'data-token-id': c.id, 'data-count': c.count }, svg);
         sv('text', { x: cx + 16, y: ty + 14 * (i + 1) }, cg, label(c.text) + ' \u00d7' + c.count);
       });
@@ -401,53 +292,40 @@
     function drawColorbar(s, x, y, h) {
       var id = 'lvgrad' + Math.floor(Math.random() * 1e9);
       var grad = sv('linearGradient', { id: id, x1: 0, y1: 1, x2: 0, y2: 0 }, sv('defs', {}, svg));
-      var stops = PALETTES[s.palette];
-      stops.forEach(function (c, i) { sv('stop', { offset: (i / (stops.length - 1) * 100) + '%', 'stop-color': c }, grad); });
+      s.palette.forEach(function (c, i) { sv('stop', { offset: (i / (s.palette.length - 1) * 100) + '%', 'stop-color': c }, grad); });
       sv('rect', { x: x, y: y, width: 14, height: h, fill: 'url(#' + id + ')', 'class': 'lv-bar' }, svg);
-      var ticks = [];
-      if (s.log) { for (var v = 1; v <= s.hi; v *= 10) ticks.push([v, v >= 1000 ? '1e' + Math.round(Math.log10(v)) : String(v)]); }
-      else for (var i = 0; i <= 5; i++) ticks.push([s.lo + i * (s.hi - s.lo) / 5, s.hi <= 1 ? (i / 5).toFixed(1) : String(i * 2)]);
-      ticks.forEach(function (tk) {
-        var ty = y + h - scaleT(s, tk[0]) * h;
+      s.ticks.forEach(function (tk) {
+        var ty = y + h - tk[0] * h;
         sv('path', { d: 'M' + (x + 14) + ' ' + ty + 'h3', 'class': 'lv-tick' }, svg);
         sv('text', { x: x + 19, y: ty + 3.4, 'class': 'lv-muted' }, svg, tk[1]);
       });
-      if (s.clips) {
-        sv('path', { d: 'M' + x + ' ' + y + 'L' + (x + 7) + ' ' + (y - 11) + 'L' + (x + 14) + ' ' + y + 'Z', fill: hex(paletteAt(s.palette, 1)), 'class': 'lv-bar' }, svg);
-        sv('text', { x: x - 2, y: y - 15, 'class': 'lv-muted lv-small' }, svg, '>' + s.hi + ' clipped');
+      if (s.clip_label) {
+        sv('path', { d: 'M' + x + ' ' + y + 'L' + (x + 7) + ' ' + (y - 11) + 'L' + (x + 14) + ' ' + y + 'Z', fill: s.palette[s.palette.length - 1], 'class': 'lv-bar' }, svg);
+        sv('text', { x: x - 2, y: y - 15, 'class': 'lv-muted lv-small' }, svg, s.clip_label);
       }
       var tx = x + 62, ty = y + h / 2;
       sv('text', { x: tx, y: ty, transform: 'rotate(-90 ' + tx + ' ' + ty + ')', 'text-anchor': 'middle', 'class': 'lv-bartitle' }, svg, s.title);
-    }
-    function top1Counts(pos) {
-      var out = [], byId = {};
-      for (var r = 0; r < rows; r++) {
-        var t = grid.topk[r][pos][0];
-        if (!t) continue;
-        if (byId[t.id]) { byId[t.id].count++; byId[t.id].last = r; }
-        else { byId[t.id] = { id: t.id, text: t.text, count: 1, last: r }; out.push(byId[t.id]); }
-      }
-      return out.sort(function (a, b) { return b.count - a.count || b.last - a.last; });
     }
 
     function getState() {
       return { stat: state.stat, window: [state.win[0], state.win[1]], zoom: state.zoom };
     }
-    /* Run a state change; tell options.onChange if it changed anything. */
+    /* Run a state change; tell spec.onChange if it changed anything. */
     function change(f) {
       if (destroyed) return;
       var before = JSON.stringify(getState());
       f();
       var now = getState();
-      if (options.onChange && JSON.stringify(now) !== before) options.onChange(now);
+      if (spec.onChange && JSON.stringify(now) !== before) spec.onChange(now);
     }
 
     var view = {
       grid: grid,
+      spec: spec,
       element: box,
       setStat: function (stat) {
         change(function () {
-          if (!STATS[stat] || (/^target/.test(stat) && !target(grid))) return;
+          if (!stats[stat]) return;
           state.stat = stat; sel.value = stat; drawOverview(); drawMain();
         });
       },
@@ -455,7 +333,7 @@
         change(function () {
           s = Math.max(0, Math.min(n - 1, s | 0)); e = Math.max(s + 1, Math.min(n, e | 0));
           state.win = [s, e];
-          if (state.zoom < s || state.zoom >= e) state.zoom = defaultZoom(grid, state.win);
+          if (state.zoom < s || state.zoom >= e) state.zoom = defaultZoom(state.win);
           placeMarker(); drawMain();
         });
       },
@@ -485,11 +363,5 @@
     return view;
   }
 
-  global.LensView = {
-    mount: mount,
-    paletteAt: paletteAt,
-    label: label,
-    display: display,
-    textColor: textColor
-  };
+  global.LensView = { mount: mount };
 })(typeof window !== 'undefined' ? window : this);

@@ -134,15 +134,16 @@
       }
       lastText = r.text;
       lastGrid = JSON.parse(r.text);
-      show(lastGrid);
       // The server's own timing (Server-Timing: queue;dur=MS, compute;dur=MS).
       var st = r.resp.headers.get('Server-Timing') || '', m = /compute;dur=([\d.]+)/.exec(st);
       var q = /queue;dur=([\d.]+)/.exec(st);
       var secs = m ? (+m[1] / 1000) : (performance.now() - t0) / 1000;
-      setStatus(lastGrid.model.file + ': ' + lastGrid.tokens.length + ' positions \u00d7 ' + lastGrid.n_rows +
-        ' rows, computed in ' + secs.toFixed(2) + ' s' + (q && +q[1] > 50 ? ' after ' + (+q[1] / 1000).toFixed(1) + ' s in the queue' : ''));
-      setDownloads(true);
-      setState('done');
+      return show(lastGrid).then(function () {
+        setStatus(lastGrid.model.file + ': ' + lastGrid.tokens.length + ' positions \u00d7 ' + lastGrid.n_rows +
+          ' rows, computed in ' + secs.toFixed(2) + ' s' + (q && +q[1] > 50 ? ' after ' + (+q[1] / 1000).toFixed(1) + ' s in the queue' : ''));
+        setDownloads(true);
+        setState('done');
+      });
     }).catch(function (e) {
       clearInterval(timer);
       $('run').disabled = false;
@@ -151,29 +152,43 @@
     });
   }
 
+  /* Draw a grid: ask the server for its view (POST /api/view: palettes,
+   * scales, labels, window and zoom resolved by lensmap), then mount it. */
   function show(grid) {
-    var opts = { subtitle: subtitle(grid) };
-    if (view) opts.stat = view.getState().stat;
-    else if (params.has('stat')) opts.stat = params.get('stat');
+    var q = new URLSearchParams();
+    if (view) q.set('stat', view.getState().stat);
+    else if (params.has('stat')) q.set('stat', params.get('stat'));
     if (firstRun) {
       var w = params.get('window');
-      if (w) {
-        var m = /^(\d+)\s*(?:\.\.|,)\s*(\d+)$/.exec(w);
-        var n = grid.tokens.length;
-        if (m && +m[1] < +m[2] && +m[2] <= n) opts.window = [+m[1], +m[2]];
-      }
+      var m = w && /^(\d+)\s*(?:\.\.|,)\s*(\d+)$/.exec(w);
+      if (m) q.set('window', m[1] + '..' + m[2]);
       if (params.has('zoom')) {
         var z = parseInt(params.get('zoom'), 10);
         if (z < 0) z += grid.tokens.length;
-        if (z >= 0 && z < grid.tokens.length && (!opts.window || (z >= opts.window[0] && z < opts.window[1]))) opts.zoom = z;
+        if (z >= 0) q.set('zoom', z);
       }
     }
-    // The previous view's tooltip lives in <body>: destroy() takes it along,
-    // or a shown one would stay forever.
-    if (view) view.destroy();
-    view = LensView.mount(gridEl, grid, opts);
-    if (firstRun && params.has('hover')) hover(params.get('hover'));
+    var first = firstRun;
     firstRun = false;
+    var ask = function (query) {
+      return fetch('/api/view?' + query.toString(), {
+        method: 'POST', headers: { 'Content-Type': 'application/json' }, body: lastText
+      });
+    };
+    // A statistic, window or zoom this grid cannot show: its default view instead.
+    return ask(q).then(function (resp) {
+      return resp.ok ? resp : ask(new URLSearchParams());
+    }).then(function (resp) {
+      if (!resp.ok) return resp.text().then(function (t) { throw new Error(errorText(resp, t)); });
+      return resp.json();
+    }).then(function (spec) {
+      spec.subtitle = subtitle(grid);
+      // The previous view's tooltip lives in <body>: destroy() takes it along,
+      // or a shown one would stay forever.
+      if (view) view.destroy();
+      view = LensView.mount(gridEl, grid, spec);
+      if (first && params.has('hover')) hover(params.get('hover'));
+    });
   }
 
   /* Hover a cell as a user would: a real mouseover at its centre. */

@@ -58,11 +58,6 @@ impl CellStats {
             ],
         }
     }
-
-    /// Whether this cell was skipped ([`CellStats::absent`]).
-    pub fn is_absent(&self) -> bool {
-        self.entropy.is_nan()
-    }
 }
 
 /// The final row's distribution at one position, which every other row of

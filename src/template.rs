@@ -98,11 +98,6 @@ impl ChatTemplate {
         })
     }
 
-    /// Names of the built-in templates.
-    pub fn builtin_names() -> Vec<&'static str> {
-        BUILTINS.iter().map(|(name, _, _)| *name).collect()
-    }
-
     /// Render like HF `apply_chat_template(messages, add_generation_prompt=...)`.
     pub fn render(
         &self,
@@ -135,7 +130,7 @@ impl ChatTemplate {
 
     /// Render with an arbitrary context (a minijinja map), for callers that
     /// need extra variables such as `enable_thinking`.
-    pub fn render_value(&self, ctx: Value) -> Result<String> {
+    fn render_value(&self, ctx: Value) -> Result<String> {
         // `raise_exception` stores its message here so the error carries the
         // template's own words rather than minijinja's wrapping.
         let raised: Arc<Mutex<Option<String>>> = Arc::default();

@@ -138,11 +138,6 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Query heads that share one kv head.
-    pub fn group_size(&self) -> usize {
-        self.n_heads / self.n_kv_heads
-    }
-
     /// Whether layer `i` uses the sliding window.
     pub fn is_sliding(&self, layer: usize) -> bool {
         self.sliding_window.is_some() && self.sliding_layers.get(layer).copied().unwrap_or(false)

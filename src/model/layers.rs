@@ -350,7 +350,7 @@ enum QkvProj {
 
 /// Multi-head attention with grouped kv heads, optional sliding window.
 #[derive(Debug, Clone)]
-pub struct Attention {
+pub(crate) struct Attention {
     qkv: QkvProj,
     o: Linear,
     q_norm: Option<Norm>,
@@ -511,7 +511,7 @@ enum MlpProj {
 
 /// The feed-forward part of a block.
 #[derive(Debug, Clone)]
-pub struct Mlp {
+pub(crate) struct Mlp {
     proj: MlpProj,
     down: Linear,
     act: Activation,

@@ -20,9 +20,9 @@ use crate::{Error, Result};
 /// Every `SLIDING_PATTERN`-th layer is global; the rest slide. Gemma 3 GGUF
 /// files do not record it; llama.cpp hard-codes the same value, and it is
 /// transformers' default.
-pub const SLIDING_PATTERN: usize = 6;
+const SLIDING_PATTERN: usize = 6;
 /// RoPE base of sliding layers (`rope_local_base_freq`), likewise not in GGUF.
-pub const LOCAL_ROPE_THETA: f64 = 10_000.0;
+const LOCAL_ROPE_THETA: f64 = 10_000.0;
 
 /// What one Gemma 3 checkpoint says beyond its sizes.
 struct Variant {

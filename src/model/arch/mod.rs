@@ -17,10 +17,11 @@
 //! A llama-like family (pre-norm, RoPE, gated MLP) needs no new forward code:
 //!
 //! 1. a [`Family`] variant (`model/config.rs`, one line);
-//! 2. one [`FamilySpec`] row in [`FAMILIES`] (about 14 lines): its HF
-//!    `model_type`s, transformers class, whether GGUF files of it are read,
-//!    the translators (`llama::from_hf`, `llama::from_gguf`, `llama::to_hf`
-//!    serve every llama-like family) and its built-in chat template, if any;
+//! 2. one [`FamilySpec`] row in [`FAMILIES`]: its HF `model_type`s,
+//!    transformers class, the translators (`llama::from_hf`,
+//!    `llama::from_gguf` and `llama::to_hf` serve every llama-like family),
+//!    its tensor names and built-in chat template. With llama's names that is
+//!    one `llama_like(..)` line; overriding fields makes it about ten;
 //! 3. tensor names, only if they differ from llama's: a `fn(Part) -> &str`
 //!    table like [`gemma3::hf_name`] (one line per renamed part, the rest
 //!    falling through to [`llama::hf_name`]); GGUF names are llama.cpp's for
@@ -206,17 +207,7 @@ const HF_PREFIXES: [&str; 5] = [
 /// makes the token embedding exist (`has`); if none does, the family's usual
 /// one, so that the loader reports the usual name as missing.
 pub fn hf_names(family: Family, has: impl Fn(&str) -> bool) -> HfNames {
-    let spec = family.spec();
-    let embd = (spec.hf_name)(Part::TokenEmbd);
-    let prefix = HF_PREFIXES
-        .into_iter()
-        .find(|p| has(&format!("{p}{embd}.weight")))
-        .unwrap_or(spec.hf_prefix);
-    HfNames {
-        prefix: prefix.to_string(),
-        layers: spec.hf_layers,
-        table: spec.hf_name,
-    }
+    family.spec().hf_names(has)
 }
 
 /// Which tensors of an HF checkpoint of `family` are stored `[in, out]`.
@@ -262,6 +253,22 @@ pub struct FamilySpec {
     pub hf_transpose: Option<TransposeRule>,
     /// The built-in chat template (`crate::template`) for files that carry none.
     pub template: Option<&'static str>,
+}
+
+impl FamilySpec {
+    /// The names of an HF checkpoint of this family: see [`hf_names`].
+    pub fn hf_names(&self, has: impl Fn(&str) -> bool) -> HfNames {
+        let embd = (self.hf_name)(Part::TokenEmbd);
+        let prefix = HF_PREFIXES
+            .into_iter()
+            .find(|p| has(&format!("{p}{embd}.weight")))
+            .unwrap_or(self.hf_prefix);
+        HfNames {
+            prefix: prefix.to_string(),
+            layers: self.hf_layers,
+            table: self.hf_name,
+        }
+    }
 }
 
 /// A llama-like family: llama's translators and tensor names.
@@ -494,4 +501,116 @@ impl Hyper {
 pub(crate) fn gguf_rope_theta(file: &GgufFile, arch: &str) -> f64 {
     file.meta_f64(&format!("{arch}.rope.freq_base"))
         .unwrap_or(10_000.0)
+}
+
+#[cfg(test)]
+mod registry {
+    use super::*;
+
+    #[test]
+    fn every_family_has_exactly_one_row() {
+        let all = [
+            Family::Llama,
+            Family::Mistral,
+            Family::Qwen2,
+            Family::Qwen3,
+            Family::Gemma3,
+            Family::Gpt2,
+            Family::Phi3,
+        ];
+        for f in all {
+            // A new variant fails to compile here until it is listed above.
+            match f {
+                Family::Llama
+                | Family::Mistral
+                | Family::Qwen2
+                | Family::Qwen3
+                | Family::Gemma3
+                | Family::Gpt2
+                | Family::Phi3 => {}
+            }
+            assert_eq!(
+                FAMILIES.iter().filter(|s| s.family == f).count(),
+                1,
+                "{f:?}"
+            );
+        }
+        let mut types: Vec<_> = FAMILIES.iter().flat_map(|s| s.hf_model_types).collect();
+        types.sort();
+        let n = types.len();
+        types.dedup();
+        assert_eq!(types.len(), n, "an HF model_type is claimed twice");
+    }
+
+    // The whole of a new llama-like family, here Meta's original checkpoint
+    // names (`layers.0.attention.wq.weight`) under a made-up `model_type`:
+    // a name table (16 lines) and a registry row (10 lines), plus the one-line
+    // `Family` variant a real family would add (the example borrows `Llama`).
+    fn meta_name(part: Part) -> &'static str {
+        match part {
+            Part::TokenEmbd => "tok_embeddings",
+            Part::Output => "output",
+            Part::AttnNorm => "attention_norm",
+            Part::AttnQ => "attention.wq",
+            Part::AttnK => "attention.wk",
+            Part::AttnV => "attention.wv",
+            Part::AttnOut => "attention.wo",
+            Part::FfnNorm => "ffn_norm",
+            Part::FfnGate => "feed_forward.w1",
+            Part::FfnDown => "feed_forward.w2",
+            Part::FfnUp => "feed_forward.w3",
+            other => llama::hf_name(other),
+        }
+    }
+    const META_LLAMA: FamilySpec = FamilySpec {
+        hf_name: meta_name,
+        hf_prefix: "",
+        ..llama_like(
+            Family::Llama,
+            "meta_llama",
+            &["meta_llama"],
+            "MetaLlamaForCausalLM",
+        )
+    };
+
+    #[test]
+    fn a_llama_like_family_is_one_entry() {
+        let table: Vec<FamilySpec> = FAMILIES.iter().copied().chain([META_LLAMA]).collect();
+        let raw = HfConfig::parse(
+            r#"{"model_type": "meta_llama", "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 100, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
+                "rope_theta": 500000.0}"#,
+        )
+        .unwrap();
+        let cfg = config_from_hf_in(&table, &raw, true).unwrap();
+        assert_eq!(
+            (cfg.family, cfg.n_layers, cfg.head_dim),
+            (Family::Llama, 2, 16)
+        );
+        assert_eq!(cfg.rope.as_ref().map(|r| r.theta), Some(500000.0));
+        assert!(!cfg.tied_embeddings);
+
+        let names = META_LLAMA.hf_names(|n| n == "tok_embeddings.weight");
+        assert_eq!(
+            names.name(Part::AttnQ, Some(1), false),
+            "layers.1.attention.wq.weight"
+        );
+        assert_eq!(
+            names.name(Part::FfnUp, Some(0), false),
+            "layers.0.feed_forward.w3.weight"
+        );
+        assert_eq!(names.name(Part::OutputNorm, None, false), "norm.weight");
+        assert_eq!(names.name(Part::Output, None, false), "output.weight");
+
+        // The row is in every "supported" list made from the table.
+        let bert = HfConfig::parse(r#"{"model_type": "bert"}"#).unwrap();
+        let msg = config_from_hf_in(&table, &bert, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("meta_llama") && msg.contains("gemma3_text"),
+            "{msg}"
+        );
+    }
 }

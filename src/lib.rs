@@ -77,9 +77,10 @@ pub mod rehearsal;
 pub mod render;
 
 // ------------------------------------------------------------------------
-// One run, start to finish, and the commands built on it
+// One run, start to finish, the commands built on it, and the CLI edge
 // ------------------------------------------------------------------------
 pub mod batch;
+pub mod cli;
 pub mod convert;
 pub mod info;
 pub mod run;

@@ -9,8 +9,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lensmap::render::{self, sample, FigureOptions, OutputFormat};
+use lensmap::render::{self, FigureOptions, OutputFormat};
 use lensmap::LensGrid;
+
+// The sample grids are test fixtures, not library API: shared with the tests.
+#[path = "../tests/common/sample.rs"]
+mod sample;
 
 fn best_of<T>(n: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
     let mut best = Duration::MAX;

@@ -10,6 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::prompt::TokenKind;
+use crate::prompt::{self, Prompt};
+use crate::stats::CellStats;
+pub use crate::stats::ProbRank;
+
 /// Version of the JSON layout; bump when a field changes meaning.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -53,7 +58,7 @@ pub struct LensGrid {
     /// Where the answer token enters the top-k at each position after the
     /// user's text, when an answer is tracked (`--answer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rehearsal: Option<crate::rehearsal::RehearsalSummary>,
+    pub rehearsal: Option<RehearsalSummary>,
     /// Which lens made the numbers; files without it are logit-lens files.
     #[serde(default)]
     pub lens: LensInfo,
@@ -132,11 +137,6 @@ pub struct ModelInfo {
     pub lens_kernel: Option<String>,
 }
 
-/// A number, or `null` (a skipped cell; serde_json writes NaN as `null`) as NaN.
-fn nan_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
 /// `[row][pos]` numbers with `null` for skipped cells, as NaN.
 pub(crate) fn nan_grid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<f64>>, D::Error> {
     let g = Vec::<Vec<Option<f64>>>::deserialize(d)?;
@@ -160,39 +160,6 @@ impl ModelInfo {
     }
 }
 
-/// What put a token into the prompt.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenKind {
-    /// Text the user wrote (the prompt or `--system`).
-    Text,
-    /// Special tokens and text the chat template inserted.
-    Template,
-    /// Filler appended after the generation prompt by `--dummy N`.
-    Dummy,
-}
-
-impl TokenKind {
-    /// The lowercase name, as in the JSON (`text`, `template`, `dummy`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenKind::Text => "text",
-            TokenKind::Template => "template",
-            TokenKind::Dummy => "dummy",
-        }
-    }
-}
-
-/// The first position after the user's text (the start of the template's
-/// tail and dummies); 0 when there is no text, `len` when nothing follows it.
-pub fn tail_start(
-    mut kinds: impl DoubleEndedIterator<Item = TokenKind> + ExactSizeIterator,
-) -> usize {
-    kinds
-        .rposition(|k| k == TokenKind::Text)
-        .map_or(0, |i| i + 1)
-}
-
 /// One input position.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenInfo {
@@ -210,14 +177,6 @@ pub struct TopToken {
     /// (padded embeddings, as in Qwen).
     pub text: String,
     pub prob: f64,
-}
-
-/// Probability of one token in one cell, and its rank (1 = the top token).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct ProbRank {
-    #[serde(deserialize_with = "nan_f64")]
-    pub prob: f64,
-    pub rank: u32,
 }
 
 /// Why a token is tracked.
@@ -266,11 +225,12 @@ impl LensGrid {
 
     /// Label of a row: its index, or `output` for the final row.
     pub fn row_label(&self, row: usize) -> String {
-        if row + 1 == self.n_rows {
-            "output".to_string()
-        } else {
-            row.to_string()
-        }
+        row_label(row, self.n_rows)
+    }
+
+    /// The first position after the user's text: see [`prompt::tail_start`].
+    pub fn tail_start(&self) -> usize {
+        prompt::tail_start(self.tokens.iter().map(|t| t.kind))
     }
 
     /// The user's words: the `text` tokens joined, trimmed (empty when the
@@ -288,5 +248,182 @@ impl LensGrid {
     /// Read a grid back from `lensmap run --json` output.
     pub fn from_json(text: &str) -> serde_json::Result<Self> {
         serde_json::from_str(text)
+    }
+}
+
+/// Label of lens row `row` out of `n_rows`: its index, or `output` for the
+/// last row (the model's own logits). Every table, figure axis and summary
+/// labels rows through this.
+pub fn row_label(row: usize, n_rows: usize) -> String {
+    if row + 1 == n_rows {
+        "output".to_string()
+    } else {
+        row.to_string()
+    }
+}
+
+// ------------------------------------------------------------------------
+// The rehearsal summary (computed by `crate::rehearsal::summarize`)
+// ------------------------------------------------------------------------
+
+/// Where the answer token came from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerSource {
+    /// Named by the user (`--answer TEXT`, or `answer` in a batch file): its first token.
+    Given,
+    /// The model's own greedy answer (`--answer auto`), token `skip` of it.
+    Auto,
+}
+
+/// The rehearsal of one answer token over the positions after the user's text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RehearsalSummary {
+    /// The answer token's id.
+    pub answer_id: u32,
+    /// The answer token decoded on its own (`" Canberra"`).
+    pub answer_token: String,
+    pub source: AnswerSource,
+    /// Tokens of the greedy answer skipped before the tracked one (`auto` only; else 0).
+    pub skip: usize,
+    /// "In the top-k" means rank ≤ `top_k`.
+    pub top_k: usize,
+    /// Lens rows; row `n_rows - 1` is the model's output.
+    pub n_rows: usize,
+    /// One entry per position after the last `text` token, in order.
+    pub positions: Vec<PositionRehearsal>,
+}
+
+/// The answer token's path through the rows at one position.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PositionRehearsal {
+    pub pos: usize,
+    pub kind: TokenKind,
+    /// The input token at this position.
+    pub token: String,
+    /// The earliest row where the answer's rank is ≤ `top_k`; `None` if never.
+    pub first_topk_row: Option<usize>,
+    /// The earliest row from which the answer stays in the top-k up to and
+    /// including the output row; `None` if it is not in the top-k at the output.
+    pub stable_topk_row: Option<usize>,
+    /// The row of the answer's best (lowest) rank; the earliest such row on ties.
+    pub best_row: usize,
+    pub best_rank: u32,
+    /// The answer's probability at `best_row`.
+    pub best_prob: f64,
+    /// Rank and probability at the output row.
+    pub output_rank: u32,
+    pub output_prob: f64,
+    /// Whether the answer is in the top-k at the output row.
+    pub in_topk_at_output: bool,
+}
+
+impl RehearsalSummary {
+    /// Label of a row: its index, or `output` for the last.
+    pub fn row_label(&self, row: usize) -> String {
+        row_label(row, self.n_rows)
+    }
+
+    /// The dummy positions' entries.
+    pub fn dummies(&self) -> impl Iterator<Item = &PositionRehearsal> {
+        self.positions.iter().filter(|p| p.kind == TokenKind::Dummy)
+    }
+}
+
+// ------------------------------------------------------------------------
+// Building a grid from the lens's cells
+// ------------------------------------------------------------------------
+
+/// A tracked token as the grid reports it: the text the user gave, why it is
+/// tracked, and the id of its first token (the cells hold one entry per
+/// tracked id, in this order).
+#[derive(Debug, Clone)]
+pub struct TrackedHead {
+    pub text: String,
+    pub role: TrackedRole,
+    pub id: u32,
+}
+
+impl LensGrid {
+    /// Turn per-cell statistics (`[row][pos]`, as the lens returns them) into
+    /// the serialisable grid. `token_text` decodes one id on its own. The grid
+    /// is a logit-lens grid without a rehearsal summary; callers set
+    /// [`LensGrid::lens`] and [`LensGrid::rehearsal`] after.
+    pub fn from_cells(
+        model: ModelInfo,
+        template_source: String,
+        prompt: Prompt,
+        cells: &[Vec<CellStats>],
+        tracked: &[TrackedHead],
+        answer: Option<Answer>,
+        token_text: &dyn Fn(u32) -> String,
+    ) -> LensGrid {
+        let tokens = prompt
+            .ids
+            .iter()
+            .zip(&prompt.kinds)
+            .map(|(&id, &kind)| TokenInfo {
+                id,
+                text: token_text(id),
+                kind,
+            })
+            .collect();
+        let map = |f: &dyn Fn(&CellStats) -> f64| -> Vec<Vec<f64>> {
+            cells
+                .iter()
+                .map(|row| row.iter().map(f).collect())
+                .collect()
+        };
+        let tracked = tracked
+            .iter()
+            .enumerate()
+            .map(|(i, head)| TrackedToken {
+                text: head.text.clone(),
+                id: head.id,
+                token_text: token_text(head.id),
+                role: head.role,
+                cells: cells
+                    .iter()
+                    .map(|row| row.iter().map(|c| c.tracked[i]).collect())
+                    .collect(),
+            })
+            .collect();
+        LensGrid {
+            format_version: FORMAT_VERSION,
+            lensmap_version: env!("CARGO_PKG_VERSION").to_string(),
+            model,
+            template_source,
+            prompt_text: prompt.text,
+            tokens,
+            n_rows: cells.len(),
+            entropy: map(&|c| c.entropy),
+            kl_to_final: map(&|c| c.kl_to_final),
+            topk: cells
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .map(|c| {
+                            c.topk
+                                .iter()
+                                .map(|&(id, prob)| TopToken {
+                                    id,
+                                    text: token_text(id),
+                                    prob,
+                                })
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect(),
+            next_token: cells
+                .iter()
+                .map(|row| row.iter().map(|c| c.next).collect())
+                .collect(),
+            tracked,
+            answer,
+            rehearsal: None,
+            lens: LensInfo::default(),
+            more_lenses: Vec::new(),
+        }
     }
 }

@@ -14,9 +14,9 @@ use rayon::prelude::*;
 
 use std::sync::Arc;
 
-use crate::grid::TokenKind;
 use crate::kernels::bf16::Bf16Kernel;
 use crate::model::{KvCache, Model, ResidualTrace};
+use crate::prompt::TokenKind;
 use crate::stats::{cell_stats, CellQuery, CellStats, FinalDist};
 use crate::tuned::TunedLens;
 use crate::{Error, Result};
@@ -160,7 +160,7 @@ impl PositionSpec {
         match self {
             PositionSpec::All => Ok(None),
             PositionSpec::Tail => {
-                let start = crate::grid::tail_start(kinds.iter().copied());
+                let start = crate::prompt::tail_start(kinds.iter().copied());
                 if start >= t {
                     return Err(Error::InvalidOption(
                         "`--positions tail`: no position follows the user's text".into(),

@@ -21,28 +21,76 @@
 //!
 //! [`run::Session`] strings the stages together: it loads a model once and
 //! answers [`run::LensRequest`]s with [`grid::LensGrid`]s.
+//!
+//! # Stable seams
+//!
+//! Four interfaces are meant to be built on; everything else may change with
+//! the code around it.
+//!
+//! - [`model::Recorder`]: the forward pass hands it the residual stream
+//!   `[T, d_model]` at every row (0 = embeddings, `i` = after block `i`).
+//!   Anything that wants the residual (the lens, a probe, a dump) implements it.
+//! - [`model::WeightSource`]: named tensors from one checkpoint (GGUF or
+//!   safetensors), by shape and dtype, mapped not copied. A new file format
+//!   is a new `WeightSource`.
+//! - The tensor-name map: [`model::arch::Part`] names each logical tensor;
+//!   [`model::arch::TensorNames`] turns it into a file's name (llama.cpp's
+//!   [`model::arch::GgufNames`], or transformers' from the family's row of
+//!   [`model::arch::FAMILIES`]). Loaders and `convert` only ask for `Part`s.
+//! - The [`grid::LensGrid`] JSON, versioned by [`grid::FORMAT_VERSION`] and
+//!   documented field by field in `docs/json-format.md`: what `run --json`
+//!   writes, `plot` and the Python package read, and `serve` answers with.
+//!
+//! The modules below are listed in pipeline order.
 
+// ------------------------------------------------------------------------
+// Shared: errors, numeric kernels, option parsing
+// ------------------------------------------------------------------------
+pub mod error;
+pub mod kernels;
+pub mod parse;
+
+// ------------------------------------------------------------------------
+// 1. Model: checkpoint, config, weights, forward pass
+// ------------------------------------------------------------------------
+pub mod model;
+
+// ------------------------------------------------------------------------
+// 2. Prompt: tokenizer, chat template, labelled ids
+// ------------------------------------------------------------------------
+pub mod prompt;
+pub mod template;
+pub mod tokenize;
+
+// ------------------------------------------------------------------------
+// 3-5. Lens and statistics (the tuned lens is a lens too)
+// ------------------------------------------------------------------------
+pub mod lens;
+pub mod stats;
+pub mod tuned;
+
+// ------------------------------------------------------------------------
+// 6. The result: the grid, its rehearsal summary, its figures
+// ------------------------------------------------------------------------
+pub mod grid;
+pub mod rehearsal;
+pub mod render;
+
+// ------------------------------------------------------------------------
+// One run, start to finish, the commands built on it, and the CLI edge
+// ------------------------------------------------------------------------
 pub mod batch;
 pub mod cli;
 pub mod convert;
-pub mod error;
-pub mod grid;
 pub mod info;
-pub mod kernels;
-pub mod lens;
-pub mod model;
-pub mod parse;
-pub mod prompt;
-pub mod rehearsal;
-pub mod render;
 pub mod run;
 pub mod serve;
-pub mod stats;
+
+// ------------------------------------------------------------------------
+// Tools: training a tuned lens, synthetic checkpoints for tests and fuzzing
+// ------------------------------------------------------------------------
 pub mod synth;
-pub mod template;
-pub mod tokenize;
 pub mod train;
-pub mod tuned;
 
 pub use error::{Error, Result};
 pub use grid::LensGrid;

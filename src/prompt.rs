@@ -5,10 +5,47 @@
 //! (special tokens, role names, a default system prompt, BOS), and `dummy`
 //! for the filler appended by `--dummy N`.
 
-use crate::grid::TokenKind;
+use serde::{Deserialize, Serialize};
+
 use crate::template::{ChatTemplate, Message};
 use crate::tokenize::TextTokenizer;
 use crate::{Error, Result};
+
+/// What put a token into the prompt.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// Text the user wrote (the prompt or `--system`).
+    Text,
+    /// Special tokens and text the chat template inserted.
+    Template,
+    /// Filler appended after the generation prompt by `--dummy N`.
+    Dummy,
+}
+
+impl TokenKind {
+    /// The lowercase name, as in the JSON (`text`, `template`, `dummy`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Text => "text",
+            TokenKind::Template => "template",
+            TokenKind::Dummy => "dummy",
+        }
+    }
+}
+
+/// The first position after the user's text (the start of the template's
+/// tail and dummies); 0 when there is no text, `len` when nothing follows it.
+/// The one copy of this rule: [`crate::grid::LensGrid::tail_start`], the
+/// rehearsal summary, `--positions tail`, the default figure window and the
+/// batch curves all call it.
+pub fn tail_start(
+    mut kinds: impl DoubleEndedIterator<Item = TokenKind> + ExactSizeIterator,
+) -> usize {
+    kinds
+        .rposition(|k| k == TokenKind::Text)
+        .map_or(0, |i| i + 1)
+}
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]

@@ -10,61 +10,8 @@
 
 use std::fmt::Write;
 
-use serde::{Deserialize, Serialize};
-
-use crate::grid::{LensGrid, TokenKind, TrackedRole};
-
-/// Where the answer token came from.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AnswerSource {
-    /// Named by the user (`--answer TEXT`, or `answer` in a batch file): its first token.
-    Given,
-    /// The model's own greedy answer (`--answer auto`), token `skip` of it.
-    Auto,
-}
-
-/// The rehearsal of one answer token over the positions after the user's text.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RehearsalSummary {
-    /// The answer token's id.
-    pub answer_id: u32,
-    /// The answer token decoded on its own (`" Canberra"`).
-    pub answer_token: String,
-    pub source: AnswerSource,
-    /// Tokens of the greedy answer skipped before the tracked one (`auto` only; else 0).
-    pub skip: usize,
-    /// "In the top-k" means rank ≤ `top_k`.
-    pub top_k: usize,
-    /// Lens rows; row `n_rows - 1` is the model's output.
-    pub n_rows: usize,
-    /// One entry per position after the last `text` token, in order.
-    pub positions: Vec<PositionRehearsal>,
-}
-
-/// The answer token's path through the rows at one position.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PositionRehearsal {
-    pub pos: usize,
-    pub kind: TokenKind,
-    /// The input token at this position.
-    pub token: String,
-    /// The earliest row where the answer's rank is ≤ `top_k`; `None` if never.
-    pub first_topk_row: Option<usize>,
-    /// The earliest row from which the answer stays in the top-k up to and
-    /// including the output row; `None` if it is not in the top-k at the output.
-    pub stable_topk_row: Option<usize>,
-    /// The row of the answer's best (lowest) rank; the earliest such row on ties.
-    pub best_row: usize,
-    pub best_rank: u32,
-    /// The answer's probability at `best_row`.
-    pub best_prob: f64,
-    /// Rank and probability at the output row.
-    pub output_rank: u32,
-    pub output_prob: f64,
-    /// Whether the answer is in the top-k at the output row.
-    pub in_topk_at_output: bool,
-}
+pub use crate::grid::{AnswerSource, PositionRehearsal, RehearsalSummary};
+use crate::grid::{LensGrid, TrackedRole};
 
 /// The rehearsal of the grid's first tracked token with role `Answer`, over
 /// every position after the last `text` token (all positions if there is no
@@ -83,7 +30,7 @@ pub fn summarize(
     if n_rows == 0 {
         return None;
     }
-    let start = crate::grid::tail_start(grid.tokens.iter().map(|t| t.kind));
+    let start = grid.tail_start();
     let k = top_k as u32;
     let positions = (start..grid.tokens.len())
         // Cells outside `--positions` have no rank to summarise.
@@ -128,22 +75,6 @@ pub fn summarize(
         n_rows,
         positions,
     })
-}
-
-impl RehearsalSummary {
-    /// Label of a row: its index, or `output` for the last.
-    pub fn row_label(&self, row: usize) -> String {
-        if row + 1 == self.n_rows {
-            "output".to_string()
-        } else {
-            row.to_string()
-        }
-    }
-
-    /// The dummy positions' entries.
-    pub fn dummies(&self) -> impl Iterator<Item = &PositionRehearsal> {
-        self.positions.iter().filter(|p| p.kind == TokenKind::Dummy)
-    }
 }
 
 /// A token for a terminal column: visible newlines, cut to `width` characters.
@@ -206,7 +137,7 @@ pub fn format_table(s: &RehearsalSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grid::{ModelInfo, ProbRank, TokenInfo, TrackedToken, FORMAT_VERSION};
+    use crate::grid::{ModelInfo, ProbRank, TokenInfo, TokenKind, TrackedToken, FORMAT_VERSION};
 
     /// A grid of `ranks[row][pos]` for the answer, with kinds per position.
     fn grid(kinds: &[TokenKind], ranks: &[Vec<u32>]) -> LensGrid {

@@ -5,10 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::grid::LensInfo;
-use crate::grid::{
-    Answer, LensGrid, ModelInfo, TokenInfo, TrackedRole, TrackedToken, FORMAT_VERSION,
-};
+use crate::grid::{Answer, LensGrid, LensInfo, ModelInfo, TrackedHead, TrackedRole};
 use crate::lens::{apply_lens, Lens, LensPrecision, LensQuery, PositionSpec};
 use crate::model::budget::MemoryRequest;
 use crate::model::{Checkpoint, KvCache, Model, Precision, Recorder, ResidualTrace};
@@ -290,7 +287,12 @@ impl Session {
                     source: source.to_string(),
                     text: text.to_string(),
                 }),
-                None => ChatTemplate::builtin(model.cfg.family.name()),
+                None => model
+                    .cfg
+                    .family
+                    .spec()
+                    .template
+                    .and_then(ChatTemplate::builtin),
             },
         };
         Ok(Self {
@@ -482,6 +484,15 @@ impl Session {
         } else {
             &req.lenses[..]
         };
+        let heads: Vec<TrackedHead> = track
+            .iter()
+            .zip(&tracked_ids)
+            .map(|(spec, &id)| TrackedHead {
+                text: spec.text.clone(),
+                role: spec.role,
+                id,
+            })
+            .collect();
         // One trace, read through every lens; the first lens's grid holds the others.
         let mut grids = Vec::with_capacity(lenses.len());
         for lens in lenses {
@@ -497,13 +508,14 @@ impl Session {
                     positions: positions.clone(),
                 },
             )?;
-            let mut grid = self.assemble(
+            let mut grid = LensGrid::from_cells(
+                self.model_info(req),
+                self.template_source(req),
                 prompt.clone(),
-                cells,
-                req,
-                &track,
-                tracked_ids.clone(),
+                &cells,
+                &heads,
                 answer.clone(),
+                &|id| self.tokenizer.token_text(id),
             );
             grid.lens = LensInfo::of(lens);
             grid.rehearsal = rehearsal::summarize(&grid, req.top_k, source, skip);
@@ -516,97 +528,26 @@ impl Session {
         Ok((grid, times))
     }
 
-    /// Turn per-cell statistics into the serialisable grid.
-    fn assemble(
-        &self,
-        prompt: Prompt,
-        cells: crate::lens::CellGrid,
-        req: &LensRequest,
-        track: &[TrackSpec],
-        tracked_ids: Vec<u32>,
-        answer: Option<Answer>,
-    ) -> LensGrid {
+    /// What the grid says about the model behind it.
+    fn model_info(&self, req: &LensRequest) -> ModelInfo {
         let cfg = &self.model.cfg;
-        let text = |id: u32| self.tokenizer.token_text(id);
-        let tokens = prompt
-            .ids
-            .iter()
-            .zip(&prompt.kinds)
-            .map(|(&id, &kind)| TokenInfo {
-                id,
-                text: text(id),
-                kind,
-            })
-            .collect();
-        let map = |f: &dyn Fn(&crate::stats::CellStats) -> f64| -> Vec<Vec<f64>> {
-            cells
-                .iter()
-                .map(|row| row.iter().map(f).collect())
-                .collect()
-        };
-        let tracked = track
-            .iter()
-            .zip(&tracked_ids)
-            .enumerate()
-            .map(|(i, (spec, &id))| TrackedToken {
-                text: spec.text.clone(),
-                id,
-                token_text: text(id),
-                role: spec.role,
-                cells: cells
-                    .iter()
-                    .map(|row| row.iter().map(|c| c.tracked[i]).collect())
-                    .collect(),
-            })
-            .collect();
-        LensGrid {
-            format_version: FORMAT_VERSION,
-            lensmap_version: env!("CARGO_PKG_VERSION").to_string(),
-            model: ModelInfo {
-                file: self.label.clone(),
-                arch: cfg.family.name().to_string(),
-                n_layers: cfg.n_layers,
-                d_model: cfg.d_model,
-                vocab_size: cfg.vocab_size,
-                precision: self.model.precision.label().to_string(),
-                lens_precision: req.lens_precision.label().to_string(),
-                lens_kernel: req.lens_precision.kernel().map(|k| k.label().to_string()),
-            },
-            template_source: match (&self.template, req.prompt.raw) {
-                (Some(t), false) => t.source.clone(),
-                _ => "none".to_string(),
-            },
-            prompt_text: prompt.text,
-            tokens,
-            n_rows: cells.len(),
-            entropy: map(&|c| c.entropy),
-            kl_to_final: map(&|c| c.kl_to_final),
-            topk: cells
-                .iter()
-                .map(|row| {
-                    row.iter()
-                        .map(|c| {
-                            c.topk
-                                .iter()
-                                .map(|&(id, prob)| crate::grid::TopToken {
-                                    id,
-                                    text: text(id),
-                                    prob,
-                                })
-                                .collect()
-                        })
-                        .collect()
-                })
-                .collect(),
-            next_token: cells
-                .iter()
-                .map(|row| row.iter().map(|c| c.next).collect())
-                .collect(),
-            tracked,
-            answer,
-            rehearsal: None,
-            lens: LensInfo::default(),
-            more_lenses: Vec::new(),
+        ModelInfo {
+            file: self.label.clone(),
+            arch: cfg.family.name().to_string(),
+            n_layers: cfg.n_layers,
+            d_model: cfg.d_model,
+            vocab_size: cfg.vocab_size,
+            precision: self.model.precision.label().to_string(),
+            lens_precision: req.lens_precision.label().to_string(),
+            lens_kernel: req.lens_precision.kernel().map(|k| k.label().to_string()),
+        }
+    }
+
+    /// Where the template came from, `none` for `--raw` or no template.
+    fn template_source(&self, req: &LensRequest) -> String {
+        match (&self.template, req.prompt.raw) {
+            (Some(t), false) => t.source.clone(),
+            _ => "none".to_string(),
         }
     }
 }

@@ -6,8 +6,23 @@
 //! are f32, which moves entropies by well under 1e-6 nats (measured by
 //! `verify_independent.py`: f32 statistics move them ≤ 8.3e-7).
 
-use crate::grid::ProbRank;
+use serde::{Deserialize, Serialize};
+
 use crate::kernels::exp_neg;
+
+/// Probability of one token in one cell, and its rank (1 = the top token).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ProbRank {
+    /// NaN for a cell outside `--positions` (`null` in the JSON).
+    #[serde(deserialize_with = "nan_f64")]
+    pub prob: f64,
+    pub rank: u32,
+}
+
+/// A number, or `null` (a skipped cell; serde_json writes NaN as `null`) as NaN.
+fn nan_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
 
 /// The reduced statistics of one (row, position) cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,11 +57,6 @@ impl CellStats {
                 n_tracked
             ],
         }
-    }
-
-    /// Whether this cell was skipped ([`CellStats::absent`]).
-    pub fn is_absent(&self) -> bool {
-        self.entropy.is_nan()
     }
 }
 

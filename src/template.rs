@@ -40,12 +40,13 @@ pub struct ChatTemplate {
     pub text: String,
 }
 
-/// Built-in templates: (name, aliases, text). The aliases are architecture
-/// names (GGUF `general.architecture`, HF `model_type`) that map to the template.
+/// Built-in templates: (name, aliases, text). Which family uses which is in
+/// the family registry (`model::arch::FAMILIES`); the aliases here are other
+/// spellings of the template's name.
 const BUILTINS: &[(&str, &[&str], &str)] = &[
     (
         "gemma3",
-        &["gemma3", "gemma3_text", "gemma-3"],
+        &["gemma-3"],
         include_str!("templates/gemma3.jinja"),
     ),
     (
@@ -75,21 +76,26 @@ impl ChatTemplate {
         Ok(ChatTemplate::new(text, format!("file:{}", path.display())))
     }
 
-    /// The built-in template for an architecture whose files carry none.
+    /// A built-in template by name, or the one for an architecture whose
+    /// files carry none.
     ///
     /// Accepts a template name (`gemma3`, `chatml`, `llama3`) or an
-    /// architecture alias (`gemma3_text`); the source is `builtin:NAME`.
+    /// architecture as GGUF or HF name it (`gemma3_text`), whose template
+    /// the family registry gives; the source is `builtin:NAME`.
     pub fn builtin(arch: &str) -> Option<Self> {
         let key = arch.to_ascii_lowercase();
-        BUILTINS
-            .iter()
-            .find(|(name, aliases, _)| *name == key || aliases.contains(&key.as_str()))
-            .map(|(name, _, text)| ChatTemplate::new(*text, format!("builtin:{name}")))
-    }
-
-    /// Names of the built-in templates.
-    pub fn builtin_names() -> Vec<&'static str> {
-        BUILTINS.iter().map(|(name, _, _)| *name).collect()
+        let by_name = |key: &str| {
+            BUILTINS
+                .iter()
+                .find(|(name, aliases, _)| *name == key || aliases.contains(&key))
+                .map(|(name, _, text)| ChatTemplate::new(*text, format!("builtin:{name}")))
+        };
+        by_name(&key).or_else(|| {
+            crate::model::arch::FAMILIES
+                .iter()
+                .find(|s| s.name == key || s.hf_model_types.contains(&key.as_str()))
+                .and_then(|s| by_name(s.template?))
+        })
     }
 
     /// Render like HF `apply_chat_template(messages, add_generation_prompt=...)`.
@@ -124,7 +130,7 @@ impl ChatTemplate {
 
     /// Render with an arbitrary context (a minijinja map), for callers that
     /// need extra variables such as `enable_thinking`.
-    pub fn render_value(&self, ctx: Value) -> Result<String> {
+    fn render_value(&self, ctx: Value) -> Result<String> {
         // `raise_exception` stores its message here so the error carries the
         // template's own words rather than minijinja's wrapping.
         let raised: Arc<Mutex<Option<String>>> = Arc::default();

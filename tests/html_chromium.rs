@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::chromium::{file_url, unescape_html, Browser};
-use lensmap::render::{self, colormap::StatScale, sample, FigureOptions, Rgb, Stat};
+use crate::common::sample;
+use lensmap::render::{self, colormap::StatScale, FigureOptions, Rgb, Stat};
 use lensmap::LensGrid;
 
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference");

@@ -5,7 +5,8 @@
 //! XML and as SVG. Failing inputs are kept in `tests/invariants.proptest-regressions`.
 
 use lensmap::grid::{LensGrid, TokenKind};
-use lensmap::render::{self, sample, FigureOptions, Stat};
+use crate::common::sample;
+use lensmap::render::{self, FigureOptions, Stat};
 use lensmap::stats::{cell_stats, prob_rank, CellQuery, FinalDist};
 use proptest::prelude::*;
 

@@ -2,12 +2,15 @@
 //! (`shared/reference/smollm2_filler.json`, computed by HF transformers)
 //! converted into a `LensGrid`, and a synthetic 1024-position grid.
 
+mod common;
+
 use std::collections::HashMap;
 
+use crate::common::sample;
 use lensmap::grid::{LensGrid, TokenKind};
 use lensmap::render::labels::token_label;
 use lensmap::render::{
-    self, colormap::StatScale, sample, FigureOptions, OutputFormat, Rgb, Stat, PNG_SCALE,
+    self, colormap::StatScale, FigureOptions, OutputFormat, Rgb, Stat, PNG_SCALE,
 };
 use lensmap::Error;
 

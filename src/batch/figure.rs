@@ -59,7 +59,7 @@ fn x_ticks(n_rows: usize) -> Vec<(usize, String)> {
         .filter(|&r| last - r >= 2)
         .map(|r| (r, r.to_string()))
         .collect();
-    t.push((last, "output".into()));
+    t.push((last, crate::grid::row_label(last, n_rows)));
     t
 }
 
@@ -370,14 +370,7 @@ pub fn render_svg(curves: &[Curve], n_rows: usize, top_k: usize, subtitle: &[Str
         );
         let onset = match (prompts, c.onset_row) {
             (0, _) => "no positions".to_string(),
-            (_, Some(r)) => format!(
-                "onset: row {}",
-                if r + 1 == n_rows {
-                    "output".to_string()
-                } else {
-                    r.to_string()
-                }
-            ),
+            (_, Some(r)) => format!("onset: row {}", crate::grid::row_label(r, n_rows)),
             (_, None) => "onset: none".to_string(),
         };
         let _ = writeln!(

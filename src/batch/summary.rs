@@ -112,7 +112,7 @@ impl CurveBuilder {
                 self.ranks[k].resize(n_rows, Vec::new());
             }
         }
-        let tail = crate::grid::tail_start(rec.tokens.iter().map(|t| t.kind));
+        let tail = crate::prompt::tail_start(rec.tokens.iter().map(|t| t.kind));
         // Cells outside `--positions` (NaN) take no part.
         let computed = |p: usize| !answer.cells[n_rows - 1][p].prob.is_nan();
         for kind in KINDS {
@@ -147,13 +147,7 @@ impl CurveBuilder {
 
     /// The curves, one per kind.
     pub fn finish(self) -> Vec<Curve> {
-        let label = |row: usize| {
-            if row + 1 == self.n_rows {
-                "output".to_string()
-            } else {
-                row.to_string()
-            }
-        };
+        let label = |row: usize| crate::grid::row_label(row, self.n_rows);
         KINDS
             .iter()
             .map(|&kind| {

@@ -295,8 +295,7 @@ fn print_summary(
         )?;
     }
     let row = |r: Option<usize>| match r {
-        Some(r) if r + 1 == s.n_rows => "output".to_string(),
-        Some(r) => r.to_string(),
+        Some(r) => crate::grid::row_label(r, s.n_rows),
         None => "never".to_string(),
     };
     writeln!(

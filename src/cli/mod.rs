@@ -538,8 +538,7 @@ pub fn print_summary(
         writeln!(out, "answer    {:?}", a.text)?;
     }
     // Positions after the last text token: the chat template's tail and dummies.
-    let last_text = grid.tokens.iter().rposition(|t| t.kind == TokenKind::Text);
-    let start = last_text.map_or(0, |i| i + 1);
+    let start = grid.tail_start();
     if start >= grid.tokens.len() {
         return Ok(());
     }

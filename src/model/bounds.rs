@@ -12,7 +12,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use candle_core::Tensor;
 
-use super::arch::Hyper;
 use crate::{Error, Result};
 
 /// Blocks. Llama 3.1 405B has 126; 1024 is 8× that, and a layer list of
@@ -57,32 +56,6 @@ pub fn checked_product(what: &str, factors: &[usize]) -> Result<usize> {
         .iter()
         .try_fold(1usize, |acc, &f| acc.checked_mul(f))
         .ok_or_else(|| Error::Config(format!("{what}: size {factors:?} overflows")))
-}
-
-/// Check the sizes a config declares against the bounds above, before any
-/// per-layer list or tensor is built from them.
-pub(crate) fn check_hyper(h: &Hyper) -> Result<()> {
-    let limits = [
-        ("layers", h.n_layers, MAX_LAYERS),
-        ("hidden size", h.d_model, MAX_D_MODEL),
-        ("attention heads", h.n_heads, MAX_HEADS),
-        ("kv heads", h.n_kv_heads, MAX_HEADS),
-        ("head_dim", h.head_dim, MAX_HEAD_DIM),
-        ("MLP width", h.d_ff, MAX_D_FF),
-        ("vocabulary", h.vocab_size, MAX_VOCAB),
-        ("context", h.context_len, MAX_CONTEXT),
-    ];
-    for (what, value, max) in limits {
-        if value == 0 || value > max {
-            return Err(Error::Config(format!(
-                "{what} `{value}` is outside 1..={max}: the file is corrupt or not a language model lensmap can hold"
-            )));
-        }
-    }
-    // Projections are [heads × head_dim, d_model]: both products must fit.
-    checked_product("query projection", &[h.n_heads, h.head_dim, h.d_model])?;
-    checked_product("embedding", &[h.vocab_size, h.d_model])?;
-    check_eps(h.norm_eps)
 }
 
 /// A norm epsilon must be finite and non-negative; a negative one makes

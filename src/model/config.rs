@@ -2,8 +2,12 @@
 //! once from GGUF metadata or `config.json`, so forward code never fills in
 //! defaults. Arch files (`arch/*.rs`) build it; `layers.rs` only reads it.
 
+use super::bounds;
+
 /// Architecture families lensmap implements. Names follow HF `model_type`
-/// / GGUF `general.architecture`.
+/// / GGUF `general.architecture`; everything else about a family (names,
+/// translators, tensor names, template) is its row in
+/// [`super::arch::FAMILIES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Llama,
@@ -13,37 +17,6 @@ pub enum Family {
     Gemma3,
     Gpt2,
     Phi3,
-}
-
-impl Family {
-    /// Every family, for error messages.
-    pub const ALL: [Family; 7] = [
-        Family::Llama,
-        Family::Mistral,
-        Family::Qwen2,
-        Family::Qwen3,
-        Family::Gemma3,
-        Family::Gpt2,
-        Family::Phi3,
-    ];
-
-    /// The canonical name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Llama => "llama",
-            Family::Mistral => "mistral",
-            Family::Qwen2 => "qwen2",
-            Family::Qwen3 => "qwen3",
-            Family::Gemma3 => "gemma3",
-            Family::Gpt2 => "gpt2",
-            Family::Phi3 => "phi3",
-        }
-    }
-
-    /// Comma-separated list of supported names.
-    pub fn supported() -> String {
-        Self::ALL.map(Family::name).join(", ")
-    }
 }
 
 /// Which normalisation the blocks use.
@@ -165,11 +138,6 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Query heads that share one kv head.
-    pub fn group_size(&self) -> usize {
-        self.n_heads / self.n_kv_heads
-    }
-
     /// Whether layer `i` uses the sliding window.
     pub fn is_sliding(&self, layer: usize) -> bool {
         self.sliding_window.is_some() && self.sliding_layers.get(layer).copied().unwrap_or(false)
@@ -178,7 +146,7 @@ impl ModelConfig {
     /// Check internal consistency; arch files call this after building a config.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::Error::Config(m));
-        super::bounds::check_eps(self.norm_eps)?;
+        bounds::check_eps(self.norm_eps)?;
         if self.n_layers == 0 || self.d_model == 0 || self.vocab_size == 0 {
             return bad(format!(
                 "n_layers `{}`, d_model `{}` and vocab `{}` must be positive",
@@ -228,6 +196,35 @@ pub(crate) struct Hyper {
 }
 
 impl Hyper {
+    /// Check the sizes a config declares against the [`bounds`], before any
+    /// per-layer list or tensor is built from them.
+    pub fn check(&self) -> crate::Result<()> {
+        let limits = [
+            ("layers", self.n_layers, bounds::MAX_LAYERS),
+            ("hidden size", self.d_model, bounds::MAX_D_MODEL),
+            ("attention heads", self.n_heads, bounds::MAX_HEADS),
+            ("kv heads", self.n_kv_heads, bounds::MAX_HEADS),
+            ("head_dim", self.head_dim, bounds::MAX_HEAD_DIM),
+            ("MLP width", self.d_ff, bounds::MAX_D_FF),
+            ("vocabulary", self.vocab_size, bounds::MAX_VOCAB),
+            ("context", self.context_len, bounds::MAX_CONTEXT),
+        ];
+        for (what, value, max) in limits {
+            if value == 0 || value > max {
+                return Err(crate::Error::Config(format!(
+                    "{what} `{value}` is outside 1..={max}: the file is corrupt or not a language model lensmap can hold"
+                )));
+            }
+        }
+        // Projections are [heads × head_dim, d_model]: both products must fit.
+        bounds::checked_product(
+            "query projection",
+            &[self.n_heads, self.head_dim, self.d_model],
+        )?;
+        bounds::checked_product("embedding", &[self.vocab_size, self.d_model])?;
+        bounds::check_eps(self.norm_eps)
+    }
+
     /// A plain pre-norm transformer of these sizes: RMSNorm, separate q/k/v
     /// without biases, SiLU-gated MLP, full attention, untied, no RoPE yet.
     /// Arch files override what their family changes.

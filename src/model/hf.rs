@@ -127,7 +127,7 @@ impl HfConfig {
             context_len: self.max_position_embeddings.unwrap_or(2048),
             norm_eps: self.rms_norm_eps.unwrap_or(eps),
         };
-        super::bounds::check_hyper(&h)?;
+        h.check()?;
         Ok(h)
     }
 

@@ -350,7 +350,7 @@ enum QkvProj {
 
 /// Multi-head attention with grouped kv heads, optional sliding window.
 #[derive(Debug, Clone)]
-pub struct Attention {
+pub(crate) struct Attention {
     qkv: QkvProj,
     o: Linear,
     q_norm: Option<Norm>,
@@ -498,13 +498,21 @@ impl Attention {
     }
 }
 
+/// The MLP's input projections as stored.
+#[derive(Debug, Clone)]
+enum MlpProj {
+    /// `act(gate(x)) * up(x)`, gate and up separate.
+    Gated { gate: Linear, up: Linear },
+    /// Gate and up in one `[gate | up]` projection, gate first (Phi-3).
+    Fused(Linear),
+    /// `act(up(x))` (GPT-2).
+    Plain(Linear),
+}
+
 /// The feed-forward part of a block.
 #[derive(Debug, Clone)]
-pub struct Mlp {
-    layout: MlpLayout,
-    /// Gate (or fused gate|up) projection; unused for `Plain`.
-    gate: Option<Linear>,
-    up: Option<Linear>,
+pub(crate) struct Mlp {
+    proj: MlpProj,
     down: Linear,
     act: Activation,
 }
@@ -513,18 +521,18 @@ impl Mlp {
     pub fn load(ld: &Loader, layer: usize) -> Result<Self> {
         let cfg = ld.cfg;
         let (d, f, b) = (cfg.d_model, cfg.d_ff, cfg.out_bias);
-        let (gate, up) = match cfg.mlp {
-            MlpLayout::Gated => (
-                Some(ld.linear(Part::FfnGate, layer, f, d, b)?),
-                Some(ld.linear(Part::FfnUp, layer, f, d, b)?),
-            ),
-            MlpLayout::GatedFused => (Some(ld.linear(Part::FfnGateUp, layer, 2 * f, d, b)?), None),
-            MlpLayout::Plain => (None, Some(ld.linear(Part::FfnUp, layer, f, d, b)?)),
+        let proj = match cfg.mlp {
+            MlpLayout::Gated => MlpProj::Gated {
+                gate: ld.linear(Part::FfnGate, layer, f, d, b)?,
+                up: ld.linear(Part::FfnUp, layer, f, d, b)?,
+            },
+            MlpLayout::GatedFused => {
+                MlpProj::Fused(ld.linear(Part::FfnGateUp, layer, 2 * f, d, b)?)
+            }
+            MlpLayout::Plain => MlpProj::Plain(ld.linear(Part::FfnUp, layer, f, d, b)?),
         };
         Ok(Self {
-            layout: cfg.mlp,
-            gate,
-            up,
+            proj,
             down: ld.linear(Part::FfnDown, layer, d, f, b)?,
             act: cfg.act,
         })
@@ -538,21 +546,24 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let missing = || Error::Config("MLP weights missing for its layout".into());
-        let h = match self.layout {
-            MlpLayout::Gated => {
-                let gate = self.gate.as_ref().ok_or_else(missing)?.forward(x)?;
-                let up = self.up.as_ref().ok_or_else(missing)?.forward(x)?;
-                (self.act(&gate)? * up)?
-            }
-            MlpLayout::GatedFused => {
-                let gu = self.gate.as_ref().ok_or_else(missing)?.forward(x)?;
+        let h = match &self.proj {
+            MlpProj::Gated { gate, up } => (self.act(&gate.forward(x)?)? * up.forward(x)?)?,
+            MlpProj::Fused(gate_up) => {
+                let gu = gate_up.forward(x)?;
                 let f = gu.dim(1)? / 2;
                 (self.act(&gu.narrow(1, 0, f)?)? * gu.narrow(1, f, f)?)?
             }
-            MlpLayout::Plain => self.act(&self.up.as_ref().ok_or_else(missing)?.forward(x)?)?,
+            MlpProj::Plain(up) => self.act(&up.forward(x)?)?,
         };
         self.down.forward(&h)
+    }
+
+    /// The input projections, in load order.
+    fn projections(&self) -> Vec<&Linear> {
+        match &self.proj {
+            MlpProj::Gated { gate, up } => vec![gate, up],
+            MlpProj::Fused(l) | MlpProj::Plain(l) => vec![l],
+        }
     }
 }
 
@@ -598,8 +609,7 @@ impl Block {
         };
         qkv.into_iter()
             .chain([&a.o, &m.down])
-            .chain(m.gate.iter())
-            .chain(m.up.iter())
+            .chain(m.projections())
             .filter_map(Linear::stored)
             .collect()
     }

@@ -20,7 +20,6 @@ mod html;
 pub mod labels;
 mod layout;
 mod png;
-pub mod sample;
 pub(crate) mod svg;
 pub mod view;
 
@@ -280,15 +279,7 @@ pub fn resolve_window(grid: &LensGrid, opts: &FigureOptions) -> Result<(usize, u
     let (s, e) = if n <= MERGE_MAX_POSITIONS {
         (0, n)
     } else {
-        let last_text = grid.tokens.iter().rposition(|t| t.kind == TokenKind::Text);
-        let tail_start = match last_text {
-            Some(i) => i + 1,
-            None => grid
-                .tokens
-                .iter()
-                .position(|t| t.kind != TokenKind::Text)
-                .unwrap_or(n),
-        };
+        let tail_start = grid.tail_start();
         let mut s = n.saturating_sub(12);
         if tail_start < n {
             s = s.min(tail_start.saturating_sub(4));

@@ -1,9 +1,11 @@
 //! Shared helpers for integration tests: where the fixtures are, reading
-//! the reference JSON written by HF transformers (`../shared/reference`), and
-//! headless Chromium ([`chromium`]).
+//! the reference JSON written by HF transformers (`../shared/reference`),
+//! headless Chromium ([`chromium`]) and sample grids for the render tests
+//! ([`sample`]).
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod sample;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

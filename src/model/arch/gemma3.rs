@@ -20,9 +20,9 @@ use crate::{Error, Result};
 /// Every `SLIDING_PATTERN`-th layer is global; the rest slide. Gemma 3 GGUF
 /// files do not record it; llama.cpp hard-codes the same value, and it is
 /// transformers' default.
-pub const SLIDING_PATTERN: usize = 6;
+const SLIDING_PATTERN: usize = 6;
 /// RoPE base of sliding layers (`rope_local_base_freq`), likewise not in GGUF.
-pub const LOCAL_ROPE_THETA: f64 = 10_000.0;
+const LOCAL_ROPE_THETA: f64 = 10_000.0;
 
 /// What one Gemma 3 checkpoint says beyond its sizes.
 struct Variant {
@@ -62,8 +62,8 @@ fn build(h: Hyper, v: Variant) -> ModelConfig {
     }
 }
 
-/// Read a Gemma 3 GGUF file's metadata.
-pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig> {
+/// Read a Gemma 3 GGUF file's metadata (`family` is always `Gemma3`).
+pub fn from_gguf(file: &GgufFile, _family: Family) -> Result<ModelConfig> {
     let h = Hyper::from_gguf(file, "gemma3")?;
     let v = Variant {
         theta: gguf_rope_theta(file, "gemma3"),
@@ -84,8 +84,10 @@ pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     Ok(build(h, v))
 }
 
-/// Read a Gemma 3 `config.json` (`gemma3_text`, or the `text_config` of `gemma3`).
-pub fn from_hf(raw: &HfConfig, has_lm_head: bool) -> Result<ModelConfig> {
+/// Read a Gemma 3 `config.json` (`gemma3_text`, or the `text_config` of
+/// `gemma3`, the multimodal wrapper). `family` is always `Gemma3`.
+pub fn from_hf(raw: &HfConfig, _family: Family, has_lm_head: bool) -> Result<ModelConfig> {
+    let raw = raw.text();
     let h = raw.hyper(1e-6, Some(256))?;
     if raw.activation("gelu_pytorch_tanh")? != Activation::GeluTanh {
         return Err(Error::Config(
@@ -162,7 +164,7 @@ pub fn to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
         "hidden_activation": "gelu_pytorch_tanh",
     });
     Ok(with_fields(
-        hf_common(cfg, "gemma3_text", "Gemma3ForCausalLM"),
+        hf_common(cfg, "gemma3_text", cfg.family.spec().hf_class),
         extra,
     ))
 }

@@ -13,8 +13,8 @@ use crate::model::config::{Activation, Family, MlpLayout, ModelConfig, NormKind,
 use crate::model::hf::HfConfig;
 use crate::{Error, Result};
 
-/// Read a GPT-2 `config.json`.
-pub fn from_hf(raw: &HfConfig, has_lm_head: bool) -> Result<ModelConfig> {
+/// Read a GPT-2 `config.json` (`family` is always `Gpt2`).
+pub fn from_hf(raw: &HfConfig, _family: Family, has_lm_head: bool) -> Result<ModelConfig> {
     let d_model = HfConfig::need(raw.n_embd, "n_embd")?;
     let n_heads = HfConfig::need(raw.n_head, "n_head")?;
     if raw.scale_attn_by_inverse_layer_idx == Some(true) {
@@ -34,7 +34,7 @@ pub fn from_hf(raw: &HfConfig, has_lm_head: bool) -> Result<ModelConfig> {
         context_len: raw.n_positions.unwrap_or(1024),
         norm_eps: raw.layer_norm_epsilon.unwrap_or(1e-5),
     };
-    crate::model::bounds::check_hyper(&h)?;
+    h.check()?;
     let act = raw.activation("gelu_new")?;
     if act != Activation::GeluTanh {
         return Err(Error::Config(

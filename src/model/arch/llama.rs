@@ -182,19 +182,7 @@ pub fn hf_name(part: Part) -> &'static str {
 
 /// Write `cfg` as a transformers `config.json` (the inverse of [`from_hf`]).
 pub fn to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
-    let (model_type, class) = match cfg.family {
-        Family::Llama => ("llama", "LlamaForCausalLM"),
-        Family::Mistral => ("mistral", "MistralForCausalLM"),
-        Family::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
-        Family::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
-        Family::Phi3 => ("phi3", "Phi3ForCausalLM"),
-        other => {
-            return Err(Error::UnsupportedArch {
-                arch: other.name().into(),
-                supported: "llama, mistral, qwen2, qwen3, phi3".into(),
-            })
-        }
-    };
+    let spec = cfg.family.spec();
     let rope = cfg
         .rope
         .as_ref()
@@ -222,7 +210,7 @@ pub fn to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
         "mlp_bias": attn_bias,
         "hidden_act": "silu",
     });
-    Ok(with_fields(hf_common(cfg, model_type, class), extra))
+    Ok(with_fields(hf_common(cfg, spec.name, spec.hf_class), extra))
 }
 
 /// Llama 3.1+ GGUF files store their RoPE frequency scaling as a tensor of

@@ -6,6 +6,35 @@
 //!   options: biases, q/k norm, sliding window, fused projections);
 //! - `gemma3.rs`: Gemma 3 (sandwich norms, `1 + w`, scaled embedding, soft-cap);
 //! - `gpt2.rs`: GPT-2 (LayerNorm, learned positions, Conv1D weights).
+//!
+//! [`FAMILIES`] is the one registry: every dispatch on a family (which
+//! translator reads a `config.json` or a GGUF file, which tensor names an HF
+//! checkpoint uses, which built-in chat template applies) and every
+//! "supported: …" message is read from it.
+//!
+//! # Adding a family
+//!
+//! A llama-like family (pre-norm, RoPE, gated MLP) needs no new forward code:
+//!
+//! 1. a [`Family`] variant (`model/config.rs`, one line);
+//! 2. one [`FamilySpec`] row in [`FAMILIES`]: its HF `model_type`s,
+//!    transformers class, the translators (`llama::from_hf`,
+//!    `llama::from_gguf` and `llama::to_hf` serve every llama-like family),
+//!    its tensor names and built-in chat template. With llama's names that is
+//!    one `llama_like(..)` line; overriding fields makes it about ten;
+//! 3. tensor names, only if they differ from llama's: a `fn(Part) -> &str`
+//!    table like [`gemma3::hf_name`] (one line per renamed part, the rest
+//!    falling through to [`llama::hf_name`]); GGUF names are llama.cpp's for
+//!    every family ([`GgufNames`]);
+//! 4. quirks the config expresses (a bias, q/k norm, a window) go into the
+//!    translator as data on [`ModelConfig`]; a quirk the forward pass cannot
+//!    express yet becomes an option in `layers.rs`, never a second forward;
+//! 5. a reference test: a tiny checkpoint and its transformers numbers in
+//!    `../shared/reference/`, compared in `tests/hf_loading.rs`.
+//!
+//! The test `registry::a_llama_like_family_is_one_entry` builds such a row
+//! (InternLM-style tensor names under a new `model_type`) and reads a config
+//! and its tensor names through it.
 
 pub mod gemma3;
 pub mod gpt2;
@@ -175,67 +204,183 @@ const HF_PREFIXES: [&str; 5] = [
 ];
 
 /// The names of an HF checkpoint of `family`. The prefix is whichever one
-/// makes the token embedding exist (`has`); if none does, the usual one, so
-/// that the loader reports the usual name as missing.
+/// makes the token embedding exist (`has`); if none does, the family's usual
+/// one, so that the loader reports the usual name as missing.
 pub fn hf_names(family: Family, has: impl Fn(&str) -> bool) -> HfNames {
-    let (layers, table): (&'static str, fn(Part) -> &'static str) = match family {
-        Family::Gpt2 => ("h", gpt2::hf_name),
-        Family::Gemma3 => ("layers", gemma3::hf_name),
-        _ => ("layers", llama::hf_name),
-    };
-    let embd = table(Part::TokenEmbd);
-    let default = if family == Family::Gpt2 {
-        "transformer."
-    } else {
-        "model."
-    };
-    let prefix = HF_PREFIXES
-        .into_iter()
-        .find(|p| has(&format!("{p}{embd}.weight")))
-        .unwrap_or(default);
-    HfNames {
-        prefix: prefix.to_string(),
-        layers,
-        table,
-    }
+    family.spec().hf_names(has)
 }
 
 /// Which tensors of an HF checkpoint of `family` are stored `[in, out]`.
 pub fn hf_transpose_rule(family: Family) -> Option<TransposeRule> {
-    match family {
-        Family::Gpt2 => Some(gpt2::is_conv1d),
-        _ => None,
+    family.spec().hf_transpose
+}
+
+// ------------------------------------------------------------------------
+// The family registry
+// ------------------------------------------------------------------------
+
+/// Reads a `config.json` of the family; `has_lm_head`: whether the
+/// checkpoint stores `lm_head.weight` (decides tying when the config is silent).
+pub type FromHf = fn(&HfConfig, Family, bool) -> Result<ModelConfig>;
+/// Reads a GGUF file's metadata of the family.
+pub type FromGguf = fn(&GgufFile, Family) -> Result<ModelConfig>;
+/// Writes a config as a transformers `config.json` (for `convert`).
+pub type ToHf = fn(&ModelConfig) -> Result<serde_json::Value>;
+
+/// One family: everything lensmap dispatches on. See the module doc for how
+/// to add one.
+#[derive(Debug, Clone, Copy)]
+pub struct FamilySpec {
+    pub family: Family,
+    /// The canonical name: GGUF `general.architecture`, the JSON's `model.arch`.
+    pub name: &'static str,
+    /// HF `model_type` values read as this family.
+    pub hf_model_types: &'static [&'static str],
+    /// transformers' class (`architectures` in `config.json`).
+    pub hf_class: &'static str,
+    pub from_hf: FromHf,
+    /// `None` when lensmap does not read this family from GGUF.
+    pub from_gguf: Option<FromGguf>,
+    /// `None` when `convert` cannot write this family.
+    pub to_hf: Option<ToHf>,
+    /// transformers' name of each part inside a block (`self_attn.q_proj`).
+    pub hf_name: fn(Part) -> &'static str,
+    /// The block list: `layers` (most) or `h` (GPT-2).
+    pub hf_layers: &'static str,
+    /// The usual prefix before the decoder's tensors (`model.`).
+    pub hf_prefix: &'static str,
+    /// HF tensors stored `[in, out]` (GPT-2's Conv1D), transposed at load.
+    pub hf_transpose: Option<TransposeRule>,
+    /// The built-in chat template (`crate::template`) for files that carry none.
+    pub template: Option<&'static str>,
+}
+
+impl FamilySpec {
+    /// The names of an HF checkpoint of this family: see [`hf_names`].
+    pub fn hf_names(&self, has: impl Fn(&str) -> bool) -> HfNames {
+        let embd = (self.hf_name)(Part::TokenEmbd);
+        let prefix = HF_PREFIXES
+            .into_iter()
+            .find(|p| has(&format!("{p}{embd}.weight")))
+            .unwrap_or(self.hf_prefix);
+        HfNames {
+            prefix: prefix.to_string(),
+            layers: self.hf_layers,
+            table: self.hf_name,
+        }
     }
 }
 
-/// HF `model_type` values lensmap reads, for error messages.
-pub const HF_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3, phi3, gemma3, gemma3_text, gpt2";
+/// A llama-like family: llama's translators and tensor names.
+const fn llama_like(
+    family: Family,
+    name: &'static str,
+    hf_model_types: &'static [&'static str],
+    hf_class: &'static str,
+) -> FamilySpec {
+    FamilySpec {
+        family,
+        name,
+        hf_model_types,
+        hf_class,
+        from_hf: llama::from_hf,
+        from_gguf: Some(llama::from_gguf),
+        to_hf: Some(llama::to_hf),
+        hf_name: llama::hf_name,
+        hf_layers: "layers",
+        hf_prefix: "model.",
+        hf_transpose: None,
+        template: None,
+    }
+}
+
+/// Every family lensmap reads, in the order messages list them.
+pub const FAMILIES: [FamilySpec; 7] = [
+    llama_like(Family::Llama, "llama", &["llama"], "LlamaForCausalLM"),
+    llama_like(
+        Family::Mistral,
+        "mistral",
+        &["mistral"],
+        "MistralForCausalLM",
+    ),
+    llama_like(Family::Qwen2, "qwen2", &["qwen2"], "Qwen2ForCausalLM"),
+    llama_like(Family::Qwen3, "qwen3", &["qwen3"], "Qwen3ForCausalLM"),
+    llama_like(Family::Phi3, "phi3", &["phi3"], "Phi3ForCausalLM"),
+    FamilySpec {
+        family: Family::Gemma3,
+        name: "gemma3",
+        // `gemma3` is the multimodal wrapper: the text model's config is nested.
+        hf_model_types: &["gemma3", "gemma3_text"],
+        hf_class: "Gemma3ForCausalLM",
+        from_hf: gemma3::from_hf,
+        from_gguf: Some(gemma3::from_gguf),
+        to_hf: Some(gemma3::to_hf),
+        hf_name: gemma3::hf_name,
+        template: Some("gemma3"),
+        ..llama_like(Family::Gemma3, "", &[], "")
+    },
+    FamilySpec {
+        family: Family::Gpt2,
+        name: "gpt2",
+        hf_model_types: &["gpt2"],
+        hf_class: "GPT2LMHeadModel",
+        from_hf: gpt2::from_hf,
+        from_gguf: None,
+        to_hf: None,
+        hf_name: gpt2::hf_name,
+        hf_layers: "h",
+        hf_prefix: "transformer.",
+        hf_transpose: Some(gpt2::is_conv1d),
+        template: None,
+    },
+];
+
+impl Family {
+    /// This family's row of [`FAMILIES`].
+    pub fn spec(self) -> &'static FamilySpec {
+        FAMILIES
+            .iter()
+            .find(|s| s.family == self)
+            .expect("every Family has a row in FAMILIES (checked by a test)")
+    }
+
+    /// The canonical name (GGUF `general.architecture`, HF `model_type`).
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+}
+
+/// The names in `table` for which `has` holds, comma-separated: every
+/// "supported: …" message is made here.
+fn supported(table: &[FamilySpec], names: impl Fn(&FamilySpec) -> Vec<&'static str>) -> String {
+    table.iter().flat_map(names).collect::<Vec<_>>().join(", ")
+}
 
 /// Resolve an HF `config.json` into a config. `has_lm_head`: whether the
 /// checkpoint stores `lm_head.weight` (decides tying when the config is silent).
 pub fn config_from_hf(raw: &HfConfig, has_lm_head: bool) -> Result<ModelConfig> {
+    config_from_hf_in(&FAMILIES, raw, has_lm_head)
+}
+
+/// [`config_from_hf`] over any registry (tests add a row).
+fn config_from_hf_in(
+    table: &[FamilySpec],
+    raw: &HfConfig,
+    has_lm_head: bool,
+) -> Result<ModelConfig> {
     let model_type = raw.model_type.as_deref().unwrap_or("");
-    let cfg = match model_type {
-        "llama" => llama::from_hf(raw, Family::Llama, has_lm_head)?,
-        "mistral" => llama::from_hf(raw, Family::Mistral, has_lm_head)?,
-        "qwen2" => llama::from_hf(raw, Family::Qwen2, has_lm_head)?,
-        "qwen3" => llama::from_hf(raw, Family::Qwen3, has_lm_head)?,
-        "phi3" => llama::from_hf(raw, Family::Phi3, has_lm_head)?,
-        "gemma3_text" => gemma3::from_hf(raw, has_lm_head)?,
-        // The multimodal wrapper: the language model's config is nested.
-        "gemma3" => gemma3::from_hf(raw.text(), has_lm_head)?,
-        "gpt2" => gpt2::from_hf(raw, has_lm_head)?,
-        other => {
-            return Err(Error::UnsupportedArch {
-                arch: if other.is_empty() {
-                    "(no `model_type`)".into()
-                } else {
-                    other.to_string()
-                },
-                supported: HF_MODEL_TYPES.into(),
-            })
-        }
-    };
+    let spec = table
+        .iter()
+        .find(|s| s.hf_model_types.contains(&model_type))
+        .ok_or_else(|| Error::UnsupportedArch {
+            arch: if model_type.is_empty() {
+                "(no `model_type`)".into()
+            } else {
+                model_type.to_string()
+            },
+            supported: supported(table, |s| s.hf_model_types.to_vec()),
+        })?;
+    let cfg = (spec.from_hf)(raw, spec.family, has_lm_head)?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -273,13 +418,15 @@ pub(crate) fn with_fields(
 
 /// Write a config as a transformers `config.json` (for `convert`).
 pub fn config_to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
-    match cfg.family {
-        Family::Gemma3 => gemma3::to_hf(cfg),
-        Family::Gpt2 => Err(Error::UnsupportedArch {
-            arch: "gpt2".into(),
-            supported: "llama, mistral, qwen2, qwen3, phi3, gemma3 (conversion)".into(),
+    match cfg.family.spec().to_hf {
+        Some(to_hf) => to_hf(cfg),
+        None => Err(Error::UnsupportedArch {
+            arch: cfg.family.name().into(),
+            supported: format!(
+                "{} (conversion)",
+                supported(&FAMILIES, |s| s.to_hf.map_or(vec![], |_| vec![s.name]))
+            ),
         }),
-        _ => llama::to_hf(cfg),
     }
 }
 
@@ -288,20 +435,20 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     let arch = file
         .meta_str("general.architecture")
         .ok_or_else(|| Error::Config("GGUF key `general.architecture` is missing".into()))?;
-    let cfg = match arch {
-        "llama" => llama::from_gguf(file, Family::Llama)?,
-        "mistral" => llama::from_gguf(file, Family::Mistral)?,
-        "qwen2" => llama::from_gguf(file, Family::Qwen2)?,
-        "qwen3" => llama::from_gguf(file, Family::Qwen3)?,
-        "phi3" => llama::from_gguf(file, Family::Phi3)?,
-        "gemma3" => gemma3::from_gguf(file)?,
-        other => {
-            return Err(Error::UnsupportedArch {
-                arch: other.to_string(),
-                supported: "llama, mistral, qwen2, qwen3, phi3, gemma3 (GGUF)".into(),
-            })
-        }
+    let read = FAMILIES
+        .iter()
+        .find(|s| s.name == arch)
+        .and_then(|s| Some((s.family, s.from_gguf?)));
+    let Some((family, from_gguf)) = read else {
+        return Err(Error::UnsupportedArch {
+            arch: arch.to_string(),
+            supported: format!(
+                "{} (GGUF)",
+                supported(&FAMILIES, |s| s.from_gguf.map_or(vec![], |_| vec![s.name]))
+            ),
+        });
     };
+    let cfg = from_gguf(file, family)?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -345,7 +492,7 @@ impl Hyper {
             head_dim,
             vocab_size,
         };
-        crate::model::bounds::check_hyper(&h)?;
+        h.check()?;
         Ok(h)
     }
 }
@@ -354,4 +501,116 @@ impl Hyper {
 pub(crate) fn gguf_rope_theta(file: &GgufFile, arch: &str) -> f64 {
     file.meta_f64(&format!("{arch}.rope.freq_base"))
         .unwrap_or(10_000.0)
+}
+
+#[cfg(test)]
+mod registry {
+    use super::*;
+
+    #[test]
+    fn every_family_has_exactly_one_row() {
+        let all = [
+            Family::Llama,
+            Family::Mistral,
+            Family::Qwen2,
+            Family::Qwen3,
+            Family::Gemma3,
+            Family::Gpt2,
+            Family::Phi3,
+        ];
+        for f in all {
+            // A new variant fails to compile here until it is listed above.
+            match f {
+                Family::Llama
+                | Family::Mistral
+                | Family::Qwen2
+                | Family::Qwen3
+                | Family::Gemma3
+                | Family::Gpt2
+                | Family::Phi3 => {}
+            }
+            assert_eq!(
+                FAMILIES.iter().filter(|s| s.family == f).count(),
+                1,
+                "{f:?}"
+            );
+        }
+        let mut types: Vec<_> = FAMILIES.iter().flat_map(|s| s.hf_model_types).collect();
+        types.sort();
+        let n = types.len();
+        types.dedup();
+        assert_eq!(types.len(), n, "an HF model_type is claimed twice");
+    }
+
+    // The whole of a new llama-like family, here Meta's original checkpoint
+    // names (`layers.0.attention.wq.weight`) under a made-up `model_type`:
+    // a name table (16 lines) and a registry row (10 lines), plus the one-line
+    // `Family` variant a real family would add (the example borrows `Llama`).
+    fn meta_name(part: Part) -> &'static str {
+        match part {
+            Part::TokenEmbd => "tok_embeddings",
+            Part::Output => "output",
+            Part::AttnNorm => "attention_norm",
+            Part::AttnQ => "attention.wq",
+            Part::AttnK => "attention.wk",
+            Part::AttnV => "attention.wv",
+            Part::AttnOut => "attention.wo",
+            Part::FfnNorm => "ffn_norm",
+            Part::FfnGate => "feed_forward.w1",
+            Part::FfnDown => "feed_forward.w2",
+            Part::FfnUp => "feed_forward.w3",
+            other => llama::hf_name(other),
+        }
+    }
+    const META_LLAMA: FamilySpec = FamilySpec {
+        hf_name: meta_name,
+        hf_prefix: "",
+        ..llama_like(
+            Family::Llama,
+            "meta_llama",
+            &["meta_llama"],
+            "MetaLlamaForCausalLM",
+        )
+    };
+
+    #[test]
+    fn a_llama_like_family_is_one_entry() {
+        let table: Vec<FamilySpec> = FAMILIES.iter().copied().chain([META_LLAMA]).collect();
+        let raw = HfConfig::parse(
+            r#"{"model_type": "meta_llama", "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 100, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
+                "rope_theta": 500000.0}"#,
+        )
+        .unwrap();
+        let cfg = config_from_hf_in(&table, &raw, true).unwrap();
+        assert_eq!(
+            (cfg.family, cfg.n_layers, cfg.head_dim),
+            (Family::Llama, 2, 16)
+        );
+        assert_eq!(cfg.rope.as_ref().map(|r| r.theta), Some(500000.0));
+        assert!(!cfg.tied_embeddings);
+
+        let names = META_LLAMA.hf_names(|n| n == "tok_embeddings.weight");
+        assert_eq!(
+            names.name(Part::AttnQ, Some(1), false),
+            "layers.1.attention.wq.weight"
+        );
+        assert_eq!(
+            names.name(Part::FfnUp, Some(0), false),
+            "layers.0.feed_forward.w3.weight"
+        );
+        assert_eq!(names.name(Part::OutputNorm, None, false), "norm.weight");
+        assert_eq!(names.name(Part::Output, None, false), "output.weight");
+
+        // The row is in every "supported" list made from the table.
+        let bert = HfConfig::parse(r#"{"model_type": "bert"}"#).unwrap();
+        let msg = config_from_hf_in(&table, &bert, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("meta_llama") && msg.contains("gemma3_text"),
+            "{msg}"
+        );
+    }
 }

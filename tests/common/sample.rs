@@ -4,11 +4,11 @@
 
 use serde_json::Value;
 
-use crate::grid::{
+use lensmap::grid::{
     Answer, LensGrid, ModelInfo, ProbRank, TokenInfo, TokenKind, TopToken, TrackedRole,
     TrackedToken, FORMAT_VERSION,
 };
-use crate::{Error, Result};
+use lensmap::{Error, Result};
 
 fn bad(what: &str) -> Error {
     Error::Render(format!("reference JSON: missing or malformed `{what}`"))

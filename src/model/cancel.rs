@@ -1,7 +1,9 @@
-//! Cancelling a forward pass between blocks: `serve` sets a flag when the
-//! client that asked for it disconnects, and [`super::Model::forward`] checks
-//! it after every block (issue #13 item 6). Thread-local, so a worker thread
-//! only ever sees the flag of the job it is running.
+//! Cancelling a forward pass between blocks, the one way for every front
+//! end: [`super::Model::forward`] calls [`check`] after every block. `serve`
+//! sets a flag when the client that asked for the work disconnects (issue
+//! #13 item 6, [`with_flag`]); the Python bindings ask Python whether Ctrl-C
+//! was pressed (issue #12, [`with_check`]). Thread-local, so a worker thread
+//! only ever sees the stop condition of the job it is running.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,27 +11,42 @@ use std::sync::Arc;
 
 use crate::{Error, Result};
 
+/// A stop condition: `Err` ends the work in progress with that error.
+pub type StopCheck = Box<dyn FnMut() -> Result<()>>;
+
 thread_local! {
-    static FLAG: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+    static CHECK: RefCell<Option<StopCheck>> = const { RefCell::new(None) };
 }
 
-/// Run `f` on this thread with `flag` as its cancellation flag.
-pub fn with_flag<T>(flag: Arc<AtomicBool>, f: impl FnOnce() -> T) -> T {
-    let previous = FLAG.with(|c| c.replace(Some(flag)));
+/// Run `f` on this thread with `check` called between blocks of every
+/// forward pass it makes; the first `Err` from `check` ends the pass.
+pub fn with_check<T>(check: StopCheck, f: impl FnOnce() -> T) -> T {
+    let previous = CHECK.with(|c| c.replace(Some(check)));
     let out = f();
-    FLAG.with(|c| *c.borrow_mut() = previous);
+    CHECK.with(|c| *c.borrow_mut() = previous);
     out
 }
 
-/// `Err(Error::Cancelled)` once this thread's flag is set.
+/// Run `f` on this thread with `flag` as its cancellation flag: once it is
+/// set, the forward pass stops with [`Error::Cancelled`].
+pub fn with_flag<T>(flag: Arc<AtomicBool>, f: impl FnOnce() -> T) -> T {
+    let check = move || {
+        if flag.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    };
+    with_check(Box::new(check), f)
+}
+
+/// This thread's stop condition, if any: `Err` once the work should stop.
 pub fn check() -> Result<()> {
-    let set = FLAG.with(|c| {
-        c.borrow()
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::Relaxed))
-    });
-    if set {
-        return Err(Error::Cancelled);
-    }
-    Ok(())
+    // Taken out while it runs, so a check that re-enters lensmap (a Python
+    // signal handler calling it) finds none rather than a borrowed cell.
+    let Some(mut f) = CHECK.with(|c| c.borrow_mut().take()) else {
+        return Ok(());
+    };
+    let out = f();
+    CHECK.with(|c| *c.borrow_mut() = Some(f));
+    out
 }

@@ -237,3 +237,40 @@ def test_bad_lens_options_raise_the_cli_message(model):
         model.lens("hi", lens_precision="f16")
     with pytest.raises(lensmap.LensmapError, match="expected `all`, `tail` or A..B"):
         model.lens("hi", positions="5")
+
+
+def test_stubs_match_the_extension():
+    """Every method of `_lensmap.pyi` has the extension's parameters, in order."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    from lensmap import _lensmap
+
+    stub = ast.parse((Path(lensmap.__file__).parent / "_lensmap.pyi").read_text())
+    checked = 0
+    for node in ast.walk(stub):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        runtime_cls = getattr(_lensmap, node.name)
+        for fn in node.body:
+            if not isinstance(fn, ast.FunctionDef) or fn.name.startswith("__"):
+                continue
+            runtime = getattr(runtime_cls, fn.name)
+            if isinstance(runtime, property) or type(runtime).__name__ == "getset_descriptor":
+                continue
+            a = fn.args
+            want = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs][1:]  # drop self
+            got = [p for p in inspect.signature(runtime).parameters][1:]
+            assert got == want, f"{node.name}.{fn.name}: extension {got}, stub {want}"
+            checked += 1
+    # The extension's public methods all have a stub.
+    for cls in (_lensmap.Model, _lensmap.Result):
+        stubbed = {
+            fn.name
+            for c in ast.walk(stub) if isinstance(c, ast.ClassDef) and c.name == cls.__name__
+            for fn in c.body if isinstance(fn, ast.FunctionDef)
+        }
+        public = {n for n in dir(cls) if not n.startswith("__")}
+        assert public <= stubbed, f"{cls.__name__}: no stub for {sorted(public - stubbed)}"
+    assert checked >= 8

@@ -50,3 +50,38 @@ pub fn check() -> Result<()> {
     CHECK.with(|c| *c.borrow_mut() = Some(f));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_flag_stops_and_the_previous_check_comes_back() {
+        let flag = Arc::new(AtomicBool::new(false));
+        assert!(check().is_ok(), "no stop condition outside with_*");
+        with_flag(Arc::clone(&flag), || {
+            assert!(check().is_ok());
+            // An inner caller's condition replaces the outer one, then yields it back.
+            with_check(Box::new(|| Err(Error::Interrupted)), || {
+                assert!(matches!(check(), Err(Error::Interrupted)));
+            });
+            flag.store(true, Ordering::Relaxed);
+            assert!(matches!(check(), Err(Error::Cancelled)));
+        });
+        assert!(check().is_ok());
+    }
+
+    #[test]
+    fn a_check_that_re_enters_finds_none() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        with_check(
+            Box::new(move || {
+                seen.fetch_add(1, Ordering::Relaxed);
+                check() // as a Python signal handler calling lensmap would
+            }),
+            || assert!(check().is_ok()),
+        );
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+}

@@ -318,7 +318,6 @@ impl Model {
             lenses,
             lens_precision: choice.lens_precision,
             positions: choice.positions,
-            ..defaults
         };
         let req = flags.request().map_err(|_| {
             option_err("`answer_skip` applies to `answer=\"auto\"` (with `generate=N`) only")

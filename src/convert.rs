@@ -297,7 +297,10 @@ fn write_tokenizer(tokenizer: &TextTokenizer, cfg: &ModelConfig, out_dir: &Path)
     tokenizer
         .inner()
         .save(&path, false)
-        .map_err(|e| Error::Tokenizer(format!("cannot write `{}`: {e}", path.display())))?;
+        .map_err(|e| Error::Output {
+            what: format!("cannot write `{}`", path.display()),
+            source: e,
+        })?;
     let config = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": tokenizer.bos().map(|(_, t)| t),

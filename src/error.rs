@@ -1,8 +1,18 @@
 //! The library's error type. Every message is one line; values go in backticks.
 //! `hint()` names the fix where there is an obvious one, and `main` prints it
-//! on a line of its own.
+//! on a line of its own. [`Error::kind`] sorts errors into what the user can
+//! fix, what is missing, what ran out and what failed inside; the CLI's exit
+//! code and the server's HTTP status follow from it.
+//!
+//! Messages and hints do not name CLI flags (each front end has its own
+//! names for the same option): an error that is about one option either
+//! carries it as data for the front end to word, as [`crate::run::SkipWithoutAuto`]
+//! does, or names the option in words.
 
 use std::path::PathBuf;
+
+/// A cause kept as an error's `#[source]`, whatever library it came from.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Result alias used throughout lensmap.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -66,7 +76,7 @@ pub enum Error {
     #[error("prompt is {tokens} tokens but the model's context is {context}")]
     PromptTooLong { tokens: usize, context: usize },
     /// The prompt exceeds a limit the caller set below the context (`lensmap serve --max-tokens`).
-    #[error("prompt is {tokens} tokens (template and dummies included) but this request allows at most {limit} (`--max-tokens`)")]
+    #[error("prompt is {tokens} tokens (template and dummies included) but this request allows at most {limit} (the server's limit)")]
     PromptOverLimit { tokens: usize, limit: usize },
     /// A weight or residual holds NaN or infinity (issue #13): the lens
     /// would otherwise draw garbage as certainty.
@@ -78,6 +88,14 @@ pub enum Error {
     /// An option is out of range or inconsistent.
     #[error("{0}")]
     InvalidOption(String),
+    /// An input file the user gave could not be read as what it should be;
+    /// the parser's own error is kept as the cause.
+    #[error("{what}")]
+    BadInput {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     /// The model at the chosen precision does not fit the memory lensmap may
     /// use; said before any weight is read.
     #[error("`{model}` at precision `{precision}` needs {needed} of memory but only {available} is available ({limit})")]
@@ -106,29 +124,139 @@ pub enum Error {
     /// A figure could not be drawn or written.
     #[error("render: {0}")]
     Render(String),
+    /// A figure or table could not be drawn, encoded or written; the
+    /// library's own error is kept as the cause.
+    #[error("{what}")]
+    Output {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    /// A value lensmap built could not be turned into JSON.
+    #[error("{what} to JSON")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Something inside lensmap failed that no input explains (a thread
+    /// panicked, a server loop ended).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What kind of failure an [`Error`] is: the CLI's exit code and the
+/// server's HTTP status follow from it (`README.md`, "Exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The user can fix it: an option out of range, a prompt too long, a
+    /// broken template, a bad input line.
+    UserInput,
+    /// A model file (or a tuned lens for it) that is corrupt, unsupported or
+    /// inconsistent: the user's input on the command line, the server's own
+    /// fault behind `serve`.
+    BadModel,
+    /// A model, file or directory that does not exist.
+    MissingResource,
+    /// The model does not fit the memory lensmap may use.
+    ResourceExhausted,
+    /// The caller stopped the run (Ctrl-C, a client that went away).
+    Interrupted,
+    /// lensmap or the machine failed: an I/O error other than a missing
+    /// file, a tensor operation, a panicked thread.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The process exit code: 2 for input and model files (as clap's usage errors), 3
+    /// missing, 4 out of memory, 130 interrupted (as after SIGINT), 1 internal.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::UserInput | ErrorKind::BadModel => 2,
+            ErrorKind::MissingResource => 3,
+            ErrorKind::ResourceExhausted => 4,
+            ErrorKind::Interrupted => 130,
+            ErrorKind::Internal => 1,
+        }
+    }
+
+    /// The kind of an OS error: not found is missing, a permission or a
+    /// directory where a file belongs is the user's to fix, the rest internal.
+    pub fn of_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::NotFound => ErrorKind::MissingResource,
+            K::PermissionDenied | K::IsADirectory | K::NotADirectory | K::InvalidData => {
+                ErrorKind::UserInput
+            }
+            _ if e.raw_os_error() == Some(libc::ENODEV) => ErrorKind::UserInput,
+            K::OutOfMemory | K::StorageFull | K::QuotaExceeded => ErrorKind::ResourceExhausted,
+            _ => ErrorKind::Internal,
+        }
+    }
 }
 
 impl Error {
+    /// What kind of failure this is (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::BadGguf { .. }
+            | Error::BadCheckpoint { .. }
+            | Error::UnsupportedArch { .. }
+            | Error::UnsupportedDtype { .. }
+            | Error::MissingTensor { .. }
+            | Error::ShapeMismatch { .. }
+            | Error::Config(_)
+            | Error::BadLens { .. }
+            | Error::NonFinite { .. } => ErrorKind::BadModel,
+            Error::ModelNotFound(_) | Error::ModelNotFoundIn { .. } => ErrorKind::MissingResource,
+            Error::Tokenizer(_)
+            | Error::Template(_)
+            | Error::PromptTooLong { .. }
+            | Error::PromptOverLimit { .. }
+            | Error::InvalidOption(_)
+            | Error::BadInput { .. } => ErrorKind::UserInput,
+            Error::OutOfMemory { .. } => ErrorKind::ResourceExhausted,
+            Error::Cancelled | Error::Interrupted => ErrorKind::Interrupted,
+            Error::Io { err, .. } => ErrorKind::of_io(err),
+            Error::Candle(_)
+            | Error::Render(_)
+            | Error::Output { .. }
+            | Error::Serialize { .. }
+            | Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The one line `lensmap` prints after `error: `: this error and its
+    /// causes, joined by `: ` (as `anyhow`'s `{:#}`). Front ends that do not
+    /// go through `anyhow` (the server, Python, a batch's failed lines) use it.
+    pub fn message(&self) -> String {
+        chain(self).replace('\n', " ")
+    }
+
     /// A suggestion for the user, printed after the error as `hint: ...`.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::ModelNotFound(_) | Error::ModelNotFoundIn { .. } => {
-                Some("run `scripts/fetch-models` to download the default models into `models/`".into())
+            Error::ModelNotFound(path) => Some(crate::model::locate::not_found_hint(
+                &path.to_string_lossy(),
+            )),
+            Error::ModelNotFoundIn { spec, .. } => {
+                Some(crate::model::locate::not_found_hint(spec))
             }
             Error::BadGguf { .. } => Some(
                 "re-download the file (`scripts/fetch-models` checks sha256); a partial download is cut short".into(),
             ),
             Error::PromptTooLong { .. } => {
-                Some("shorten the prompt or lower `--dummy`".into())
+                Some("shorten the prompt or use fewer dummy tokens".into())
             }
             Error::Template(_) => Some(
-                "pass `--chat-template FILE` to use another template, or `--raw` to skip it".into(),
+                "use another chat template file, or the raw prompt without a template".into(),
             ),
             Error::OutOfMemory { precision, .. } if *precision == "rest" => Some(
-                "raise `--max-memory` or the process limit, or free memory: at rest only the small tensors and one block's weights need to be resident".into(),
+                "allow more memory or raise the process limit, or free memory: at rest only the small tensors and one block's weights need to be resident".into(),
             ),
             Error::OutOfMemory { .. } => Some(
-                "pass `--precision rest` (weights stay in the mapped file) or a larger `--max-memory`".into(),
+                "hold the weights at rest (precision `rest`: they stay in the mapped file) or allow more memory".into(),
             ),
             _ => None,
         }
@@ -141,6 +269,19 @@ impl Error {
             err: source,
         }
     }
+}
+
+/// An error and its causes, joined by `: `, e.g. minijinja's `syntax error:
+/// unexpected end of input (in chat_template:3)`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }
 
 /// An OS error in words, without Rust's ` (os error N)` suffix; a directory

@@ -190,50 +190,6 @@ impl std::str::FromStr for PositionSpec {
     }
 }
 
-/// The lens flags `run` and `batch` share (`#[command(flatten)]`): which
-/// lens reads the trace, how its product is computed, and where.
-#[derive(Debug, Clone, clap::Args)]
-pub struct LensChoiceArgs {
-    /// `f32` (exact, default) or `bf16`: round the normed residual and the unembedding to bf16
-    ///
-    /// bf16 products are summed in f32 on AVX512-BF16 where the CPU has it
-    /// (else in plain f32 on the rounded values); statistics stay f64. About
-    /// twice as fast; the error against f32 is in the README ("Precision").
-    #[arg(
-        long,
-        default_value = "f32",
-        value_name = "f32|bf16",
-        help_heading = "Lens"
-    )]
-    pub lens_precision: LensPrecision,
-    /// Compute the lens only at these positions: `all`, `tail` or `A..B` (B exclusive)
-    ///
-    /// `tail` is the chat template's tail and the dummies after the user's
-    /// text. Other cells are `null` in the JSON and drawn as absent (grey).
-    #[arg(
-        long,
-        default_value = "all",
-        value_name = "all|tail|A..B",
-        help_heading = "Lens"
-    )]
-    pub positions: PositionSpec,
-    /// `logit`, `tuned:DIR` (a tuned-lens directory), or `logit,tuned:DIR` side by side
-    ///
-    /// DIR holds tuned-lens's `config.json` and `params.pt` (or
-    /// `params.safetensors`). Row i < L goes through translator i
-    /// (`h + h·W_iᵀ + b_i`) before the final norm and unembedding; the output
-    /// row is the model's own. With two lenses the JSON holds both grids
-    /// (`more_lenses`) and the figure shows them side by side on one scale
-    /// (`batch` takes one lens).
-    #[arg(
-        long,
-        default_value = "logit",
-        value_name = "LENS",
-        help_heading = "Lens"
-    )]
-    pub lens: String,
-}
-
 /// What the lens reports for every cell.
 #[derive(Debug, Clone)]
 pub struct LensQuery {
@@ -265,7 +221,7 @@ impl LensQuery {
     /// The errors [`apply_lens`] reports before any work.
     fn check(&self, vocab: usize) -> Result<()> {
         if self.top_k == 0 {
-            return Err(Error::InvalidOption("`--top-k` must be at least 1".into()));
+            return Err(Error::InvalidOption("top-k must be at least 1".into()));
         }
         if let Some(&bad) = self.tracked.iter().find(|&&id| id as usize >= vocab) {
             return Err(Error::InvalidOption(format!(

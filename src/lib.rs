@@ -23,6 +23,7 @@
 //! answers [`run::LensRequest`]s with [`grid::LensGrid`]s.
 
 pub mod batch;
+pub mod cli;
 pub mod convert;
 pub mod error;
 pub mod grid;

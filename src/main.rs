@@ -1,16 +1,17 @@
 //! The `lensmap` binary: parse arguments, run, and print any error as one
-//! line (with a hint where there is one) and a non-zero exit.
-
-mod cli;
+//! line (with a hint where there is one) and an exit code chosen by the
+//! error's kind (`README.md`, "Exit codes"; clap's usage errors exit with 2).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use lensmap::cli;
+
 fn main() -> ExitCode {
     lensmap::tune_allocator();
-    let cli = cli::Cli::parse();
-    match cli::dispatch(cli) {
+    let args = cli::Cli::parse();
+    match cli::dispatch(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A closed pipe (`lensmap run ... | head`) is not a failure.
@@ -21,10 +22,10 @@ fn main() -> ExitCode {
             }
             let msg = format!("{err:#}").replace('\n', " ");
             eprintln!("error: {msg}");
-            if let Some(hint) = err.downcast_ref::<lensmap::Error>().and_then(|e| e.hint()) {
+            if let Some(hint) = cli::hint(&err) {
                 eprintln!("\nhint: {hint}");
             }
-            ExitCode::from(2)
+            ExitCode::from(cli::exit_code(&err))
         }
     }
 }

@@ -114,11 +114,12 @@ pub struct LensRequest {
 /// The largest `--top-k` lensmap accepts.
 pub const MAX_TOP_K: usize = 100;
 
-/// Check `--top-k`; callers run it before loading a model, to fail fast.
+/// Check a top-k; callers run it before loading a model, to fail fast. (The
+/// CLI's own check names its flag; this message is for the other front ends.)
 pub fn check_top_k(k: usize) -> Result<()> {
     if k == 0 || k > MAX_TOP_K {
         return Err(Error::InvalidOption(format!(
-            "`--top-k` must be between 1 and {MAX_TOP_K}, got `{k}`"
+            "top-k must be between 1 and {MAX_TOP_K}, got `{k}`"
         )));
     }
     Ok(())
@@ -178,6 +179,8 @@ pub struct LensFlags {
     pub lens_precision: LensPrecision,
     /// `--positions`.
     pub positions: PositionSpec,
+    /// A prompt limit tighter than the model's context (`serve --max-tokens`).
+    pub max_tokens: Option<usize>,
 }
 
 impl Default for LensFlags {
@@ -197,6 +200,7 @@ impl Default for LensFlags {
             lenses: vec![Lens::Logit],
             lens_precision: LensPrecision::F32,
             positions: PositionSpec::All,
+            max_tokens: None,
         }
     }
 }
@@ -206,6 +210,13 @@ impl LensFlags {
     pub fn request(&self) -> std::result::Result<LensRequest, SkipWithoutAuto> {
         let answer =
             AnswerSpec::from_flags(self.answer.as_deref(), self.answer_skip, self.generate)?;
+        Ok(self.request_with(answer))
+    }
+
+    /// The request these options describe, with the answer already decided
+    /// (`answer` and `answer_skip` are not read). Every [`LensRequest`] the
+    /// CLI, `batch`, `serve` and Python make is built here.
+    pub fn request_with(&self, answer: AnswerSpec) -> LensRequest {
         let track = self
             .target
             .iter()
@@ -214,7 +225,7 @@ impl LensFlags {
                 role: TrackedRole::Target,
             })
             .collect();
-        Ok(LensRequest {
+        LensRequest {
             prompt: PromptSpec {
                 user: self.prompt.clone(),
                 system: self.system.clone(),
@@ -227,11 +238,11 @@ impl LensFlags {
             generate: self.generate,
             answer,
             alts: self.answer_alt.clone(),
-            max_tokens: None,
+            max_tokens: self.max_tokens,
             lenses: self.lenses.clone(),
             lens_precision: self.lens_precision,
             positions: self.positions,
-        })
+        }
     }
 }
 

@@ -153,7 +153,7 @@ impl ChatTemplate {
                 ));
             }
             let raised = raised.lock().ok().and_then(|mut r| r.take());
-            Error::Template(raised.unwrap_or_else(|| one_line(&error_chain(&e))))
+            Error::Template(raised.unwrap_or_else(|| one_line(&crate::error::chain(&e))))
         };
         result.map_err(parse_or_render)?;
         String::from_utf8(out.bytes)
@@ -254,19 +254,6 @@ fn neutralise_generation_tags(src: &str) -> std::borrow::Cow<'_, str> {
     }
     out.push_str(rest);
     out.into()
-}
-
-/// minijinja's message with its causes, e.g. `syntax error: unexpected end of
-/// input (in chat_template:3)`.
-fn error_chain(e: &minijinja::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// Error messages are one line.

@@ -108,8 +108,10 @@ pub fn documents(text: &str, jsonl: bool) -> Result<Vec<String>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::InvalidOption(format!("corpus line {}: not JSON ({e})", i + 1)))?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::BadInput {
+            what: format!("corpus line {}: not JSON", i + 1),
+            source: e.into(),
+        })?;
         match v.get("text").unwrap_or(&v).as_str() {
             Some(s) => out.push(s.to_string()),
             None => {
@@ -717,8 +719,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }),
         step_losses,
     };
-    let text =
-        serde_json::to_string_pretty(&report).map_err(|e| Error::InvalidOption(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&report).map_err(|source| Error::Serialize {
+        what: "the training report",
+        source,
+    })?;
     write_atomic(&args.out.join("train_report.json"), text.as_bytes())?;
     let _ = std::fs::remove_file(args.out.join(CHECKPOINT));
     if !args.quiet {

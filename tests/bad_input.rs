@@ -13,7 +13,8 @@ const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 fn missing_model_file() {
     let out = run_hi(Path::new("/nonexistent/model.gguf"), &[]);
     assert_error(&out, "not found");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("hint: run `scripts/fetch-models`"));
+    // A typo'd path is told to check it, not to fetch the default models.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hint: check the path"));
 }
 
 #[test]

@@ -346,7 +346,7 @@ fn limits_and_malformed_requests_get_json_errors() {
                 .to_string()
                 .into_bytes(),
             400,
-            "at most 32 (`--max-tokens`)",
+            "at most 32 (the server's limit)",
         ),
         (
             "malformed JSON",

@@ -21,9 +21,10 @@ use pyo3::types::{PyBytes, PyDict};
 
 use lensmap::batch::input::PromptItem;
 use lensmap::batch::record::PromptRecord;
-use lensmap::batch::BatchArgs;
+use lensmap::cli::BatchArgs;
+use lensmap::cli::LensChoiceArgs;
 use lensmap::grid::{LensGrid, ModelInfo, TokenInfo, TokenKind, TopToken, TrackedRole};
-use lensmap::lens::{Lens, LensChoiceArgs};
+use lensmap::lens::Lens;
 use lensmap::model::{cancel, Precision};
 use lensmap::render::{self, FigureOptions, OutputFormat, Stat};
 use lensmap::run::{LensFlags, Session};
@@ -40,7 +41,7 @@ create_exception!(
 /// (`error: ...` without the prefix) and its hint in `.hint`.
 fn py_err(e: lensmap::Error) -> PyErr {
     let hint = e.hint();
-    let message = e.to_string().replace('\n', " ");
+    let message = e.message();
     Python::attach(|py| {
         let err = LensmapError::new_err(message);
         let _ = err.value(py).setattr("hint", hint);
@@ -318,6 +319,7 @@ impl Model {
             lenses,
             lens_precision: choice.lens_precision,
             positions: choice.positions,
+            max_tokens: None,
         };
         let req = flags.request().map_err(|_| {
             option_err("`answer_skip` applies to `answer=\"auto\"` (with `generate=N`) only")
@@ -370,13 +372,9 @@ impl Model {
             answer_skip,
         };
         let args = self.batch_args(&input, &out, &flags, &extra)?;
-        let summary_dir = match &args.shard {
-            Some(s) => out
-                .join("shards")
-                .join(format!("{}-of-{}", s.index, s.count)),
-            None => out.clone(),
-        };
-        py.detach(|| lensmap::batch::run(args)).map_err(py_err)?;
+        let summary_dir = args.job().map_err(py_err)?.tables_dir();
+        py.detach(|| lensmap::cli::batch::run(args))
+            .map_err(py_err)?;
         let path = summary_dir.join("summary.json");
         let text =
             std::fs::read_to_string(&path).map_err(|e| py_err(lensmap::Error::io(&path, e)))?;
@@ -415,13 +413,14 @@ impl Model {
         };
         // The paths are not used: only the per-prompt settings are.
         let args = self.batch_args(Path::new("-"), Path::new("-"), &flags, &[])?;
+        let job = args.job().map_err(py_err)?;
         let json = py.import("json")?;
         let mut records = Vec::new();
         for item in items.try_iter()? {
             let text: String = json.call_method1("dumps", (item?,))?.extract()?;
             let item: PromptItem = serde_json::from_str(&text)
                 .map_err(|e| option_err(format!("bad prompt item {text}: {e}")))?;
-            let req = lensmap::batch::request(&args, &item, &lensmap::lens::Lens::Logit);
+            let req = lensmap::batch::request(&job, &item);
             let grid = interruptible(py, || self.session.run(&req))?;
             records.push(PromptRecord::from_grid(String::new(), &item, grid));
         }

@@ -179,8 +179,10 @@ impl Store {
 
     /// Serialise a record.
     pub fn encode(rec: &PromptRecord) -> Result<Vec<u8>> {
-        let mut bytes = serde_json::to_vec(rec)
-            .map_err(|e| Error::InvalidOption(format!("record to JSON: {e}")))?;
+        let mut bytes = serde_json::to_vec(rec).map_err(|source| Error::Serialize {
+            what: "a prompt record",
+            source,
+        })?;
         bytes.push(b'\n');
         Ok(bytes)
     }

@@ -175,8 +175,10 @@ impl PromptsWriter {
     }
 
     pub fn push(&mut self, line: &PromptLine) -> Result<()> {
-        let s = serde_json::to_string(line)
-            .map_err(|e| Error::InvalidOption(format!("prompt line to JSON: {e}")))?;
+        let s = serde_json::to_string(line).map_err(|source| Error::Serialize {
+            what: "a prompt line",
+            source,
+        })?;
         self.out.line(format_args!("{s}"))
     }
 
@@ -282,8 +284,11 @@ mod parquet_table {
         w: ArrowWriter<File>,
     }
 
-    fn pq_err(e: impl std::fmt::Display) -> Error {
-        Error::InvalidOption(format!("writing `cells.parquet`: {e}"))
+    fn pq_err(e: impl Into<crate::error::BoxError>) -> Error {
+        Error::Output {
+            what: "writing `cells.parquet`".into(),
+            source: e.into(),
+        }
     }
 
     /// The cells schema: [`CELL_COLUMNS`] with their types.

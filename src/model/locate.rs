@@ -226,6 +226,38 @@ fn repo_id(spec: &str) -> Option<(&str, &str, Option<&str>)> {
     (ok(org) && ok(name)).then_some((org, name, rev))
 }
 
+/// The files `scripts/fetch-models` downloads into `models/`.
+const FETCHED_MODELS: [&str; 2] = [
+    "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma-3-270m-q4_k_m.gguf",
+];
+
+/// How to get a model that was not found, by what was passed: one of the
+/// default models gets `scripts/fetch-models`, an `org/name` how to download
+/// it into the Hugging Face cache, anything else is a path to check.
+pub fn not_found_hint(spec: &str) -> String {
+    let path = Path::new(spec);
+    if path
+        .file_name()
+        .is_some_and(|n| FETCHED_MODELS.iter().any(|f| n == *f))
+    {
+        return "run `scripts/fetch-models` to download the default models into `models/`".into();
+    }
+    let looks_like_file = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf") || e.eq_ignore_ascii_case("json"));
+    match repo_id(spec) {
+        Some((org, name, rev)) if !looks_like_file => {
+            let rev = rev.map_or(String::new(), |r| format!(" --revision {r}"));
+            format!(
+                "check the path; or, for the Hugging Face model `{org}/{name}`, download it into \
+                 the cache with `huggingface-cli download {org}/{name}{rev}`"
+            )
+        }
+        _ => "check the path: no file or directory has this name".into(),
+    }
+}
+
 /// A short name for a model path: `org/name` inside the HF cache, else the
 /// last path component.
 pub fn label(path: &Path) -> String {
@@ -346,6 +378,20 @@ mod tests {
         assert_eq!(repo_id("./a/b"), None);
         assert_eq!(repo_id("a/b/c"), None);
         assert_eq!(repo_id("model.gguf"), None);
+    }
+
+    #[test]
+    fn not_found_hints() {
+        assert!(not_found_hint("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+            .contains("scripts/fetch-models"));
+        assert!(not_found_hint("/x/gemma-3-270m-q4_k_m.gguf").contains("scripts/fetch-models"));
+        assert!(not_found_hint("/nonexistent/model.gguf").starts_with("check the path"));
+        assert!(not_found_hint("models/typo.gguf").starts_with("check the path:"));
+        let hf = not_found_hint("HuggingFaceTB/SmolLM2-135M@main");
+        assert!(
+            hf.contains("`huggingface-cli download HuggingFaceTB/SmolLM2-135M --revision main`"),
+            "{hf}"
+        );
     }
 
     #[test]

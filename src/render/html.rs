@@ -55,8 +55,10 @@ fn round_floats(v: &mut serde_json::Value) {
 /// The grid as JSON for embedding: floats rounded to [`EMBED_DIGITS`]
 /// significant digits (the file is a view, `--format json` keeps full precision).
 pub fn embedded_grid_json(grid: &LensGrid) -> Result<String> {
-    let mut v =
-        serde_json::to_value(grid).map_err(|e| Error::Render(format!("grid to JSON: {e}")))?;
+    let mut v = serde_json::to_value(grid).map_err(|source| Error::Serialize {
+        what: "the grid",
+        source,
+    })?;
     round_floats(&mut v);
     Ok(v.to_string())
 }

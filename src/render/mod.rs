@@ -206,8 +206,10 @@ pub fn write_outputs(
         let path = path_for(f.extension());
         let bytes: Vec<u8> = match f {
             OutputFormat::Json => {
-                let mut s = serde_json::to_string(grid)
-                    .map_err(|e| Error::Render(format!("grid to JSON: {e}")))?;
+                let mut s = serde_json::to_string(grid).map_err(|source| Error::Serialize {
+                    what: "the grid",
+                    source,
+                })?;
                 s.push('\n');
                 s.into_bytes()
             }

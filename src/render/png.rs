@@ -14,8 +14,10 @@ pub fn render_png(svg: &str) -> Result<Vec<u8>> {
         ..usvg::Options::default()
     };
     opt.fontdb = fontdb();
-    let tree =
-        usvg::Tree::from_str(svg, &opt).map_err(|e| Error::Render(format!("parse SVG: {e}")))?;
+    let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| Error::Output {
+        what: "render: parse SVG".into(),
+        source: e.into(),
+    })?;
     let size = tree
         .size()
         .to_int_size()
@@ -34,7 +36,8 @@ pub fn render_png(svg: &str) -> Result<Vec<u8>> {
         tiny_skia::Transform::from_scale(PNG_SCALE, PNG_SCALE),
         &mut pixmap.as_mut(),
     );
-    pixmap
-        .encode_png()
-        .map_err(|e| Error::Render(format!("encode PNG: {e}")))
+    pixmap.encode_png().map_err(|e| Error::Output {
+        what: "render: encode PNG".into(),
+        source: e.into(),
+    })
 }

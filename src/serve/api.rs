@@ -16,10 +16,9 @@ use serde::Deserialize;
 use super::error::{json_errors, ApiError};
 use super::pool::WorkerPool;
 use super::Limits;
-use crate::grid::{LensGrid, TrackedRole};
-use crate::prompt::{PromptSpec, DEFAULT_DUMMY_TEXT};
+use crate::grid::LensGrid;
 use crate::render::{self, FigureOptions, Stat};
-use crate::run::{AnswerSpec, LensRequest, Session, TrackSpec};
+use crate::run::{AnswerSpec, LensFlags, Session};
 
 /// What the handlers share.
 pub struct AppState {
@@ -32,6 +31,9 @@ pub struct AppState {
     pub loopback_only: bool,
     /// The lenses every request is read through (`serve --lens`).
     pub lenses: Vec<crate::lens::Lens>,
+    /// How and where every request's lens is computed.
+    pub lens_precision: crate::lens::LensPrecision,
+    pub positions: crate::lens::PositionSpec,
 }
 
 type Shared = Arc<AppState>;
@@ -615,33 +617,24 @@ async fn lens(
     };
 
     // As `lensmap run` builds it, so the JSON is the same.
-    let req = LensRequest {
-        prompt: PromptSpec {
-            user: b.prompt,
-            system: b.system,
-            raw: b.raw,
-            dummy: b.dummy,
-            dummy_text: Some(
-                b.dummy_text
-                    .unwrap_or_else(|| DEFAULT_DUMMY_TEXT.to_string()),
-            ),
-        },
-        top_k: b.top_k.unwrap_or(5),
-        track: b
-            .target
-            .map(|text| TrackSpec {
-                text,
-                role: TrackedRole::Target,
-            })
-            .into_iter()
-            .collect(),
+    let defaults = LensFlags::default();
+    let req = LensFlags {
+        prompt: b.prompt,
+        system: b.system,
+        raw: b.raw,
+        dummy: b.dummy,
+        dummy_text: b.dummy_text.unwrap_or(defaults.dummy_text),
+        top_k: b.top_k.unwrap_or(defaults.top_k),
+        target: b.target,
         generate: b.generate,
-        answer,
-        alts: b.answer_alt,
-        max_tokens: Some(limits.max_tokens),
+        answer_alt: b.answer_alt,
         lenses: state.lenses.clone(),
-        ..LensRequest::default()
-    };
+        lens_precision: state.lens_precision,
+        positions: state.positions,
+        max_tokens: Some(limits.max_tokens),
+        ..LensFlags::default()
+    }
+    .request_with(answer);
     run_job(&state, move || {
         // Tokenising is cheap: refuse a bad window or zoom before the forward pass.
         session

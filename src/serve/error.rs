@@ -34,21 +34,29 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
-    /// A library error from a request: the user's input is at fault unless
-    /// the error is about files or tensors. `render_is_input`: whether a
-    /// `Render` error means a malformed grid (it does on `/api/render`).
+    /// A library error from a request, its status chosen by its kind
+    /// ([`crate::error::ErrorKind`]): input 400, missing 404, out of memory
+    /// 503, interrupted 499 (the client went away), internal 500. A model
+    /// file's fault is the server's, not the client's: 500.
+    /// `render_is_input`: whether a `Render` error means a malformed grid (it
+    /// does on `/api/render`).
     pub fn from_lensmap(err: crate::Error, render_is_input: bool) -> Self {
-        use crate::Error as E;
-        let status = match &err {
-            E::InvalidOption(_)
-            | E::PromptTooLong { .. }
-            | E::PromptOverLimit { .. }
-            | E::Template(_)
-            | E::Tokenizer(_) => StatusCode::BAD_REQUEST,
-            E::Render(_) if render_is_input => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        use crate::error::ErrorKind;
+        let status = match err.kind() {
+            _ if render_is_input && matches!(err, crate::Error::Render(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorKind::UserInput => StatusCode::BAD_REQUEST,
+            ErrorKind::BadModel => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::MissingResource => StatusCode::NOT_FOUND,
+            ErrorKind::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            // nginx's "client closed request": nobody reads it, logs do.
+            ErrorKind::Interrupted => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, err.to_string())
+        Self::new(status, err.message())
     }
 }
 
@@ -111,4 +119,37 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    /// One error of each kind gets the status `README.md` ("Exit codes") gives it.
+    #[test]
+    fn status_by_kind() {
+        let status = |e: Error| ApiError::from_lensmap(e, false).status.as_u16();
+        assert_eq!(status(Error::InvalidOption("bad".into())), 400);
+        assert_eq!(status(Error::ModelNotFound("/nowhere/m.gguf".into())), 404);
+        let oom = Error::OutOfMemory {
+            model: "m".into(),
+            precision: "f32",
+            needed: "2 GiB".into(),
+            available: "1 GiB".into(),
+            limit: "`MemAvailable`",
+        };
+        assert_eq!(status(oom), 503);
+        assert_eq!(status(Error::Cancelled), 499);
+        assert_eq!(status(Error::Internal("boom".into())), 500);
+        // The server's own model file is not the client's fault.
+        let bad = Error::NonFinite {
+            what: "row 3".into(),
+            value: f64::NAN,
+        };
+        assert_eq!(status(bad), 500);
+        // A malformed grid sent to `/api/render` is.
+        let render = ApiError::from_lensmap(Error::Render("no rows".into()), true);
+        assert_eq!(render.status, StatusCode::BAD_REQUEST);
+    }
 }

@@ -22,9 +22,8 @@ mod pool;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::model::Precision;
 use crate::run::Session;
 use crate::{Error, Result};
 
@@ -40,35 +39,6 @@ pub const MAX_RENDER_BODY: usize = 32 * 1024 * 1024;
 pub const MAX_DUMMY: usize = 256;
 /// Most tokens a request may generate.
 pub const MAX_GENERATE: usize = 256;
-
-/// Arguments of `lensmap serve`.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// A `.gguf` file or HF model to offer (repeatable); requests name it by file name
-    #[arg(long, short = 'm', required = true, value_name = "MODEL")]
-    pub model: Vec<String>,
-    /// `auto` (f32 on CPU), `f32`, `f64` or `quant`, for every model
-    #[arg(long, default_value = "auto")]
-    pub precision: Precision,
-    /// Address to listen on; anything but loopback exposes the server (no authentication)
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port; 0 picks a free one (the actual URL is printed)
-    #[arg(long, default_value_t = 7860)]
-    pub port: u16,
-    /// Requests computed at once (each is one CPU-heavy forward pass)
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    pub workers: usize,
-    /// Requests allowed to wait for a worker; more get `503`
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    pub queue: usize,
-    /// Longest prompt in tokens (template and dummies included; never more than the model's context)
-    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS, value_name = "N")]
-    pub max_tokens: usize,
-    /// `logit`, `tuned:DIR`, or `logit,tuned:DIR` (both, side by side), for every request
-    #[arg(long, default_value = "logit", value_name = "LENS")]
-    pub lens: String,
-}
 
 /// Per-request limits.
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +77,9 @@ pub struct ServeConfig {
     pub stop_on_signal: bool,
     /// The lenses every request is read through (`--lens`).
     pub lenses: Vec<crate::lens::Lens>,
+    /// How and where every request's lens is computed.
+    pub lens_precision: crate::lens::LensPrecision,
+    pub positions: crate::lens::PositionSpec,
 }
 
 impl ServeConfig {
@@ -120,6 +93,8 @@ impl ServeConfig {
             limits: Limits::default(),
             stop_on_signal: false,
             lenses: vec![crate::lens::Lens::Logit],
+            lens_precision: crate::lens::LensPrecision::F32,
+            positions: crate::lens::PositionSpec::All,
         }
     }
 }
@@ -133,19 +108,9 @@ pub fn parse_host(host: &str) -> Result<IpAddr> {
         .parse()
         .map_err(|_| {
             Error::InvalidOption(format!(
-                "`--host` must be an IP address or `localhost`, got `{host}`"
+                "the host must be an IP address or `localhost`, got `{host}`"
             ))
         })
-}
-
-/// The warning printed when the server listens beyond loopback.
-pub fn exposure_warning(ip: IpAddr) -> Option<String> {
-    (!ip.is_loopback()).then(|| {
-        format!(
-            "warning: listening on {ip}, not loopback: anyone who can reach this machine can run \
-             prompts on it and read the results (there is no authentication); omit `--host` to stay on 127.0.0.1"
-        )
-    })
 }
 
 /// `http://ADDR` with IPv6 in brackets.
@@ -199,8 +164,8 @@ impl Server {
 fn flatten(res: std::thread::Result<std::io::Result<()>>) -> Result<()> {
     match res {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Error::InvalidOption(format!("server failed: {e}"))),
-        Err(_) => Err(Error::InvalidOption("the server thread panicked".into())),
+        Ok(Err(e)) => Err(Error::io("the server", e)),
+        Err(_) => Err(Error::Internal("the server thread panicked".into())),
     }
 }
 
@@ -216,7 +181,7 @@ impl Drop for Server {
 pub fn start(config: ServeConfig) -> Result<Server> {
     if config.models.is_empty() {
         return Err(Error::InvalidOption(
-            "`lensmap serve` needs at least one `--model`".into(),
+            "the server needs at least one model".into(),
         ));
     }
     for (i, a) in config.models.iter().enumerate() {
@@ -229,7 +194,7 @@ pub fn start(config: ServeConfig) -> Result<Server> {
     }
     if config.workers == 0 {
         return Err(Error::InvalidOption(
-            "`--workers` must be at least 1".into(),
+            "the server needs at least one worker".into(),
         ));
     }
     let listener = std::net::TcpListener::bind(config.addr)
@@ -248,6 +213,8 @@ pub fn start(config: ServeConfig) -> Result<Server> {
         limits: config.limits,
         loopback_only: addr.ip().is_loopback(),
         lenses: config.lenses,
+        lens_precision: config.lens_precision,
+        positions: config.positions,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stop_on_signal = config.stop_on_signal;
@@ -348,67 +315,6 @@ async fn signal() {
     }
 }
 
-/// `lensmap serve`: load the models, listen, print the URL, block until Ctrl-C.
-pub fn run(args: ServeArgs) -> Result<()> {
-    let ip = parse_host(&args.host)?;
-    if args.workers == 0 {
-        return Err(Error::InvalidOption(
-            "`--workers` must be at least 1".into(),
-        ));
-    }
-    if args.max_tokens == 0 {
-        return Err(Error::InvalidOption(
-            "`--max-tokens` must be at least 1".into(),
-        ));
-    }
-    let lenses = crate::lens::Lens::parse_list(&args.lens)?;
-    let mut models = Vec::with_capacity(args.model.len());
-    for spec in &args.model {
-        let clock = Instant::now();
-        let s = Session::open(spec, args.precision, None)?;
-        let cfg = &s.model.cfg;
-        eprintln!(
-            "loaded {} ({}, {} layers, vocab {}, context {}) in {:.1} s",
-            s.label,
-            cfg.family.name(),
-            cfg.n_layers,
-            cfg.vocab_size,
-            cfg.context_len,
-            clock.elapsed().as_secs_f64()
-        );
-        for lens in &lenses {
-            lens.check(&s.model)?;
-        }
-        models.push(Arc::new(s));
-    }
-    let server = start(ServeConfig {
-        models,
-        addr: SocketAddr::new(ip, args.port),
-        workers: args.workers,
-        queue: args.queue,
-        limits: Limits {
-            max_tokens: args.max_tokens,
-            ..Limits::default()
-        },
-        stop_on_signal: true,
-        lenses,
-    })?;
-    if let Some(w) = exposure_warning(ip) {
-        eprintln!("{w}");
-    }
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening on {}", server.url());
-        let _ = out.flush();
-    }
-    eprintln!(
-        "{} worker(s), queue {}, prompts up to {} tokens; Ctrl-C to stop",
-        args.workers, args.queue, args.max_tokens
-    );
-    server.wait()
-}
-
 // Sessions are shared between worker threads.
 const _: fn() = || {
     fn send_sync<T: Send + Sync>() {}
@@ -420,7 +326,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hosts_and_warning() {
+    fn hosts() {
         assert_eq!(
             parse_host("localhost").unwrap(),
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -428,10 +334,6 @@ mod tests {
         assert!(parse_host("::1").unwrap().is_loopback());
         assert!(parse_host("[::1]").unwrap().is_loopback());
         assert!(parse_host("example.com").is_err());
-        assert!(exposure_warning("127.0.0.1".parse().unwrap()).is_none());
-        assert!(exposure_warning("::1".parse().unwrap()).is_none());
-        assert!(exposure_warning("0.0.0.0".parse().unwrap()).is_some());
-        assert!(exposure_warning("192.168.1.2".parse().unwrap()).is_some());
         assert_eq!(url_of("[::1]:80".parse().unwrap()), "http://[::1]:80");
     }
 }

@@ -1,6 +1,16 @@
-//! Command-line arguments (clap derive) and what each subcommand does with
-//! them. Flags are grouped under help headings; the first paragraph of each
-//! doc comment is its `-h` text.
+//! The command line, at the edge of the library: the clap structs of every
+//! subcommand, what each subcommand prints, its progress bar, the exit code
+//! of each error kind and the hints worded in flags. Nothing below this
+//! module depends on clap or prints. Flags are grouped under help headings;
+//! the first paragraph of each doc comment is its `-h` text. Flag groups
+//! several subcommands take ([`HoldArgs`], [`TemplateArgs`], [`TopKArgs`],
+//! [`LensChoiceArgs`]) are defined once and flattened into each.
+
+pub mod batch;
+pub mod serve;
+
+pub use batch::BatchArgs;
+pub use serve::ServeArgs;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,11 +18,13 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use lensmap::grid::{LensGrid, TokenKind};
-use lensmap::model::Precision;
-use lensmap::prompt::DEFAULT_DUMMY_TEXT;
-use lensmap::render::{self, FigureOptions, OutputFormat, Stat};
-use lensmap::run::{LensFlags, LensRequest, Session, DEFAULT_TOP_K};
+use crate::error::ErrorKind;
+use crate::grid::{LensGrid, TokenKind};
+use crate::lens::{LensPrecision, PositionSpec};
+use crate::model::Precision;
+use crate::prompt::DEFAULT_DUMMY_TEXT;
+use crate::render::{self, FigureOptions, OutputFormat, Stat};
+use crate::run::{LensFlags, LensRequest, Session, DEFAULT_TOP_K};
 
 /// The logit lens for local language models: what every layer would predict,
 /// at every token, and how sure it is.
@@ -34,11 +46,11 @@ pub enum Command {
     /// Dequantise a GGUF model into an HF safetensors directory
     Convert(ConvertArgs),
     /// Run the lens over a JSONL file of prompts and measure rehearsal
-    Batch(lensmap::batch::BatchArgs),
+    Batch(BatchArgs),
     /// Explore prompts live in a local web app
-    Serve(lensmap::serve::ServeArgs),
+    Serve(ServeArgs),
     /// Train a tuned lens (tuned-lens format) on a text corpus
-    TrainLens(lensmap::train::TrainArgs),
+    TrainLens(crate::train::TrainArgs),
 }
 
 /// Which model and how to hold its weights.
@@ -47,6 +59,13 @@ pub struct ModelArgs {
     /// A `.gguf` file, an HF model directory, or `org/name` in the HF cache
     #[arg(long, short = 'm', help_heading = "Model")]
     pub model: String,
+    #[command(flatten)]
+    pub hold: HoldArgs,
+}
+
+/// How to hold a model's weights (`run`, `batch`, `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct HoldArgs {
     /// `auto` (f32 copies while they fit the memory budget, else `rest`), `f32`,
     /// `rest` (weights stay in the mapped file, exact), `f64`, or `quant`
     #[arg(long, default_value = "auto", help_heading = "Model")]
@@ -58,7 +77,7 @@ pub struct ModelArgs {
 }
 
 fn parse_max_memory(s: &str) -> Result<u64, String> {
-    lensmap::model::budget::parse_bytes(s).map_err(|e| e.to_string())
+    crate::model::budget::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 /// What to feed the model.
@@ -67,12 +86,19 @@ pub struct PromptArgs {
     /// The user message (or the whole text with `--raw`)
     #[arg(long, short = 'p', help_heading = "Prompt")]
     pub prompt: String,
-    /// A system message
-    #[arg(long, help_heading = "Prompt")]
-    pub system: Option<String>,
     /// Feed the prompt as is, without the chat template
     #[arg(long, help_heading = "Prompt")]
     pub raw: bool,
+    #[command(flatten)]
+    pub template: TemplateArgs,
+}
+
+/// What goes around each prompt (`run`, `batch`).
+#[derive(Debug, Clone, Args)]
+pub struct TemplateArgs {
+    /// A system message (in `batch`, for prompts without their own `system`)
+    #[arg(long, help_heading = "Prompt")]
+    pub system: Option<String>,
     /// Use this Jinja chat template instead of the model's own
     #[arg(long, value_name = "FILE", help_heading = "Prompt")]
     pub chat_template: Option<PathBuf>,
@@ -84,13 +110,20 @@ pub struct PromptArgs {
     pub dummy_text: String,
 }
 
-/// What to measure in every cell.
-#[derive(Debug, Args)]
-pub struct LensArgs {
-    /// Tokens listed per cell
+/// `--top-k` (`run`, `batch`), its default set once: [`DEFAULT_TOP_K`].
+#[derive(Debug, Clone, Args)]
+pub struct TopKArgs {
+    /// Tokens listed per cell; "in the top-k" (rehearsal) means rank ≤ K
     #[arg(long, default_value_t = DEFAULT_TOP_K, value_name = "K", help_heading = "Lens",
           allow_negative_numbers = true, value_parser = top_k_value)]
     pub top_k: usize,
+}
+
+/// What to measure in every cell.
+#[derive(Debug, Args)]
+pub struct LensArgs {
+    #[command(flatten)]
+    pub top_k: TopKArgs,
     /// Track the probability and rank of this text's first token in every cell
     #[arg(long, value_name = "TEXT", help_heading = "Lens")]
     pub target: Option<String>,
@@ -118,7 +151,51 @@ pub struct LensArgs {
     #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Answer")]
     pub answer_skip: usize,
     #[command(flatten)]
-    pub choice: lensmap::lens::LensChoiceArgs,
+    pub choice: LensChoiceArgs,
+}
+
+/// Which lens reads the trace, how its product is computed, and where
+/// (`run`, `batch`, `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct LensChoiceArgs {
+    /// `f32` (exact, default) or `bf16`: round the normed residual and the unembedding to bf16
+    ///
+    /// bf16 products are summed in f32 on AVX512-BF16 where the CPU has it
+    /// (else in plain f32 on the rounded values); statistics stay f64. About
+    /// twice as fast; the error against f32 is in the README ("Precision").
+    #[arg(
+        long,
+        default_value = "f32",
+        value_name = "f32|bf16",
+        help_heading = "Lens"
+    )]
+    pub lens_precision: LensPrecision,
+    /// Compute the lens only at these positions: `all`, `tail` or `A..B` (B exclusive)
+    ///
+    /// `tail` is the chat template's tail and the dummies after the user's
+    /// text. Other cells are `null` in the JSON and drawn as absent (grey).
+    #[arg(
+        long,
+        default_value = "all",
+        value_name = "all|tail|A..B",
+        help_heading = "Lens"
+    )]
+    pub positions: PositionSpec,
+    /// `logit`, `tuned:DIR` (a tuned-lens directory), or `logit,tuned:DIR` side by side
+    ///
+    /// DIR holds tuned-lens's `config.json` and `params.pt` (or
+    /// `params.safetensors`). Row i < L goes through translator i
+    /// (`h + h·W_iᵀ + b_i`) before the final norm and unembedding; the output
+    /// row is the model's own. With two lenses the JSON holds both grids
+    /// (`more_lenses`) and the figure shows them side by side on one scale
+    /// (`batch` takes one lens).
+    #[arg(
+        long,
+        default_value = "logit",
+        value_name = "LENS",
+        help_heading = "Lens"
+    )]
+    pub lens: String,
 }
 
 /// How the figure looks.
@@ -128,7 +205,7 @@ pub struct FigureArgs {
     #[arg(long, default_value = "entropy", help_heading = "Figure")]
     pub stat: Stat,
     /// Positions of the magnified window, `START..END` (END exclusive)
-    #[arg(long, value_name = "START..END", value_parser = lensmap::parse::window, help_heading = "Figure")]
+    #[arg(long, value_name = "START..END", value_parser = crate::parse::window, help_heading = "Figure")]
     pub window: Option<(usize, usize)>,
     /// The position whose column is listed in the zoom panel
     #[arg(long, value_name = "POS", help_heading = "Figure")]
@@ -204,15 +281,15 @@ pub struct ConvertArgs {
 
 impl RunArgs {
     /// The lens request these flags describe.
-    fn request(&self, lenses: Vec<lensmap::lens::Lens>) -> anyhow::Result<LensRequest> {
+    fn request(&self, lenses: Vec<crate::lens::Lens>) -> crate::Result<LensRequest> {
         let (p, l) = (&self.prompt, &self.lens);
         LensFlags {
             prompt: p.prompt.clone(),
-            system: p.system.clone(),
+            system: p.template.system.clone(),
             raw: p.raw,
-            dummy: p.dummy,
-            dummy_text: p.dummy_text.clone(),
-            top_k: l.top_k,
+            dummy: p.template.dummy,
+            dummy_text: p.template.dummy_text.clone(),
+            top_k: l.top_k.top_k,
             target: l.target.clone(),
             generate: l.generate,
             answer: l.answer.clone(),
@@ -221,10 +298,13 @@ impl RunArgs {
             lenses,
             lens_precision: l.choice.lens_precision,
             positions: l.choice.positions,
+            max_tokens: None,
         }
         .request()
         .map_err(|_| {
-            anyhow::anyhow!("`--answer-skip` applies to `--answer auto` (with `--generate N`) only")
+            crate::Error::InvalidOption(
+                "`--answer-skip` applies to `--answer auto` (with `--generate N`) only".into(),
+            )
         })
     }
 }
@@ -248,21 +328,21 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Plot(args) => plot(args),
         Command::Info(args) => info(args),
         Command::Convert(args) => convert(args),
-        Command::Batch(args) => Ok(lensmap::batch::run(args)?),
-        Command::Serve(args) => Ok(lensmap::serve::run(args)?),
-        Command::TrainLens(args) => Ok(lensmap::train::run(args)?),
+        Command::Batch(args) => Ok(batch::run(args)?),
+        Command::Serve(args) => Ok(serve::run(args)?),
+        Command::TrainLens(args) => Ok(crate::train::run(args)?),
     }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    lensmap::run::check_top_k(args.lens.top_k)?;
-    let lenses = lensmap::lens::Lens::parse_list(&args.lens.choice.lens)?;
+    crate::run::check_top_k(args.lens.top_k.top_k)?;
+    let lenses = crate::lens::Lens::parse_list(&args.lens.choice.lens)?;
     let clock = std::time::Instant::now();
     let session = Session::open_within(
         &args.model.model,
-        args.model.precision,
-        args.model.max_memory,
-        args.prompt.chat_template.as_deref(),
+        args.model.hold.precision,
+        args.model.hold.max_memory,
+        args.prompt.template.chat_template.as_deref(),
     )?;
     let load = clock.elapsed();
     let req = args.request(lenses)?;
@@ -291,7 +371,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             times.generate.as_secs_f64(),
             clock.elapsed().as_secs_f64()
         );
-        if let Some(memory) = lensmap::model::budget::resident_report() {
+        if let Some(memory) = crate::model::budget::resident_report() {
             eprintln!(
                 "memory: precision {}{}, {memory}",
                 session.model.precision.label(),
@@ -318,7 +398,10 @@ fn write_json(grid: &LensGrid, path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating `{}`", dir.display()))?;
     }
-    let text = serde_json::to_string(grid)?;
+    let text = serde_json::to_string(grid).map_err(|source| crate::Error::Serialize {
+        what: "the grid",
+        source,
+    })?;
     std::fs::write(path, text).with_context(|| format!("writing `{}`", path.display()))?;
     Ok(())
 }
@@ -326,8 +409,12 @@ fn write_json(grid: &LensGrid, path: &Path) -> anyhow::Result<()> {
 fn plot(args: PlotArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.input)
         .with_context(|| format!("reading `{}`", args.input.display()))?;
-    let grid = LensGrid::from_json(&text)
-        .with_context(|| format!("`{}` is not a lensmap JSON file", args.input.display()))?;
+    let grid = LensGrid::from_json(&text).map_err(|e| {
+        crate::Error::InvalidOption(format!(
+            "`{}` is not a lensmap JSON file: {e}",
+            args.input.display()
+        ))
+    })?;
     let base = args
         .out
         .clone()
@@ -346,15 +433,15 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
 }
 
 fn info(args: InfoArgs) -> anyhow::Result<()> {
-    let location = lensmap::model::locate::resolve(&args.model)?;
-    let summary = lensmap::info::describe(&location)?;
+    let location = crate::model::locate::resolve(&args.model)?;
+    let summary = crate::info::describe(&location)?;
     // Through a handle, not println!, so a closed pipe is an error, not a panic.
     writeln!(std::io::stdout().lock(), "{summary}")?;
     Ok(())
 }
 
 fn convert(args: ConvertArgs) -> anyhow::Result<()> {
-    let done = lensmap::convert::to_safetensors(&args.model, &args.out)?;
+    let done = crate::convert::to_safetensors(&args.model, &args.out)?;
     eprintln!(
         "wrote {} ({} tensors, {:.1} MB)",
         done.out_dir.display(),
@@ -365,6 +452,43 @@ fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         eprintln!("left out (no HF counterpart): {}", done.skipped.join(", "));
     }
     Ok(())
+}
+
+/// The exit code of a failed command, by the kind of its error
+/// ([`ErrorKind::exit_code`]): the first lensmap or OS error in the chain
+/// decides; an error of neither kind is internal (1).
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<crate::Error>() {
+            return e.kind().exit_code();
+        }
+        if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+            return ErrorKind::of_io(e).exit_code();
+        }
+    }
+    ErrorKind::Internal.exit_code()
+}
+
+/// The hint printed after an error: the library's, worded in this
+/// command line's flags where it is about an option.
+pub fn hint(err: &anyhow::Error) -> Option<String> {
+    use crate::Error as E;
+    let e = err.chain().find_map(|c| c.downcast_ref::<crate::Error>())?;
+    let flags = match e {
+        E::PromptTooLong { .. } => "shorten the prompt or lower `--dummy`",
+        E::Template(_) => {
+            "pass `--chat-template FILE` to use another template, or `--raw` to skip it"
+        }
+        E::OutOfMemory { precision, .. } if *precision == "rest" => {
+            "raise `--max-memory` or the process limit, or free memory: at rest only the small \
+             tensors and one block's weights need to be resident"
+        }
+        E::OutOfMemory { .. } => {
+            "pass `--precision rest` (weights stay in the mapped file) or a larger `--max-memory`"
+        }
+        _ => return e.hint(),
+    };
+    Some(flags.to_string())
 }
 
 /// Show a label on the terminal: visible newlines, cut to `width` characters.
@@ -449,7 +573,7 @@ pub fn print_summary(
     )?;
     if let Some(r) = &grid.rehearsal {
         writeln!(out)?;
-        write!(out, "{}", lensmap::rehearsal::format_table(r))?;
+        write!(out, "{}", crate::rehearsal::format_table(r))?;
     }
     Ok(())
 }
@@ -461,7 +585,7 @@ fn top_k_value(s: &str) -> Result<usize, String> {
         .trim()
         .parse::<i64>()
         .map_err(|_| format!("`{s}` is not a number"))?;
-    let max = lensmap::run::MAX_TOP_K;
+    let max = crate::run::MAX_TOP_K;
     match usize::try_from(k) {
         Ok(k) if (1..=max).contains(&k) => Ok(k),
         _ => Err(format!("`--top-k` must be between 1 and {max}, got `{k}`")),

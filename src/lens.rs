@@ -312,6 +312,8 @@ pub fn apply_lens(
 
         // The other rows, several per matmul.
         for r0 in (0..last).step_by(rows_per_block) {
+            // A long lens stops between blocks of rows as a forward pass does.
+            crate::model::cancel::check()?;
             let r1 = (r0 + rows_per_block).min(last);
             let h: Vec<Tensor> = (r0..r1)
                 .map(|r| q.lens.prepare(r, trace.rows[r].narrow(0, p0, c)?))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::grid::{Answer, LensGrid, LensInfo, ModelInfo, TrackedHead, TrackedRole};
 use crate::lens::{apply_lens, Lens, LensPrecision, LensQuery, PositionSpec};
 use crate::model::budget::MemoryRequest;
-use crate::model::{Checkpoint, KvCache, Model, Precision, Recorder, ResidualTrace};
+use crate::model::{cancel, Checkpoint, KvCache, Model, Precision, ResidualTrace};
 use crate::prompt::{build_prompt, Prompt, PromptSpec, DEFAULT_DUMMY_TEXT};
 use crate::rehearsal::{self, AnswerSource};
 use crate::template::ChatTemplate;
@@ -243,20 +243,6 @@ impl LensFlags {
     }
 }
 
-/// A [`Recorder`] that keeps the trace and calls a check after every layer;
-/// an error from the check aborts the forward pass.
-struct CheckedTrace<'a> {
-    trace: ResidualTrace,
-    check: &'a mut dyn FnMut() -> Result<()>,
-}
-
-impl Recorder for CheckedTrace<'_> {
-    fn record(&mut self, row: usize, residual: &candle_core::Tensor) -> Result<()> {
-        (self.check)()?;
-        self.trace.record(row, residual)
-    }
-}
-
 impl Session {
     /// Open a model: a `.gguf` file, an HF directory, or an `org/name` in the HF cache.
     /// `chat_template` overrides the model's own template.
@@ -372,18 +358,9 @@ impl Session {
     }
 
     /// Run the lens for one request and report how long each stage took.
+    /// The thread's stop condition ([`crate::model::cancel`]) is checked
+    /// after every block and before generation and the lens.
     pub fn run_timed(&self, req: &LensRequest) -> Result<(LensGrid, StageTimes)> {
-        self.run_checked(req, &mut || Ok(()))
-    }
-
-    /// [`Session::run_timed`], calling `check` after every layer of the
-    /// forward pass and before generation and the lens; an error from it
-    /// ends the run with that error (the Python bindings stop on Ctrl-C so).
-    pub fn run_checked(
-        &self,
-        req: &LensRequest,
-        check: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<(LensGrid, StageTimes)> {
         let mut times = StageTimes::default();
         let mut clock = Instant::now();
         let mut lap = |slot: &mut Duration| {
@@ -427,16 +404,11 @@ impl Session {
             .collect::<Result<Vec<_>>>()?;
         lap(&mut times.prompt);
 
-        let mut checked = CheckedTrace {
-            trace: ResidualTrace::default(),
-            check,
-        };
+        let mut trace = ResidualTrace::default();
         let mut cache = KvCache::default();
         let last = self
             .model
-            .forward(&prompt.ids, &mut cache, Some(&mut checked))?;
-        let CheckedTrace { trace, check } = checked;
-        check()?;
+            .forward(&prompt.ids, &mut cache, Some(&mut trace))?;
         lap(&mut times.forward);
         // Generate before the lens (the trace stays alive meanwhile) so an
         // `auto` answer can be tracked in every cell.
@@ -455,7 +427,7 @@ impl Session {
             None
         };
         drop(cache);
-        check()?;
+        cancel::check()?;
         lap(&mut times.generate);
         if let (AnswerSpec::Auto { skip }, Some(a)) = (&req.answer, &answer) {
             let id = *a.ids.get(*skip).ok_or_else(|| {

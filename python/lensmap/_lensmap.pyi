@@ -41,6 +41,9 @@ class Model:
         answer: Optional[str] = None,
         answer_alt: Sequence[str] = ...,
         answer_skip: int = 0,
+        lens: Optional[str] = None,
+        lens_precision: Optional[str] = None,
+        positions: Optional[str] = None,
         stat: Optional[str] = None,
         window: Optional[Tuple[int, int]] = None,
         zoom: Optional[int] = None,
@@ -48,8 +51,16 @@ class Model:
     ) -> Result:
         """Run the logit lens on one prompt; the options are those of ``lensmap run``.
 
-        dummy_text defaults to ".", top_k to 5 (the CLI's defaults). The GIL is
-        released while it runs; Ctrl-C stops it between layers.
+        dummy_text defaults to ".", top_k to 5 (the CLI's defaults).
+        lens: ``"logit"`` (default), ``"tuned:DIR"`` (a tuned-lens directory)
+        or ``"logit,tuned:DIR"`` (both; the second grid goes in the JSON's
+        ``more_lenses`` and the figure). lens_precision: ``"f32"`` (exact,
+        default) or ``"bf16"``. positions: ``"all"`` (default), ``"tail"``
+        (the template's tail and the dummies) or ``"A..B"``; cells outside
+        are NaN. These are ``--lens``, ``--lens-precision`` and
+        ``--positions`` of ``lensmap run``, parsed by the same code. The GIL
+        is released while it runs; Ctrl-C stops it between layers
+        (``KeyboardInterrupt``).
         """
     def batch(
         self,

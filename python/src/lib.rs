@@ -3,11 +3,13 @@
 //! A thin layer over the engine crate: [`Model`] holds a
 //! [`lensmap::run::Session`], [`LensResult`] a [`lensmap::LensGrid`] and the
 //! figure options. Options reach the engine through the same types the CLI
-//! fills in ([`LensFlags`], `BatchArgs` parsed by clap), so defaults and
-//! checks are shared, not copied. The GIL is released during the forward
-//! pass and the lens; Ctrl-C is checked after every layer.
+//! fills in ([`LensFlags`]; `LensChoiceArgs` and `BatchArgs` parsed by clap),
+//! so defaults and checks are shared, not copied. The GIL is released during
+//! the forward pass and the lens; Ctrl-C is checked after every layer through
+//! the engine's one stop seam, [`lensmap::model::cancel`].
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use numpy::ndarray::Array2;
@@ -20,8 +22,10 @@ use pyo3::types::{PyBytes, PyDict};
 use lensmap::batch::input::PromptItem;
 use lensmap::batch::record::PromptRecord;
 use lensmap::cli::BatchArgs;
+use lensmap::cli::LensChoiceArgs;
 use lensmap::grid::{LensGrid, ModelInfo, TokenInfo, TokenKind, TopToken, TrackedRole};
-use lensmap::model::Precision;
+use lensmap::lens::Lens;
+use lensmap::model::{cancel, Precision};
 use lensmap::render::{self, FigureOptions, OutputFormat, Stat};
 use lensmap::run::{LensFlags, Session};
 
@@ -100,6 +104,57 @@ struct BatchCommand {
     args: BatchArgs,
 }
 
+/// `--lens`, `--lens-precision` and `--positions` from `Model.lens`'s
+/// keywords, parsed by the definition `run` and `batch` flatten.
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct LensChoiceCommand {
+    #[command(flatten)]
+    choice: LensChoiceArgs,
+}
+
+/// Parse CLI flags with the CLI's clap definition; its first error line
+/// becomes a [`LensmapError`].
+fn parse_flags<T: Parser>(argv: Vec<String>) -> PyResult<T> {
+    T::try_parse_from(argv).map_err(|e| {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or("");
+        option_err(first.trim_start_matches("error: "))
+    })
+}
+
+/// `--flag=value` for each option given.
+fn given_flags<'a>(flags: impl IntoIterator<Item = (&'a str, Option<String>)>) -> Vec<String> {
+    flags
+        .into_iter()
+        .filter_map(|(flag, v)| v.map(|v| format!("--{flag}={v}")))
+        .collect()
+}
+
+/// Run `work` without the GIL, with a stop check between blocks that asks
+/// Python for pending signals: Ctrl-C raises `KeyboardInterrupt` (the
+/// handler's own exception) instead of a lensmap error.
+fn interruptible<T: Send>(
+    py: Python<'_>,
+    work: impl FnOnce() -> lensmap::Result<T> + Send,
+) -> PyResult<T> {
+    let raised: Arc<Mutex<Option<PyErr>>> = Arc::default();
+    let slot = Arc::clone(&raised);
+    let result = py.detach(move || {
+        let check = move || {
+            Python::attach(|py| py.check_signals()).map_err(|e| {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                lensmap::Error::Interrupted
+            })
+        };
+        cancel::with_check(Box::new(check), work)
+    });
+    result.map_err(|e| {
+        let pending = raised.lock().unwrap_or_else(|p| p.into_inner()).take();
+        pending.unwrap_or_else(|| py_err(e))
+    })
+}
+
 /// Keyword options of `Model.batch` and `Model.batch_cells`, as CLI flags.
 #[derive(Default)]
 struct BatchFlags {
@@ -132,25 +187,16 @@ impl Model {
         if let Some(t) = &self.chat_template {
             argv.extend(["--chat-template".into(), t.display().to_string()]);
         }
-        let mut opt = |flag: &str, v: Option<String>| {
-            if let Some(v) = v {
-                argv.push(format!("--{flag}={v}"));
-            }
-        };
-        opt("system", flags.system.clone());
-        opt("dummy", flags.dummy.map(|v| v.to_string()));
-        opt("dummy-text", flags.dummy_text.clone());
-        opt("top-k", flags.top_k.map(|v| v.to_string()));
-        opt("generate", flags.generate.map(|v| v.to_string()));
-        opt("answer-skip", flags.answer_skip.map(|v| v.to_string()));
+        argv.extend(given_flags([
+            ("system", flags.system.clone()),
+            ("dummy", flags.dummy.map(|v| v.to_string())),
+            ("dummy-text", flags.dummy_text.clone()),
+            ("top-k", flags.top_k.map(|v| v.to_string())),
+            ("generate", flags.generate.map(|v| v.to_string())),
+            ("answer-skip", flags.answer_skip.map(|v| v.to_string())),
+        ]));
         argv.extend(extra.iter().cloned());
-        BatchCommand::try_parse_from(argv)
-            .map(|c| c.args)
-            .map_err(|e| {
-                let text = e.render().to_string();
-                let first = text.lines().next().unwrap_or("");
-                option_err(first.trim_start_matches("error: "))
-            })
+        parse_flags::<BatchCommand>(argv).map(|c| c.args)
     }
 }
 
@@ -207,6 +253,11 @@ impl Model {
     /// text (" Canberra") tracked in every cell, with its rehearsal summary.
     /// answer_alt: distractors tracked next to it. answer_skip: with an auto
     /// answer, track greedy token N+1.
+    /// lens: "logit" (default), "tuned:DIR" (a tuned-lens directory) or
+    /// "logit,tuned:DIR" (both; the second grid is in the JSON's
+    /// `more_lenses` and the figure). lens_precision: "f32" (exact, default)
+    /// or "bf16". positions: "all" (default), "tail" (the template's tail and
+    /// the dummies) or "A..B"; cells outside are NaN.
     /// stat, window, zoom, title: the figure (`stat` one of entropy, kl,
     /// target-prob, target-rank, next-token-prob; `window` (START, END)
     /// positions of the magnified panel; `zoom` the position listed in the
@@ -217,6 +268,7 @@ impl Model {
         prompt, *, system = None, raw = false, dummy = 0, dummy_text = None,
         top_k = None, target = None, generate = 0, answer = None,
         answer_alt = Vec::new(), answer_skip = 0,
+        lens = None, lens_precision = None, positions = None,
         stat = None, window = None, zoom = None, title = None
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -234,11 +286,23 @@ impl Model {
         answer: Option<String>,
         answer_alt: Vec<String>,
         answer_skip: usize,
+        lens: Option<String>,
+        lens_precision: Option<String>,
+        positions: Option<String>,
         stat: Option<String>,
         window: Option<(usize, usize)>,
         zoom: Option<usize>,
         title: Option<String>,
     ) -> PyResult<LensResult> {
+        let choice = parse_flags::<LensChoiceCommand>(given_flags([
+            ("lens", lens),
+            ("lens-precision", lens_precision),
+            ("positions", positions),
+        ]))?
+        .choice;
+        let lenses = py
+            .detach(|| Lens::parse_list(&choice.lens))
+            .map_err(py_err)?;
         let defaults = LensFlags::default();
         let flags = LensFlags {
             prompt,
@@ -252,26 +316,15 @@ impl Model {
             answer,
             answer_alt,
             answer_skip,
-            ..defaults
+            lenses,
+            lens_precision: choice.lens_precision,
+            positions: choice.positions,
+            max_tokens: None,
         };
         let req = flags.request().map_err(|_| {
             option_err("`answer_skip` applies to `answer=\"auto\"` (with `generate=N`) only")
         })?;
-        let mut interrupt: Option<PyErr> = None;
-        let result = py.detach(|| {
-            let mut check = || {
-                Python::attach(|py| py.check_signals()).map_err(|e| {
-                    interrupt = Some(e);
-                    lensmap::Error::Interrupted
-                })
-            };
-            self.session.run_checked(&req, &mut check)
-        });
-        let grid = match (result, interrupt) {
-            (Ok((grid, _)), _) => grid,
-            (Err(_), Some(e)) => return Err(e),
-            (Err(e), None) => return Err(py_err(e)),
-        };
+        let grid = interruptible(py, || self.session.run(&req))?;
         let options = figure_options(&grid, stat.as_deref(), window, zoom, title)?;
         Ok(LensResult { grid, options })
     }
@@ -368,7 +421,7 @@ impl Model {
             let item: PromptItem = serde_json::from_str(&text)
                 .map_err(|e| option_err(format!("bad prompt item {text}: {e}")))?;
             let req = lensmap::batch::request(&job, &item);
-            let grid = py.detach(|| self.session.run(&req)).map_err(py_err)?;
+            let grid = interruptible(py, || self.session.run(&req))?;
             records.push(PromptRecord::from_grid(String::new(), &item, grid));
         }
         parquet_table(py, &records)

@@ -46,6 +46,14 @@ def model():
 
 
 @pytest.fixture(scope="session")
+def model_f32():
+    """SmolLM2 with every weight dequantised to f32, as the references were made."""
+    import lensmap
+
+    return lensmap.Model(str(SMOLLM2), precision="f32")
+
+
+@pytest.fixture(scope="session")
 def seed(model):
     """The seed case through `Model.lens`."""
     return model.lens(QUESTION, **SEED)

@@ -11,17 +11,20 @@ import pandas as pd
 import pytest
 
 import lensmap
-from conftest import QUESTION, SEED, SEED_FLAGS, SMOLLM2, reference, run_cli
+from conftest import QUESTION, REFERENCE, SEED, SEED_FLAGS, SMOLLM2, reference, run_cli
 
 # The CLI reference test's relative tolerance on probabilities in f32
 # (tests/cli_reference.rs, PROB_REL_F32).
 PROB_REL_F32 = 2e-4
+# The bf16 lens's bounds on SmolLM2 (tests/engine_reference.rs, BF16_SMOLLM2):
+# max |Δentropy| nats, min share of equal top-1, max |Δ ln p(" Canberra")|.
+BF16_SMOLLM2 = (0.06, 0.995, 0.2)
+LENS_A = REFERENCE / "tuned" / "smollm2_lensA"
 
 
-def test_f32_matches_hf_reference():
+def test_f32_matches_hf_reference(model_f32):
     ref = reference("smollm2_filler.json")
-    m = lensmap.Model(str(SMOLLM2), precision="f32")
-    r = m.lens(QUESTION, **SEED)
+    r = model_f32.lens(QUESTION, **SEED)
     assert [t[0] for t in r.tokens] == ref["input_ids"]
     assert r.answer_ids == ref["greedy"]["manual_greedy_ids"]
     assert r.answer == ref["greedy"]["manual_greedy_text"]
@@ -175,3 +178,99 @@ def test_ctrl_c_stops_a_run(model):
         timer.cancel()
     # The model still answers afterwards.
     assert model.lens(QUESTION).n_rows == 31
+
+
+def test_tuned_lens_matches_tuned_lens_reference(model_f32):
+    """`lens="tuned:DIR"` reads lens A as tuned-lens does (tests/tuned_lens.rs's bound)."""
+    ref = reference("tuned/smollm2_filler_tuned.json")
+    r = model_f32.lens(QUESTION, dummy=8, lens=f"tuned:{LENS_A}")
+    assert [t[0] for t in r.tokens] == ref["input_ids"]
+    g = json.loads(r.to_json())
+    assert g["lens"]["kind"] == "tuned" and g["lens"]["config"] == ref["lens_config"]
+    dh = np.abs(r.entropy.astype(np.float64) - np.array(ref["entropy"]))
+    print(f"tuned lens: max |Δentropy| {dh.max():.2e} nats")
+    assert dh.max() <= 1e-4
+    # Both lenses side by side: the first grid is the logit lens, unchanged.
+    both = model_f32.lens(QUESTION, dummy=8, lens=f"logit,tuned:{LENS_A}")
+    np.testing.assert_array_equal(both.entropy, model_f32.lens(QUESTION, dummy=8).entropy)
+    more = json.loads(both.to_json())["more_lenses"]
+    assert len(more) == 1
+    np.testing.assert_array_equal(np.array(more[0]["entropy"], dtype=np.float32), r.entropy)
+
+
+def test_bf16_lens_within_the_engine_bounds(model_f32):
+    ref = reference("smollm2_filler.json")
+    r = model_f32.lens(QUESTION, **SEED, lens_precision="bf16")
+    assert r.model["lens_precision"] == "bf16"
+    max_h = np.abs(r.entropy.astype(np.float64) - np.array(ref["entropy"])).max()
+    ref_top1 = np.array(ref["top5_ids"])[:, :, 0]
+    agree = (r.top_ids[:, :, 0] == ref_top1).mean()
+    ln = lambda p: np.log(np.maximum(np.asarray(p, dtype=np.float64), 1e-30))  # noqa: E731
+    max_logp = np.abs(ln(r.answer_prob) - ln(ref["tracked"][" Canberra"]["prob"])).max()
+    print(f"bf16 lens: max |Δentropy| {max_h:.3f}, top-1 {agree:.4f}, max |Δ ln p| {max_logp:.3f}")
+    assert max_h <= BF16_SMOLLM2[0]
+    assert agree >= BF16_SMOLLM2[1]
+    assert max_logp <= BF16_SMOLLM2[2]
+    assert max_h > 0, "bf16 gave the f32 numbers: the option did not reach the engine"
+
+
+def test_positions_tail_is_the_full_run_there(model, seed):
+    tail = model.lens(QUESTION, **SEED, positions="tail")
+    kinds = [k for _, _, k in seed.tokens]
+    start = max(i for i, k in enumerate(kinds) if k == "text") + 1
+    assert (start, len(kinds)) == (31, 45)
+    for name in ("entropy", "kl_to_final", "answer_prob", "answer_rank", "top_ids", "top_probs"):
+        t, f = getattr(tail, name), getattr(seed, name)
+        assert t.shape == f.shape, name
+        np.testing.assert_array_equal(t[:, start:], f[:, start:], err_msg=name)
+    assert np.isnan(tail.entropy[:, :start]).all()
+    assert tail.rehearsal == seed.rehearsal
+    window = model.lens(QUESTION, **SEED, positions="40..42")
+    np.testing.assert_array_equal(window.entropy[:, 40:42], seed.entropy[:, 40:42])
+    assert np.isnan(window.entropy[:, :40]).all() and np.isnan(window.entropy[:, 42:]).all()
+
+
+def test_bad_lens_options_raise_the_cli_message(model):
+    with pytest.raises(lensmap.LensmapError, match="`--lens` takes `logit`, `tuned:DIR`"):
+        model.lens("hi", lens="linear")
+    with pytest.raises(lensmap.LensmapError, match="lens-precision"):
+        model.lens("hi", lens_precision="f16")
+    with pytest.raises(lensmap.LensmapError, match="expected `all`, `tail` or A..B"):
+        model.lens("hi", positions="5")
+
+
+def test_stubs_match_the_extension():
+    """Every method of `_lensmap.pyi` has the extension's parameters, in order."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    from lensmap import _lensmap
+
+    stub = ast.parse((Path(lensmap.__file__).parent / "_lensmap.pyi").read_text())
+    checked = 0
+    for node in ast.walk(stub):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        runtime_cls = getattr(_lensmap, node.name)
+        for fn in node.body:
+            if not isinstance(fn, ast.FunctionDef) or fn.name.startswith("__"):
+                continue
+            runtime = getattr(runtime_cls, fn.name)
+            if isinstance(runtime, property) or type(runtime).__name__ == "getset_descriptor":
+                continue
+            a = fn.args
+            want = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs][1:]  # drop self
+            got = [p for p in inspect.signature(runtime).parameters][1:]
+            assert got == want, f"{node.name}.{fn.name}: extension {got}, stub {want}"
+            checked += 1
+    # The extension's public methods all have a stub.
+    for cls in (_lensmap.Model, _lensmap.Result):
+        stubbed = {
+            fn.name
+            for c in ast.walk(stub) if isinstance(c, ast.ClassDef) and c.name == cls.__name__
+            for fn in c.body if isinstance(fn, ast.FunctionDef)
+        }
+        public = {n for n in dir(cls) if not n.startswith("__")}
+        assert public <= stubbed, f"{cls.__name__}: no stub for {sorted(public - stubbed)}"
+    assert checked >= 8

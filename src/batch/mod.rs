@@ -101,6 +101,16 @@ pub struct BatchArgs {
     /// `--shard` to write the combined tables; that run computes nothing new.
     #[arg(long, value_name = "I/N", help_heading = "Output")]
     pub shard: Option<Shard>,
+    /// Prompts per block-major chunk (default: 8 when the model is streamed
+    /// from disk, else 1)
+    ///
+    /// Every prompt of a chunk goes through block i before block i+1 is
+    /// read, so a model larger than memory is read from disk once per chunk
+    /// instead of once per prompt. The numbers are the same for any N. A
+    /// chunk holds N residual traces at once, and a kill loses at most the
+    /// chunk in flight.
+    #[arg(long, value_name = "N", help_heading = "Model")]
+    pub chunk: Option<usize>,
     /// Also write `cells.csv`
     #[arg(long, help_heading = "Output")]
     pub csv: bool,
@@ -117,10 +127,16 @@ pub struct BatchArgs {
 const STOP_AFTER_ENV: &str = "LENSMAP_BATCH_STOP_AFTER";
 /// Debug aid: print the resident set size after every prompt.
 const RSS_ENV: &str = "LENSMAP_BATCH_RSS";
+/// `--chunk` for a streamed model: the file is read once per 8 prompts,
+/// while 8 traces stay small next to the budget (8 × 24 MB at 8B, 45 tokens).
+const STREAMED_CHUNK: usize = 8;
 
 /// Run a batch.
 pub fn run(args: BatchArgs) -> Result<()> {
     crate::run::check_top_k(args.top_k)?;
+    if args.chunk == Some(0) {
+        return Err(Error::InvalidOption("`--chunk` must be at least 1".into()));
+    }
     let clock = Instant::now();
     let text = std::fs::read_to_string(&args.prompts).map_err(|e| Error::io(&args.prompts, e))?;
     let input = input::parse_input(&text);
@@ -176,48 +192,58 @@ pub fn run(args: BatchArgs) -> Result<()> {
         let stop_after: Option<usize> = std::env::var(STOP_AFTER_ENV)
             .ok()
             .and_then(|s| s.parse().ok());
-        for &i in &pending {
-            let line = lines[i];
-            let req = request(&args, &line.item, &lens);
-            match session.run_timed(&req) {
-                Ok((grid, t)) => {
-                    times.prompt += t.prompt;
-                    times.forward += t.forward;
-                    times.generate += t.generate;
-                    times.lens += t.lens;
-                    let clock = Instant::now();
-                    let rec = PromptRecord::from_grid(keys[i].clone(), &line.item, grid);
-                    let bytes = Store::encode(&rec)?;
-                    if stop_after == Some(ran) {
-                        // As a kill mid-write would leave it: a partial temporary file.
-                        let tmp = record::temp_path(&store.path(&line.stem));
-                        let _ = std::fs::write(&tmp, &bytes[..bytes.len() / 2]);
-                        pb.abandon();
-                        eprintln!("{STOP_AFTER_ENV}: stopping after {ran} prompts");
-                        std::process::exit(137);
+        let chunk = match args.chunk {
+            Some(n) => n,
+            None if session.model.streaming => STREAMED_CHUNK,
+            None => 1,
+        };
+        for part in pending.chunks(chunk) {
+            let reqs: Vec<LensRequest> = part
+                .iter()
+                .map(|&i| request(&args, &lines[i].item, &lens))
+                .collect();
+            let (grids, t) = session.run_chunk(&reqs)?;
+            times.add(&t);
+            for (&i, result) in part.iter().zip(grids) {
+                let line = lines[i];
+                match result {
+                    Ok(grid) => {
+                        let clock = Instant::now();
+                        let rec = PromptRecord::from_grid(keys[i].clone(), &line.item, grid);
+                        let bytes = Store::encode(&rec)?;
+                        if stop_after == Some(ran) {
+                            // As a kill mid-write would leave it: a partial temporary file.
+                            let tmp = record::temp_path(&store.path(&line.stem));
+                            let _ = std::fs::write(&tmp, &bytes[..bytes.len() / 2]);
+                            pb.abandon();
+                            eprintln!("{STOP_AFTER_ENV}: stopping after {ran} prompts");
+                            std::process::exit(137);
+                        }
+                        store.save(&line.stem, &bytes)?;
+                        write_time += clock.elapsed();
                     }
-                    store.save(&line.stem, &bytes)?;
-                    write_time += clock.elapsed();
+                    Err(e) => {
+                        let message = e.to_string();
+                        pb.suspend(|| {
+                            eprintln!(
+                                "error: `{input_name}` line {} (id `{}`): {message}",
+                                line.line, line.item.id
+                            )
+                        });
+                        errors.push(LineError {
+                            line: line.line,
+                            id: Some(line.item.id.clone()),
+                            message,
+                        });
+                    }
                 }
-                Err(e) => {
-                    let message = e.to_string();
+                ran += 1;
+                pb.inc(1);
+                if std::env::var_os(RSS_ENV).is_some() {
                     pb.suspend(|| {
-                        eprintln!(
-                            "error: `{input_name}` line {} (id `{}`): {message}",
-                            line.line, line.item.id
-                        )
-                    });
-                    errors.push(LineError {
-                        line: line.line,
-                        id: Some(line.item.id.clone()),
-                        message,
+                        eprintln!("rss after {ran} prompts: {}", rss().unwrap_or_default())
                     });
                 }
-            }
-            ran += 1;
-            pb.inc(1);
-            if std::env::var_os(RSS_ENV).is_some() {
-                pb.suspend(|| eprintln!("rss after {ran} prompts: {}", rss().unwrap_or_default()));
             }
         }
         pb.finish_and_clear();

@@ -162,7 +162,10 @@ pub fn plan(
     if needed + req.run_bytes > limit.bytes {
         return Err(refuse(needed + req.run_bytes, limit.bytes, limit.source));
     }
-    let streaming = precision == Precision::Rest && need.stored_bytes + needed > room;
+    // Streamed when the file's pages would not fit beside the rest: in the
+    // memory available, or in `--max-memory` if that is smaller.
+    let hold = req.max_memory.map_or(room, |m| m.min(room));
+    let streaming = precision == Precision::Rest && need.stored_bytes + needed > hold;
     Ok(MemoryPlan {
         precision,
         need,

@@ -349,6 +349,27 @@ impl StoredMatrix {
         let _ = unsafe {
             map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.start, self.len)
         };
+        // Only a streamed model releases, and its file does not fit in memory:
+        // keeping the pages cached would only push out the blocks read next
+        // (an LRU cache loses to a sequential scan larger than itself). Ask
+        // the kernel to drop them now (MADV_PAGEOUT, Linux 5.4+; memmap2 has
+        // no name for it). Best effort: an older kernel or a page another
+        // process maps keeps it cached.
+        #[cfg(target_os = "linux")]
+        {
+            let page = 4096usize;
+            let base = map.as_ptr() as usize + self.start;
+            let aligned = base & !(page - 1);
+            // SAFETY: the range lies inside the mapping (rounded down to its
+            // page); MADV_PAGEOUT never changes the contents of a clean page.
+            let _ = unsafe {
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    self.len + (base - aligned),
+                    libc::MADV_PAGEOUT,
+                )
+            };
+        }
     }
 }
 

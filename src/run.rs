@@ -11,9 +11,7 @@ use crate::grid::{
 };
 use crate::lens::{apply_lens, Lens, LensPrecision, LensQuery, PositionSpec};
 use crate::model::budget::MemoryRequest;
-use crate::model::{
-    Checkpoint, KvCache, Model, Precision, Recorder, ResidualTrace, Sequence,
-};
+use crate::model::{Checkpoint, KvCache, Model, Precision, Recorder, ResidualTrace, Sequence};
 use crate::prompt::{build_prompt, Prompt, PromptSpec, DEFAULT_DUMMY_TEXT};
 use crate::rehearsal::{self, AnswerSource};
 use crate::template::ChatTemplate;

@@ -91,9 +91,11 @@ impl TextTokenizer {
     /// Build from GGUF `tokenizer.ggml.*` metadata.
     pub fn from_gguf(meta: &HashMap<String, Value>) -> Result<Self> {
         let meta = Metadata(meta);
-        let model = meta.str("tokenizer.ggml.model")
+        let model = meta
+            .str("tokenizer.ggml.model")
             .ok_or_else(|| tok_err("GGUF has no `tokenizer.ggml.model`"))?;
-        let tokens = meta.str_array("tokenizer.ggml.tokens")?
+        let tokens = meta
+            .str_array("tokenizer.ggml.tokens")?
             .ok_or_else(|| tok_err("GGUF has no `tokenizer.ggml.tokens`"))?;
         let types = match meta.int_array("tokenizer.ggml.token_type")? {
             Some(t) if t.len() == tokens.len() => t,
@@ -113,7 +115,8 @@ impl TextTokenizer {
         let mut default_add_bos = true;
         let mut tok = match model {
             "gpt2" => {
-                let merges = meta.str_array("tokenizer.ggml.merges")?
+                let merges = meta
+                    .str_array("tokenizer.ggml.merges")?
                     .ok_or_else(|| tok_err("GGUF BPE tokenizer has no `tokenizer.ggml.merges`"))?;
                 default_add_bos = matches!(
                     pre,
@@ -133,9 +136,9 @@ impl TextTokenizer {
                     )));
                 }
                 // llama.cpp's default for SentencePiece vocabularies is a prefix space.
-                let add_space_prefix =
-                    meta.bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
-                let unk = meta.u32("tokenizer.ggml.unknown_token_id")
+                let add_space_prefix = meta.bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                let unk = meta
+                    .u32("tokenizer.ggml.unknown_token_id")
                     .and_then(|id| tokens.get(id as usize).copied());
                 build_sentencepiece_bpe(&tokens, &scores, &types, unk, add_space_prefix)?
             }
@@ -158,13 +161,17 @@ impl TextTokenizer {
         tok.add_special_tokens(added).map_err(tok_err)?;
 
         let token_at = |key: &str| {
-            meta.u32(key).and_then(|id| tokens.get(id as usize).map(|s| (id, s.to_string())))
+            meta.u32(key)
+                .and_then(|id| tokens.get(id as usize).map(|s| (id, s.to_string())))
         };
         let bos = token_at("tokenizer.ggml.bos_token_id");
         let eos = token_at("tokenizer.ggml.eos_token_id");
         let add_bos = bos.is_some()
-            && meta.bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
-        let chat_template = meta.str("tokenizer.chat_template")
+            && meta
+                .bool("tokenizer.ggml.add_bos_token")
+                .unwrap_or(default_add_bos);
+        let chat_template = meta
+            .str("tokenizer.chat_template")
             .map(|t| (t.to_string(), "gguf:tokenizer.chat_template".to_string()));
         Ok(Self::assemble(tok, bos, eos, add_bos, chat_template))
     }

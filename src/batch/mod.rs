@@ -101,6 +101,10 @@ pub struct BatchArgs {
     /// `--shard` to write the combined tables; that run computes nothing new.
     #[arg(long, value_name = "I/N", help_heading = "Output")]
     pub shard: Option<Shard>,
+    /// Memory the model may hold, e.g. `6G` or `512M` (default: what is
+    /// available); a file larger than this is streamed block by block
+    #[arg(long, value_name = "SIZE", value_parser = crate::model::budget::parse_max_memory, help_heading = "Model")]
+    pub max_memory: Option<u64>,
     /// Prompts per block-major chunk (default: 8 when the model is streamed
     /// from disk, else 1)
     ///
@@ -187,7 +191,12 @@ pub fn run(args: BatchArgs) -> Result<()> {
     let mut write_time = std::time::Duration::ZERO;
     let run_clock = Instant::now();
     if !pending.is_empty() {
-        let session = Session::open(&args.model, args.precision, args.chat_template.as_deref())?;
+        let session = Session::open_within(
+            &args.model,
+            args.precision,
+            args.max_memory,
+            args.chat_template.as_deref(),
+        )?;
         let pb = progress_bar(&args, pending.len());
         let stop_after: Option<usize> = std::env::var(STOP_AFTER_ENV)
             .ok()

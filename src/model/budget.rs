@@ -174,6 +174,11 @@ pub fn plan(
     })
 }
 
+/// [`parse_bytes`] as a clap value parser for `--max-memory`.
+pub fn parse_max_memory(s: &str) -> std::result::Result<u64, String> {
+    parse_bytes(s).map_err(|e| e.to_string())
+}
+
 /// Parse a size such as `6G`, `512M`, `64MiB` or `1000000` (bytes).
 pub fn parse_bytes(s: &str) -> Result<u64> {
     let t = s.trim();

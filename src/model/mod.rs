@@ -368,7 +368,8 @@ impl Model {
         max_new: usize,
         stop: &[u32],
     ) -> Result<Vec<u32>> {
-        let mut out = self.generate_greedy_many(&mut [(cache, last_hidden.clone())], max_new, stop)?;
+        let mut out =
+            self.generate_greedy_many(&mut [(cache, last_hidden.clone())], max_new, stop)?;
         out.pop()
             .unwrap_or_else(|| Err(Error::Config("one sequence in, one out".into())))
     }
@@ -392,13 +393,15 @@ impl Model {
         let mut hs: Vec<Option<Tensor>> = seqs
             .iter()
             .zip(outs.iter_mut())
-            .map(|((_, h), out)| match h.dim(0).and_then(|t| h.narrow(0, t - 1, 1)) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    *out = Err(e.into());
-                    None
-                }
-            })
+            .map(
+                |((_, h), out)| match h.dim(0).and_then(|t| h.narrow(0, t - 1, 1)) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        *out = Err(e.into());
+                        None
+                    }
+                },
+            )
             .collect();
         for step in 0..max_new {
             let mut next_ids = vec![None; seqs.len()];

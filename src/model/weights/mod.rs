@@ -337,24 +337,21 @@ impl StoredMatrix {
         }
     }
 
-    /// Drop the matrix's pages from this process's resident set. They stay
-    /// in the page cache while memory allows; a later read faults them back.
+    /// Drop the matrix's pages from this process's resident set and, where
+    /// the kernel allows, from the page cache; a later read faults them back
+    /// from the file.
     pub fn release(&self) {
         let Backing::Mapped(map) = &self.backing else {
             return;
         };
-        // SAFETY: the map is shared and read-only, so its pages are clean
-        // copies of the file; MADV_DONTNEED only unmaps them and any later
-        // access re-reads the same bytes.
-        let _ = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.start, self.len)
-        };
         // Only a streamed model releases, and its file does not fit in memory:
         // keeping the pages cached would only push out the blocks read next
         // (an LRU cache loses to a sequential scan larger than itself). Ask
-        // the kernel to drop them now (MADV_PAGEOUT, Linux 5.4+; memmap2 has
-        // no name for it). Best effort: an older kernel or a page another
-        // process maps keeps it cached.
+        // the kernel to drop them from the page cache now (MADV_PAGEOUT,
+        // Linux 5.4+; memmap2 has no name for it). It reclaims pages through
+        // this process's page tables, so it goes before MADV_DONTNEED unmaps
+        // them. Best effort: an older kernel, or a page another process maps,
+        // keeps it cached.
         #[cfg(target_os = "linux")]
         {
             let page = 4096usize;
@@ -370,6 +367,12 @@ impl StoredMatrix {
                 )
             };
         }
+        // SAFETY: the map is shared and read-only, so its pages are clean
+        // copies of the file; MADV_DONTNEED only unmaps them and any later
+        // access re-reads the same bytes.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.start, self.len)
+        };
     }
 }
 

@@ -437,7 +437,7 @@ impl Model {
                 .filter_map(|((cache, _), id)| {
                     id.as_ref().map(|id| Sequence {
                         ids: &id[..],
-                        cache: &mut **cache,
+                        cache,
                         recorder: None,
                     })
                 })

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::grid::{Answer, LensGrid, LensInfo, ModelInfo, TrackedHead, TrackedRole};
 use crate::lens::{apply_lens, Lens, LensPrecision, LensQuery, PositionSpec};
 use crate::model::budget::MemoryRequest;
-use crate::model::{cancel, Checkpoint, KvCache, Model, Precision, ResidualTrace};
+use crate::model::{cancel, Checkpoint, KvCache, Model, Precision, ResidualTrace, Sequence};
 use crate::prompt::{build_prompt, Prompt, PromptSpec, DEFAULT_DUMMY_TEXT};
 use crate::rehearsal::{self, AnswerSource};
 use crate::template::ChatTemplate;
@@ -32,6 +32,27 @@ pub struct StageTimes {
     pub forward: Duration,
     pub lens: Duration,
     pub generate: Duration,
+}
+
+impl StageTimes {
+    /// Add another request's times to these.
+    pub fn add(&mut self, t: &StageTimes) {
+        self.prompt += t.prompt;
+        self.forward += t.forward;
+        self.lens += t.lens;
+        self.generate += t.generate;
+    }
+}
+
+/// A request checked and tokenised ([`Session::prepare`]): what the lens
+/// stage needs besides the trace and the generated answer.
+struct Prepared {
+    prompt: Prompt,
+    positions: Option<std::ops::Range<usize>>,
+    track: Vec<TrackSpec>,
+    tracked_ids: Vec<u32>,
+    /// Where an `auto` answer goes in `track` once generated.
+    auto_slot: usize,
 }
 
 /// A token to follow through every cell, by text (its first token is used).
@@ -362,11 +383,130 @@ impl Session {
     /// after every block and before generation and the lens.
     pub fn run_timed(&self, req: &LensRequest) -> Result<(LensGrid, StageTimes)> {
         let mut times = StageTimes::default();
-        let mut clock = Instant::now();
-        let mut lap = |slot: &mut Duration| {
-            *slot = clock.elapsed();
-            clock = Instant::now();
+        let clock = Instant::now();
+        let prepared = self.prepare(req)?;
+        times.prompt = clock.elapsed();
+
+        let clock = Instant::now();
+        let mut trace = ResidualTrace::default();
+        let mut cache = KvCache::default();
+        let last = self
+            .model
+            .forward(&prepared.prompt.ids, &mut cache, Some(&mut trace))?;
+        times.forward = clock.elapsed();
+        // Generate before the lens (the trace stays alive meanwhile) so an
+        // `auto` answer can be tracked in every cell.
+        let clock = Instant::now();
+        let answer = if req.generate > 0 {
+            Some(self.model.generate_greedy(
+                &mut cache,
+                &last,
+                req.generate,
+                &self.tokenizer.stop_ids(),
+            )?)
+        } else {
+            None
         };
+        drop(cache);
+        cancel::check()?;
+        times.generate = clock.elapsed();
+
+        let clock = Instant::now();
+        let grid = self.read_lens(req, prepared, trace, answer)?;
+        times.lens = clock.elapsed();
+        Ok((grid, times))
+    }
+
+    /// Several requests as one block-major chunk (`batch --chunk N`): every
+    /// prompt goes through block `i` before block `i + 1` is read, in the
+    /// forward pass and in each generation step ([`Model::forward_many`]),
+    /// so a streamed model's file is read once per chunk instead of once per
+    /// prompt. Each grid equals what [`Session::run`] gives for its request
+    /// alone. Returns one result per request and the chunk's stage times.
+    pub fn run_chunk(&self, reqs: &[LensRequest]) -> Result<(Vec<Result<LensGrid>>, StageTimes)> {
+        let mut times = StageTimes::default();
+        // Lockstep generation needs one length; mixed chunks go one by one.
+        if reqs.iter().any(|r| r.generate != reqs[0].generate) {
+            let mut grids = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                grids.push(self.run_timed(req).map(|(grid, t)| {
+                    times.add(&t);
+                    grid
+                }));
+            }
+            return Ok((grids, times));
+        }
+        let clock = Instant::now();
+        let prepared: Vec<Result<Prepared>> = reqs.iter().map(|r| self.prepare(r)).collect();
+        times.prompt = clock.elapsed();
+
+        let clock = Instant::now();
+        let ok: Vec<usize> = (0..reqs.len()).filter(|&k| prepared[k].is_ok()).collect();
+        let mut caches: Vec<KvCache> = ok.iter().map(|_| KvCache::default()).collect();
+        let mut traces: Vec<ResidualTrace> = ok.iter().map(|_| ResidualTrace::default()).collect();
+        let mut seqs: Vec<Sequence> = ok
+            .iter()
+            .zip(caches.iter_mut().zip(traces.iter_mut()))
+            .filter_map(|(&k, (cache, trace))| {
+                let p = prepared[k].as_ref().ok()?;
+                Some(Sequence {
+                    ids: &p.prompt.ids,
+                    cache,
+                    recorder: Some(trace),
+                })
+            })
+            .collect();
+        let lasts = self.model.forward_many(&mut seqs)?;
+        drop(seqs);
+        times.forward = clock.elapsed();
+
+        let clock = Instant::now();
+        let generate = reqs.first().map_or(0, |r| r.generate);
+        let mut answers: Vec<Option<Result<Vec<u32>>>> = ok.iter().map(|_| None).collect();
+        let mut gen_seqs = Vec::new();
+        let mut gen_slots = Vec::new();
+        for (j, (cache, last)) in caches.iter_mut().zip(lasts).enumerate() {
+            match last {
+                Ok(last) if generate > 0 => {
+                    gen_seqs.push((cache, last));
+                    gen_slots.push(j);
+                }
+                Ok(_) => {}
+                Err(e) => answers[j] = Some(Err(e)),
+            }
+        }
+        if !gen_seqs.is_empty() {
+            let ids = self.model.generate_greedy_many(
+                &mut gen_seqs,
+                generate,
+                &self.tokenizer.stop_ids(),
+            )?;
+            for (j, ids) in gen_slots.into_iter().zip(ids) {
+                answers[j] = Some(ids);
+            }
+        }
+        drop(gen_seqs);
+        drop(caches);
+        times.generate = clock.elapsed();
+
+        let clock = Instant::now();
+        let mut finished = traces.into_iter().zip(answers);
+        let mut grids = Vec::with_capacity(reqs.len());
+        for (req, prepared) in reqs.iter().zip(prepared) {
+            grids.push(prepared.and_then(|p| {
+                let Some((trace, answer)) = finished.next() else {
+                    return Err(Error::Config("a chunk lost a prompt".into()));
+                };
+                let answer = answer.transpose()?;
+                self.read_lens(req, p, trace, answer)
+            }));
+        }
+        times.lens = clock.elapsed();
+        Ok((grids, times))
+    }
+
+    /// A request's checks and its prompt, tokenised, before any forward pass.
+    fn prepare(&self, req: &LensRequest) -> Result<Prepared> {
         check_top_k(req.top_k)?;
         for lens in &req.lenses {
             lens.check(&self.model)?;
@@ -385,7 +525,7 @@ impl Session {
             });
         }
         // Targets, then the answer, then distractors. An `auto` answer is
-        // only known after generation; it is filled in below.
+        // only known after generation; it is filled in by `read_lens`.
         let mut track = req.track.clone();
         if let AnswerSpec::Text(text) = &req.answer {
             track.push(TrackSpec {
@@ -398,37 +538,39 @@ impl Session {
             text: text.clone(),
             role: TrackedRole::Alt,
         }));
-        let mut tracked_ids = track
+        let tracked_ids = track
             .iter()
             .map(|t| self.first_token(&t.text))
             .collect::<Result<Vec<_>>>()?;
-        lap(&mut times.prompt);
+        Ok(Prepared {
+            prompt,
+            positions,
+            track,
+            tracked_ids,
+            auto_slot,
+        })
+    }
 
-        let mut trace = ResidualTrace::default();
-        let mut cache = KvCache::default();
-        let last = self
-            .model
-            .forward(&prompt.ids, &mut cache, Some(&mut trace))?;
-        lap(&mut times.forward);
-        // Generate before the lens (the trace stays alive meanwhile) so an
-        // `auto` answer can be tracked in every cell.
-        let answer = if req.generate > 0 {
-            let ids = self.model.generate_greedy(
-                &mut cache,
-                &last,
-                req.generate,
-                &self.tokenizer.stop_ids(),
-            )?;
-            Some(Answer {
-                text: self.tokenizer.decode(&ids),
-                ids,
-            })
-        } else {
-            None
-        };
-        drop(cache);
-        cancel::check()?;
-        lap(&mut times.generate);
+    /// The lens stage: the trace read through every requested lens, with the
+    /// greedy answer's tokens (`answer`) if any were generated.
+    fn read_lens(
+        &self,
+        req: &LensRequest,
+        prepared: Prepared,
+        trace: ResidualTrace,
+        answer: Option<Vec<u32>>,
+    ) -> Result<LensGrid> {
+        let Prepared {
+            prompt,
+            positions,
+            mut track,
+            mut tracked_ids,
+            auto_slot,
+        } = prepared;
+        let answer = answer.map(|ids| Answer {
+            text: self.tokenizer.decode(&ids),
+            ids,
+        });
         if let (AnswerSpec::Auto { skip }, Some(a)) = (&req.answer, &answer) {
             let id = *a.ids.get(*skip).ok_or_else(|| {
                 Error::InvalidOption(format!(
@@ -494,10 +636,9 @@ impl Session {
             grids.push(grid);
         }
         drop(trace);
-        lap(&mut times.lens);
         let mut grid = grids.remove(0);
         grid.more_lenses = grids;
-        Ok((grid, times))
+        Ok(grid)
     }
 
     /// What the grid says about the model behind it.

@@ -32,6 +32,7 @@ use tokenizers::{
     Tokenizer,
 };
 
+use crate::model::gguf::Metadata;
 use crate::model::Checkpoint;
 use crate::{Error, Result};
 
@@ -89,11 +90,14 @@ fn tok_err(msg: impl std::fmt::Display) -> Error {
 impl TextTokenizer {
     /// Build from GGUF `tokenizer.ggml.*` metadata.
     pub fn from_gguf(meta: &HashMap<String, Value>) -> Result<Self> {
-        let model = gguf_str(meta, "tokenizer.ggml.model")
+        let meta = Metadata(meta);
+        let model = meta
+            .str("tokenizer.ggml.model")
             .ok_or_else(|| tok_err("GGUF has no `tokenizer.ggml.model`"))?;
-        let tokens = gguf_str_array(meta, "tokenizer.ggml.tokens")?
+        let tokens = meta
+            .str_array("tokenizer.ggml.tokens")?
             .ok_or_else(|| tok_err("GGUF has no `tokenizer.ggml.tokens`"))?;
-        let types = match gguf_int_array(meta, "tokenizer.ggml.token_type")? {
+        let types = match meta.int_array("tokenizer.ggml.token_type")? {
             Some(t) if t.len() == tokens.len() => t,
             Some(t) => {
                 return Err(tok_err(format!(
@@ -107,11 +111,12 @@ impl TextTokenizer {
 
         // llama.cpp's default for `add_bos` when the file does not say:
         // SentencePiece and the llama3/tekken BPE families add one.
-        let pre = gguf_str(meta, "tokenizer.ggml.pre").unwrap_or("default");
+        let pre = meta.str("tokenizer.ggml.pre").unwrap_or("default");
         let mut default_add_bos = true;
         let mut tok = match model {
             "gpt2" => {
-                let merges = gguf_str_array(meta, "tokenizer.ggml.merges")?
+                let merges = meta
+                    .str_array("tokenizer.ggml.merges")?
                     .ok_or_else(|| tok_err("GGUF BPE tokenizer has no `tokenizer.ggml.merges`"))?;
                 default_add_bos = matches!(
                     pre,
@@ -120,7 +125,7 @@ impl TextTokenizer {
                 build_byte_level_bpe(&tokens, &merges, pre)?
             }
             "llama" => {
-                let scores = gguf_f32_array(meta, "tokenizer.ggml.scores")?.ok_or_else(|| {
+                let scores = meta.f32_array("tokenizer.ggml.scores")?.ok_or_else(|| {
                     tok_err("GGUF SentencePiece tokenizer has no `tokenizer.ggml.scores`")
                 })?;
                 if scores.len() != tokens.len() {
@@ -131,9 +136,9 @@ impl TextTokenizer {
                     )));
                 }
                 // llama.cpp's default for SentencePiece vocabularies is a prefix space.
-                let add_space_prefix =
-                    gguf_bool(meta, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
-                let unk = gguf_u32(meta, "tokenizer.ggml.unknown_token_id")
+                let add_space_prefix = meta.bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                let unk = meta
+                    .u32("tokenizer.ggml.unknown_token_id")
                     .and_then(|id| tokens.get(id as usize).copied());
                 build_sentencepiece_bpe(&tokens, &scores, &types, unk, add_space_prefix)?
             }
@@ -156,13 +161,17 @@ impl TextTokenizer {
         tok.add_special_tokens(added).map_err(tok_err)?;
 
         let token_at = |key: &str| {
-            gguf_u32(meta, key).and_then(|id| tokens.get(id as usize).map(|s| (id, s.to_string())))
+            meta.u32(key)
+                .and_then(|id| tokens.get(id as usize).map(|s| (id, s.to_string())))
         };
         let bos = token_at("tokenizer.ggml.bos_token_id");
         let eos = token_at("tokenizer.ggml.eos_token_id");
         let add_bos = bos.is_some()
-            && gguf_bool(meta, "tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
-        let chat_template = gguf_str(meta, "tokenizer.chat_template")
+            && meta
+                .bool("tokenizer.ggml.add_bos_token")
+                .unwrap_or(default_add_bos);
+        let chat_template = meta
+            .str("tokenizer.chat_template")
             .map(|t| (t.to_string(), "gguf:tokenizer.chat_template".to_string()));
         Ok(Self::assemble(tok, bos, eos, add_bos, chat_template))
     }
@@ -531,93 +540,4 @@ fn build_sentencepiece_bpe(
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-// --- GGUF metadata access ----------------------------------------------------
-
-fn gguf_str<'a>(meta: &'a HashMap<String, Value>, key: &str) -> Option<&'a str> {
-    match meta.get(key)? {
-        Value::String(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn gguf_bool(meta: &HashMap<String, Value>, key: &str) -> Option<bool> {
-    match meta.get(key)? {
-        Value::Bool(b) => Some(*b),
-        v => gguf_int(v).map(|i| i != 0),
-    }
-}
-
-fn gguf_u32(meta: &HashMap<String, Value>, key: &str) -> Option<u32> {
-    meta.get(key)
-        .and_then(gguf_int)
-        .and_then(|i| u32::try_from(i).ok())
-}
-
-/// Any GGUF integer type; converters are not consistent about widths.
-fn gguf_int(v: &Value) -> Option<i64> {
-    Some(match v {
-        Value::U8(x) => *x as i64,
-        Value::I8(x) => *x as i64,
-        Value::U16(x) => *x as i64,
-        Value::I16(x) => *x as i64,
-        Value::U32(x) => *x as i64,
-        Value::I32(x) => *x as i64,
-        Value::U64(x) => i64::try_from(*x).ok()?,
-        Value::I64(x) => *x,
-        _ => return None,
-    })
-}
-
-fn gguf_array<'a>(meta: &'a HashMap<String, Value>, key: &str) -> Result<Option<&'a [Value]>> {
-    match meta.get(key) {
-        None => Ok(None),
-        Some(Value::Array(a)) => Ok(Some(a)),
-        Some(_) => Err(tok_err(format!("GGUF key `{key}` is not an array"))),
-    }
-}
-
-fn gguf_str_array<'a>(meta: &'a HashMap<String, Value>, key: &str) -> Result<Option<Vec<&'a str>>> {
-    let Some(arr) = gguf_array(meta, key)? else {
-        return Ok(None);
-    };
-    arr.iter()
-        .map(|v| match v {
-            Value::String(s) => Ok(s.as_str()),
-            _ => Err(tok_err(format!(
-                "GGUF key `{key}` is not an array of strings"
-            ))),
-        })
-        .collect::<Result<_>>()
-        .map(Some)
-}
-
-fn gguf_int_array(meta: &HashMap<String, Value>, key: &str) -> Result<Option<Vec<i64>>> {
-    let Some(arr) = gguf_array(meta, key)? else {
-        return Ok(None);
-    };
-    arr.iter()
-        .map(|v| {
-            gguf_int(v)
-                .ok_or_else(|| tok_err(format!("GGUF key `{key}` is not an array of integers")))
-        })
-        .collect::<Result<_>>()
-        .map(Some)
-}
-
-fn gguf_f32_array(meta: &HashMap<String, Value>, key: &str) -> Result<Option<Vec<f32>>> {
-    let Some(arr) = gguf_array(meta, key)? else {
-        return Ok(None);
-    };
-    arr.iter()
-        .map(|v| match v {
-            Value::F32(x) => Ok(*x),
-            Value::F64(x) => Ok(*x as f32),
-            v => gguf_int(v)
-                .map(|i| i as f32)
-                .ok_or_else(|| tok_err(format!("GGUF key `{key}` is not an array of numbers"))),
-        })
-        .collect::<Result<_>>()
-        .map(Some)
 }

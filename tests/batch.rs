@@ -600,3 +600,33 @@ fn parquet_round_trip_matches_the_records() {
     assert_eq!(i, ids.len(), "no extra rows");
     eprintln!("parquet: {i} rows match the per-prompt records");
 }
+
+/// Block-major chunks (`--chunk`, issue 9) change how often the weights are
+/// read, never a number: at rest, prompt by prompt (`--chunk 1`) and one
+/// chunk of every prompt on a streamed model (`--max-memory 64M` streams
+/// SmolLM2's file; its default chunk takes all four prompts, of different
+/// lengths, with named and greedy answers) write byte-identical tables.
+#[test]
+fn block_major_chunks_equal_prompt_major_at_rest() {
+    let (prompt_major, block_major) = (new_dirs(), new_dirs());
+    let a = batch(&prompt_major, &["--precision", "rest", "--chunk", "1"]);
+    let b = batch(
+        &block_major,
+        &["--precision", "rest", "--max-memory", "64M"],
+    );
+    // Both fail on the same bad lines and finish the same four prompts.
+    assert_eq!(a.status.code(), b.status.code(), "{}", stderr(&b));
+    assert_eq!(
+        std::fs::read_dir(block_major.out.join("prompts"))
+            .unwrap()
+            .count(),
+        4
+    );
+    assert_same_outputs(&prompt_major.out, &block_major.out);
+    let c = batch(&block_major, &["--precision", "rest", "--chunk", "0"]);
+    assert!(
+        stderr(&c).contains("`--chunk` must be at least 1"),
+        "{}",
+        stderr(&c)
+    );
+}

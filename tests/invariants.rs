@@ -4,8 +4,8 @@
 //! cells, any statistic, window and zoom) renders to an SVG that parses as
 //! XML and as SVG. Failing inputs are kept in `tests/invariants.proptest-regressions`.
 
-use lensmap::grid::{LensGrid, TokenKind};
 use crate::common::sample;
+use lensmap::grid::{LensGrid, TokenKind};
 use lensmap::render::{self, FigureOptions, Stat};
 use lensmap::stats::{cell_stats, prob_rank, CellQuery, FinalDist};
 use proptest::prelude::*;

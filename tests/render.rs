@@ -2,8 +2,6 @@
 //! (`shared/reference/smollm2_filler.json`, computed by HF transformers)
 //! converted into a `LensGrid`, and a synthetic 1024-position grid.
 
-mod common;
-
 use std::collections::HashMap;
 
 use crate::common::sample;

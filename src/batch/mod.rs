@@ -79,9 +79,18 @@ pub struct BatchJob {
     pub out: PathBuf,
     /// Only this block of input lines.
     pub shard: Option<Shard>,
+    /// Prompts per block-major chunk (`None`: 8 when the model is streamed
+    /// from disk, else 1). Every prompt of a chunk goes through block i
+    /// before block i+1 is read, so a model larger than memory is read once
+    /// per chunk instead of once per prompt; the numbers are the same for any N.
+    pub chunk: Option<usize>,
     /// Also write `cells.csv`.
     pub csv: bool,
 }
+
+/// Chunk size for a streamed model: the file is read once per 8 prompts,
+/// while 8 traces stay small next to the budget (8 × 24 MB at 8B, 45 tokens).
+const STREAMED_CHUNK: usize = 8;
 
 impl BatchJob {
     /// Where the tables go: `out`, or `out/shards/I-of-N` for a shard.
@@ -145,6 +154,11 @@ pub struct BatchOutcome {
 /// Run a batch: every pending prompt, then the tables from every record.
 pub fn run(job: &BatchJob, progress: &mut dyn BatchProgress) -> Result<BatchOutcome> {
     crate::run::check_top_k(job.top_k)?;
+    if job.chunk == Some(0) {
+        return Err(Error::InvalidOption(
+            "the chunk size must be at least 1".into(),
+        ));
+    }
     let text = std::fs::read_to_string(&job.prompts).map_err(|e| Error::io(&job.prompts, e))?;
     let input = input::parse_input(&text);
     if input.items.is_empty() && input.errors.is_empty() {
@@ -193,34 +207,40 @@ pub fn run(job: &BatchJob, progress: &mut dyn BatchProgress) -> Result<BatchOutc
             job.chat_template.as_deref(),
         )?;
         progress.start(pending.len());
-        for &i in &pending {
-            let line = lines[i];
-            let req = request(job, &line.item);
-            match session.run_timed(&req) {
-                Ok((grid, t)) => {
-                    times.prompt += t.prompt;
-                    times.forward += t.forward;
-                    times.generate += t.generate;
-                    times.lens += t.lens;
-                    let clock = Instant::now();
-                    let rec = PromptRecord::from_grid(keys[i].clone(), &line.item, grid);
-                    let bytes = Store::encode(&rec)?;
-                    progress.saving(ran, &store.path(&line.stem), &bytes);
-                    store.save(&line.stem, &bytes)?;
-                    write_time += clock.elapsed();
+        let chunk = match job.chunk {
+            Some(n) => n,
+            None if session.model.streaming => STREAMED_CHUNK,
+            None => 1,
+        };
+        for part in pending.chunks(chunk) {
+            let reqs: Vec<LensRequest> =
+                part.iter().map(|&i| request(job, &lines[i].item)).collect();
+            let (grids, t) = session.run_chunk(&reqs)?;
+            times.add(&t);
+            for (&i, result) in part.iter().zip(grids) {
+                let line = lines[i];
+                match result {
+                    Ok(grid) => {
+                        let clock = Instant::now();
+                        let rec = PromptRecord::from_grid(keys[i].clone(), &line.item, grid);
+                        let bytes = Store::encode(&rec)?;
+                        progress.saving(ran, &store.path(&line.stem), &bytes);
+                        store.save(&line.stem, &bytes)?;
+                        write_time += clock.elapsed();
+                    }
+                    Err(e) => {
+                        let error = LineError {
+                            line: line.line,
+                            id: Some(line.item.id.clone()),
+                            message: e.message(),
+                        };
+                        progress.prompt_failed(&input_name, &error);
+                        errors.push(error);
+                    }
                 }
-                Err(e) => {
-                    let error = LineError {
-                        line: line.line,
-                        id: Some(line.item.id.clone()),
-                        message: e.message(),
-                    };
-                    progress.prompt_failed(&input_name, &error);
-                    errors.push(error);
-                }
+                ran += 1;
+                progress.advanced(ran);
             }
-            ran += 1;
-            progress.advanced(ran);
         }
         progress.finish();
     }

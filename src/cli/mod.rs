@@ -72,12 +72,8 @@ pub struct HoldArgs {
     pub precision: Precision,
     /// Memory the model may hold, e.g. `6G` or `512M` (default: what is
     /// available; `auto` keeps f32 copies only within half of it)
-    #[arg(long, value_name = "SIZE", value_parser = parse_max_memory, help_heading = "Model")]
+    #[arg(long, value_name = "SIZE", value_parser = crate::model::budget::parse_max_memory, help_heading = "Model")]
     pub max_memory: Option<u64>,
-}
-
-fn parse_max_memory(s: &str) -> Result<u64, String> {
-    crate::model::budget::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 /// What to feed the model.

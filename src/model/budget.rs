@@ -162,13 +162,21 @@ pub fn plan(
     if needed + req.run_bytes > limit.bytes {
         return Err(refuse(needed + req.run_bytes, limit.bytes, limit.source));
     }
-    let streaming = precision == Precision::Rest && need.stored_bytes + needed > room;
+    // Streamed when the file's pages would not fit beside the rest: in the
+    // memory available, or in `--max-memory` if that is smaller.
+    let hold = req.max_memory.map_or(room, |m| m.min(room));
+    let streaming = precision == Precision::Rest && need.stored_bytes + needed > hold;
     Ok(MemoryPlan {
         precision,
         need,
         limit,
         streaming,
     })
+}
+
+/// [`parse_bytes`] as a clap value parser for `--max-memory`.
+pub fn parse_max_memory(s: &str) -> std::result::Result<u64, String> {
+    parse_bytes(s).map_err(|e| e.to_string())
 }
 
 /// Parse a size such as `6G`, `512M`, `64MiB` or `1000000` (bytes).

@@ -2,6 +2,7 @@
 //! `tokenize.rs` reuses for the tokenizer) and its tensors as a
 //! [`WeightSource`].
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -89,34 +90,34 @@ impl GgufFile {
         })
     }
 
+    /// The metadata, with typed readers.
+    pub fn metadata(&self) -> Metadata<'_> {
+        Metadata(&self.content.metadata)
+    }
+
     /// A metadata value.
     pub fn meta(&self, key: &str) -> Option<&Value> {
-        self.content.metadata.get(key)
+        self.metadata().get(key)
     }
 
     /// A required metadata value as u64.
     pub fn meta_u64(&self, key: &str) -> Result<u64> {
         match self.meta(key) {
-            Some(v) => v
-                .to_u64()
-                .or_else(|_| v.to_u32().map(u64::from))
-                .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
-                .map_err(|_| Error::Config(format!("GGUF key `{key}` is not an integer"))),
+            Some(v) => int_value(v)
+                .map(|x| x.max(0) as u64)
+                .ok_or_else(|| Error::Config(format!("GGUF key `{key}` is not an integer"))),
             None => Err(Error::Config(format!("GGUF key `{key}` is missing"))),
         }
     }
 
     /// An optional metadata value as f64.
     pub fn meta_f64(&self, key: &str) -> Option<f64> {
-        let v = self.meta(key)?;
-        v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok()
+        self.metadata().f64(key)
     }
 
     /// An optional metadata string.
     pub fn meta_str(&self, key: &str) -> Option<&str> {
-        self.meta(key)
-            .and_then(|v| v.to_string().ok())
-            .map(String::as_str)
+        self.metadata().str(key)
     }
 
     fn qtensor(&self, name: &str) -> Result<QTensor> {
@@ -181,6 +182,117 @@ impl WeightSource for GgufFile {
             Ok(MatWeight::Dense(q.dequantize(&Device::Cpu)?))
         }
     }
+}
+
+/// Typed reads of GGUF metadata, the one place they are written: the model
+/// config ([`GgufFile`]'s `meta_*`) and the tokenizer (`tokenize.rs`, which
+/// also reads metadata maps built by tests) both go through it. Integers of
+/// any width are accepted: converters are not consistent about widths.
+#[derive(Debug, Clone, Copy)]
+pub struct Metadata<'a>(pub &'a HashMap<String, Value>);
+
+impl<'a> Metadata<'a> {
+    /// A value of any type.
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0.get(key)
+    }
+
+    /// A string value.
+    pub fn str(&self, key: &str) -> Option<&'a str> {
+        match self.get(key)? {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// An integer of any width.
+    pub fn int(&self, key: &str) -> Option<i64> {
+        self.get(key).and_then(int_value)
+    }
+
+    /// An integer that fits a u32.
+    pub fn u32(&self, key: &str) -> Option<u32> {
+        self.int(key).and_then(|i| u32::try_from(i).ok())
+    }
+
+    /// A bool, or an integer read as one (non-zero is true).
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        match self.get(key)? {
+            Value::Bool(b) => Some(*b),
+            v => int_value(v).map(|i| i != 0),
+        }
+    }
+
+    /// A float (f32 or f64).
+    pub fn f64(&self, key: &str) -> Option<f64> {
+        let v = self.get(key)?;
+        v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok()
+    }
+
+    /// An array, if present; an error if the key holds something else.
+    pub fn array(&self, key: &str) -> Result<Option<&'a [Value]>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a)),
+            Some(_) => Err(Error::Config(format!("GGUF key `{key}` is not an array"))),
+        }
+    }
+
+    /// An array of strings.
+    pub fn str_array(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
+        self.array_of(key, "strings", |v| match v {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    /// An array of integers of any width.
+    pub fn int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        self.array_of(key, "integers", int_value)
+    }
+
+    /// An array of numbers, as f32.
+    pub fn f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
+        self.array_of(key, "numbers", |v| match v {
+            Value::F32(x) => Some(*x),
+            Value::F64(x) => Some(*x as f32),
+            v => int_value(v).map(|i| i as f32),
+        })
+    }
+
+    fn array_of<T>(
+        &self,
+        key: &str,
+        what: &str,
+        item: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
+        let Some(arr) = self.array(key)? else {
+            return Ok(None);
+        };
+        arr.iter()
+            .map(|v| {
+                item(v).ok_or_else(|| {
+                    Error::Config(format!("GGUF key `{key}` is not an array of {what}"))
+                })
+            })
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+}
+
+/// Any GGUF integer type as i64.
+fn int_value(v: &Value) -> Option<i64> {
+    Some(match v {
+        Value::U8(x) => *x as i64,
+        Value::I8(x) => *x as i64,
+        Value::U16(x) => *x as i64,
+        Value::I16(x) => *x as i64,
+        Value::U32(x) => *x as i64,
+        Value::I32(x) => *x as i64,
+        Value::U64(x) => i64::try_from(*x).ok()?,
+        Value::I64(x) => *x,
+        _ => return None,
+    })
 }
 
 /// GGML's name for a type code, for messages about types candle cannot read.

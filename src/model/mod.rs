@@ -83,6 +83,15 @@ impl KvCache {
     }
 }
 
+/// One sequence of a block-major forward pass ([`Model::forward_many`]):
+/// its new tokens, its cache (positions continue from `cache.len()`), and
+/// where its residual rows go.
+pub struct Sequence<'a> {
+    pub ids: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub recorder: Option<&'a mut dyn Recorder>,
+}
+
 /// A loaded model: config and weights, ready to run.
 pub struct Model {
     pub cfg: ModelConfig,
@@ -179,9 +188,65 @@ impl Model {
         &self,
         ids: &[u32],
         cache: &mut KvCache,
-        mut recorder: Option<&mut dyn Recorder>,
+        recorder: Option<&mut dyn Recorder>,
     ) -> Result<Tensor> {
-        let start = cache.len;
+        let mut seqs = [Sequence {
+            ids,
+            cache,
+            recorder: recorder.map(|r| -> &mut dyn Recorder { r }),
+        }];
+        let [out] = <[_; 1]>::try_from(self.forward_many(&mut seqs)?)
+            .map_err(|_| Error::Config("one sequence in, one out".into()))?;
+        out
+    }
+
+    /// Block-major forward pass over several sequences (a `batch` chunk):
+    /// every sequence goes through block `i`, each on its own (different
+    /// lengths, no padding), before block `i + 1` is touched. A model at rest
+    /// then reads each block's weights once per call, not once per sequence.
+    /// Each sequence gets exactly the numbers [`Model::forward`] gives it
+    /// alone: the same block calls on the same inputs.
+    ///
+    /// The outer error ends every sequence (cancellation); an inner one only
+    /// its own (too long, a non-finite residual), and the others carry on.
+    pub fn forward_many(&self, seqs: &mut [Sequence<'_>]) -> Result<Vec<Result<Tensor>>> {
+        let mut xs: Vec<Result<Tensor>> = seqs.iter_mut().map(|s| self.embed_seq(s)).collect();
+        for (i, block) in self.blocks.iter().enumerate() {
+            // At rest, ask for the next block's pages while this one computes;
+            // when streaming, hand this block's back once every sequence is done.
+            if let Some(next) = self.blocks.get(i + 1) {
+                next.advise(false);
+            }
+            for (seq, x) in seqs.iter_mut().zip(xs.iter_mut()) {
+                let Ok(h) = x.as_ref() else { continue };
+                let start = seq.cache.len;
+                *x = block
+                    .forward(h, start, &mut seq.cache.layers[i])
+                    .and_then(|y| {
+                        bounds::check_finite(&y, || format!("the residual after block {i}"))?;
+                        if let Some(r) = seq.recorder.as_deref_mut() {
+                            r.record(i + 1, &y)?;
+                        }
+                        Ok(y)
+                    });
+                cancel::check()?;
+            }
+            if self.streaming {
+                block.advise(true);
+            }
+        }
+        for (seq, x) in seqs.iter_mut().zip(&xs) {
+            if x.is_ok() {
+                seq.cache.len += seq.ids.len();
+            }
+        }
+        Ok(xs)
+    }
+
+    /// Row 0 of one sequence: its checks, the embedding output (scaled for
+    /// Gemma, with positions for GPT-2), recorded.
+    fn embed_seq(&self, seq: &mut Sequence<'_>) -> Result<Tensor> {
+        let (ids, start) = (seq.ids, seq.cache.len);
         if start + ids.len() > self.cfg.context_len {
             return Err(Error::PromptTooLong {
                 tokens: start + ids.len(),
@@ -194,10 +259,9 @@ impl Model {
                 self.cfg.vocab_size
             )));
         }
-        if cache.layers.is_empty() {
-            cache.layers = vec![LayerCache::default(); self.cfg.n_layers];
+        if seq.cache.layers.is_empty() {
+            seq.cache.layers = vec![LayerCache::default(); self.cfg.n_layers];
         }
-        // Row 0: the embedding output, scaled (Gemma) and with positions (GPT-2).
         let mut x = self.embed.gather(ids)?;
         if let Some(scale) = self.cfg.embed_scale {
             x = (x * scale as f32 as f64)?;
@@ -205,28 +269,11 @@ impl Model {
         if let Some(pe) = &self.pos_embed {
             x = (x + pe.narrow(0, start, ids.len())?)?;
         }
-        let mut x = x.to_dtype(self.precision.activation_dtype())?;
+        let x = x.to_dtype(self.precision.activation_dtype())?;
         bounds::check_finite(&x, || "the embedding output".into())?;
-        if let Some(r) = recorder.as_deref_mut() {
+        if let Some(r) = seq.recorder.as_deref_mut() {
             r.record(0, &x)?;
         }
-        for (i, (block, lc)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
-            // At rest, ask for the next block's pages while this one computes;
-            // when streaming, hand this block's back once it is done.
-            if let Some(next) = self.blocks.get(i + 1) {
-                next.advise(false);
-            }
-            x = block.forward(&x, start, lc)?;
-            bounds::check_finite(&x, || format!("the residual after block {i}"))?;
-            cancel::check()?;
-            if self.streaming {
-                block.advise(true);
-            }
-            if let Some(r) = recorder.as_deref_mut() {
-                r.record(i + 1, &x)?;
-            }
-        }
-        cache.len += ids.len();
         Ok(x)
     }
 
@@ -321,18 +368,92 @@ impl Model {
         max_new: usize,
         stop: &[u32],
     ) -> Result<Vec<u32>> {
-        let mut out = Vec::with_capacity(max_new);
-        let t = last_hidden.dim(0)?;
-        let mut h = last_hidden.narrow(0, t - 1, 1)?;
-        for _ in 0..max_new {
-            let logits = self.unembed(&h)?;
-            let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
-            out.push(next);
-            if stop.contains(&next) || cache.len() >= self.cfg.context_len {
+        let mut out =
+            self.generate_greedy_many(&mut [(cache, last_hidden.clone())], max_new, stop)?;
+        out.pop()
+            .unwrap_or_else(|| Err(Error::Config("one sequence in, one out".into())))
+    }
+
+    /// [`Model::generate_greedy`] for several sequences in lockstep: each
+    /// step takes every unfinished sequence's new token through the blocks
+    /// block-major ([`Model::forward_many`]), so a model at rest is read once
+    /// per step, not once per step per sequence. Each sequence's tokens are
+    /// those it would get alone.
+    pub fn generate_greedy_many(
+        &self,
+        seqs: &mut [(&mut KvCache, Tensor)],
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<Result<Vec<u32>>>> {
+        let mut outs: Vec<Result<Vec<u32>>> = seqs
+            .iter()
+            .map(|_| Ok(Vec::with_capacity(max_new)))
+            .collect();
+        // The last row of each sequence's hidden state; `None` once finished.
+        let mut hs: Vec<Option<Tensor>> = seqs
+            .iter()
+            .zip(outs.iter_mut())
+            .map(
+                |((_, h), out)| match h.dim(0).and_then(|t| h.narrow(0, t - 1, 1)) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        *out = Err(e.into());
+                        None
+                    }
+                },
+            )
+            .collect();
+        for step in 0..max_new {
+            let mut next_ids = vec![None; seqs.len()];
+            for (k, h) in hs.iter_mut().enumerate() {
+                let Some(hk) = h.as_ref() else { continue };
+                let next = self
+                    .unembed(hk)
+                    .and_then(|l| Ok(l.argmax(D::Minus1)?.to_vec1::<u32>()?[0]));
+                match (next, &mut outs[k]) {
+                    (Ok(next), Ok(out)) => {
+                        out.push(next);
+                        if stop.contains(&next) || seqs[k].0.len() >= self.cfg.context_len {
+                            *h = None;
+                        } else {
+                            next_ids[k] = Some([next]);
+                        }
+                    }
+                    (Err(e), out) => {
+                        *out = Err(e);
+                        *h = None;
+                    }
+                    (Ok(_), Err(_)) => *h = None,
+                }
+            }
+            let active: Vec<usize> = (0..seqs.len()).filter(|&k| hs[k].is_some()).collect();
+            // The last token is not run: nothing would read its output.
+            if active.is_empty() || step + 1 == max_new {
                 break;
             }
-            h = self.forward(&[next], cache, None)?;
+            let mut step: Vec<Sequence> = seqs
+                .iter_mut()
+                .zip(&next_ids)
+                .filter_map(|((cache, _), id)| {
+                    id.as_ref().map(|id| Sequence {
+                        ids: &id[..],
+                        cache,
+                        recorder: None,
+                    })
+                })
+                .collect();
+            let ys = self.forward_many(&mut step)?;
+            drop(step);
+            for (k, y) in active.into_iter().zip(ys) {
+                match y {
+                    Ok(y) => hs[k] = Some(y),
+                    Err(e) => {
+                        outs[k] = Err(e);
+                        hs[k] = None;
+                    }
+                }
+            }
         }
-        Ok(out)
+        Ok(outs)
     }
 }

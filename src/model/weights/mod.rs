@@ -337,12 +337,36 @@ impl StoredMatrix {
         }
     }
 
-    /// Drop the matrix's pages from this process's resident set. They stay
-    /// in the page cache while memory allows; a later read faults them back.
+    /// Drop the matrix's pages from this process's resident set and, where
+    /// the kernel allows, from the page cache; a later read faults them back
+    /// from the file.
     pub fn release(&self) {
         let Backing::Mapped(map) = &self.backing else {
             return;
         };
+        // Only a streamed model releases, and its file does not fit in memory:
+        // keeping the pages cached would only push out the blocks read next
+        // (an LRU cache loses to a sequential scan larger than itself). Ask
+        // the kernel to drop them from the page cache now (MADV_PAGEOUT,
+        // Linux 5.4+; memmap2 has no name for it). It reclaims pages through
+        // this process's page tables, so it goes before MADV_DONTNEED unmaps
+        // them. Best effort: an older kernel, or a page another process maps,
+        // keeps it cached.
+        #[cfg(target_os = "linux")]
+        {
+            let page = 4096usize;
+            let base = map.as_ptr() as usize + self.start;
+            let aligned = base & !(page - 1);
+            // SAFETY: the range lies inside the mapping (rounded down to its
+            // page); MADV_PAGEOUT never changes the contents of a clean page.
+            let _ = unsafe {
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    self.len + (base - aligned),
+                    libc::MADV_PAGEOUT,
+                )
+            };
+        }
         // SAFETY: the map is shared and read-only, so its pages are clean
         // copies of the file; MADV_DONTNEED only unmaps them and any later
         // access re-reads the same bytes.

@@ -55,6 +55,13 @@ pub struct BatchArgs {
     /// `auto` (fastest exact: f32 on CPU), `f32`, `f64` or `quant`
     #[arg(long, default_value = "auto", help_heading = "Model")]
     pub precision: Precision,
+    /// Carry NaN or infinity in a weight or residual through, marking the cells it spoils invalid
+    ///
+    /// Without it such a value is an error naming the tensor or layer. With
+    /// it the affected cells are `invalid` in each prompt's JSON, hatched in
+    /// figures, and left out of the tables and curves.
+    #[arg(long, help_heading = "Model")]
+    pub allow_nonfinite: bool,
     /// JSONL input, one `{"id", "prompt", "system"?, "answer"?, "alts"?}` a line
     ///
     /// `answer` is the expected answer as the model would write it after "is",
@@ -171,7 +178,13 @@ pub fn run(args: BatchArgs) -> Result<()> {
     let mut write_time = std::time::Duration::ZERO;
     let run_clock = Instant::now();
     if !pending.is_empty() {
-        let session = Session::open(&args.model, args.precision, args.chat_template.as_deref())?;
+        let session = Session::open_within(
+            &args.model,
+            args.precision,
+            None,
+            args.chat_template.as_deref(),
+            args.allow_nonfinite,
+        )?;
         let pb = progress_bar(&args, pending.len());
         let stop_after: Option<usize> = std::env::var(STOP_AFTER_ENV)
             .ok()
@@ -466,6 +479,9 @@ fn settings(args: &BatchArgs, lens: &crate::lens::Lens) -> Result<serde_json::Va
     }
     if args.choice.positions != crate::lens::PositionSpec::All {
         settings["positions"] = format!("{:?}", args.choice.positions).into();
+    }
+    if args.allow_nonfinite {
+        settings["allow_nonfinite"] = true.into();
     }
     Ok(settings)
 }

@@ -93,6 +93,10 @@ pub struct Model {
     /// Whether finished blocks are released to the page cache (larger than
     /// memory: the file is streamed block by block).
     pub streaming: bool,
+    /// `--allow-nonfinite`: NaN or infinity in a weight or a residual is
+    /// carried through instead of refused; the lens marks the cells it
+    /// spoils as invalid ([`crate::stats::CellStats::invalid`]).
+    pub allow_nonfinite: bool,
     /// `[vocab, d]`, unscaled: an f32 copy, or at rest.
     embed: StoredMatrix,
     /// `[context, d]` learned positions (GPT-2).
@@ -110,8 +114,9 @@ pub struct Model {
 
 impl Model {
     /// Build a model from an opened checkpoint, after the memory preflight
-    /// ([`budget::plan`]) has resolved the precision.
-    pub fn load(ckpt: &Checkpoint, plan: &MemoryPlan) -> Result<Self> {
+    /// ([`budget::plan`]) has resolved the precision. A weight holding NaN or
+    /// infinity is an error naming the tensor, unless `allow_nonfinite`.
+    pub fn load(ckpt: &Checkpoint, plan: &MemoryPlan, allow_nonfinite: bool) -> Result<Self> {
         let (cfg, src, names) = (&ckpt.cfg, ckpt.source(), ckpt.names());
         let precision = plan.precision;
         let ld = Loader {
@@ -119,6 +124,7 @@ impl Model {
             names,
             cfg,
             precision,
+            allow_nonfinite,
         };
         let (v, d) = (cfg.vocab_size, cfg.d_model);
         let table = |part| -> Result<StoredMatrix> {
@@ -163,6 +169,7 @@ impl Model {
             label: src.label(),
             precision,
             streaming: plan.streaming,
+            allow_nonfinite,
             embed,
             pos_embed,
             blocks,
@@ -206,7 +213,7 @@ impl Model {
             x = (x + pe.narrow(0, start, ids.len())?)?;
         }
         let mut x = x.to_dtype(self.precision.activation_dtype())?;
-        bounds::check_finite(&x, || "the embedding output".into())?;
+        self.check_finite(&x, || "the embedding output".into())?;
         if let Some(r) = recorder.as_deref_mut() {
             r.record(0, &x)?;
         }
@@ -217,7 +224,7 @@ impl Model {
                 next.advise(false);
             }
             x = block.forward(&x, start, lc)?;
-            bounds::check_finite(&x, || format!("the residual after block {i}"))?;
+            self.check_finite(&x, || format!("the residual after block {i}"))?;
             cancel::check()?;
             if self.streaming {
                 block.advise(true);
@@ -228,6 +235,14 @@ impl Model {
         }
         cache.len += ids.len();
         Ok(x)
+    }
+
+    /// Refuse a residual holding NaN or infinity, unless `allow_nonfinite`.
+    fn check_finite(&self, x: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
+        if self.allow_nonfinite {
+            return Ok(());
+        }
+        bounds::check_finite(x, what)
     }
 
     /// The final norm's `(weight, eps)` if it is an RMSNorm, and the
@@ -324,8 +339,13 @@ impl Model {
         let mut out = Vec::with_capacity(max_new);
         let t = last_hidden.dim(0)?;
         let mut h = last_hidden.narrow(0, t - 1, 1)?;
-        for _ in 0..max_new {
+        for step in 0..max_new {
             let logits = self.unembed(&h)?;
+            // Under `--allow-nonfinite` the forward pass lets NaN through; a
+            // greedy token picked from it would be garbage, so refuse it.
+            bounds::check_finite(&logits, || {
+                format!("the model's output logits at generated token {step} (`--generate` needs finite logits even with `--allow-nonfinite`)")
+            })?;
             let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
             out.push(next);
             if stop.contains(&next) || cache.len() >= self.cfg.context_len {

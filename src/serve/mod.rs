@@ -50,6 +50,12 @@ pub struct ServeArgs {
     /// `auto` (f32 on CPU), `f32`, `f64` or `quant`, for every model
     #[arg(long, default_value = "auto")]
     pub precision: Precision,
+    /// Carry NaN or infinity in a weight or residual through, marking the cells it spoils invalid
+    ///
+    /// Without it such a value fails the model's load (a weight) or the
+    /// request (a residual) with a message naming the tensor or layer.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
     /// Address to listen on; anything but loopback exposes the server (no authentication)
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -248,6 +254,7 @@ pub fn start(config: ServeConfig) -> Result<Server> {
         limits: config.limits,
         loopback_only: addr.ip().is_loopback(),
         lenses: config.lenses,
+        cancelled: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stop_on_signal = config.stop_on_signal;
@@ -365,7 +372,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let mut models = Vec::with_capacity(args.model.len());
     for spec in &args.model {
         let clock = Instant::now();
-        let s = Session::open(spec, args.precision, None)?;
+        let s = Session::open_within(spec, args.precision, None, None, args.allow_nonfinite)?;
         let cfg = &s.model.cfg;
         eprintln!(
             "loaded {} ({}, {} layers, vocab {}, context {}) in {:.1} s",

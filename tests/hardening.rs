@@ -358,6 +358,24 @@ fn gguf_zero_sized_tensor_with_huge_dims_is_refused() {
     );
 }
 
+/// Found by the `gguf_header` fuzz campaign after the fix above: a tensor
+/// `[32, 0]` made candle build an f32 slice on an unaligned empty buffer (a
+/// panic with debug assertions). A dimension of 0 is refused. Kept as a
+/// corpus seed.
+#[test]
+fn gguf_tensor_with_a_zero_dimension_is_refused() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus/gguf_header/regression-zero-dimension");
+    let err = lensmap::model::GgufFile::open(&input)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("tensor `rope_freqs.weight` has a dimension of 0"),
+        "{err}"
+    );
+}
+
 #[test]
 fn os_error_printed_once() {
     let m = common::reference_dir().join("tiny/llama");

@@ -80,7 +80,7 @@ pub enum Error {
     PromptOverLimit { tokens: usize, limit: usize },
     /// A weight or residual holds NaN or infinity (issue #13): the lens
     /// would otherwise draw garbage as certainty.
-    #[error("{what} holds a non-finite value (`{value}`): the model file is corrupt or its config makes the arithmetic overflow")]
+    #[error("{what} holds a non-finite value (`{value}`): the model file is corrupt or its config makes the arithmetic overflow (`--allow-nonfinite` marks the cells it spoils invalid instead)")]
     NonFinite { what: String, value: f64 },
     /// The request was withdrawn (its client disconnected) mid-computation.
     #[error("cancelled: the client disconnected")]

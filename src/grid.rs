@@ -49,6 +49,12 @@ pub struct LensGrid {
     /// Probability and rank of the actual next input token, `[row][pos]`;
     /// `None` at the last position, which has no next token.
     pub next_token: Vec<Vec<Option<ProbRank>>>,
+    /// Cells whose logits held NaN or infinity, `[row][pos]` (`true` =
+    /// invalid), reachable only with `--allow-nonfinite`. Empty (and absent
+    /// from the JSON) when every cell is valid. An invalid cell's values are
+    /// `null` like a skipped cell's; figures hatch it, tables leave it out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<Vec<bool>>,
     /// Tokens tracked in every cell: `--target`, and the answer and distractors.
     #[serde(default)]
     pub tracked: Vec<TrackedToken>,
@@ -216,6 +222,21 @@ impl LensGrid {
     /// Number of positions.
     pub fn n_positions(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Whether a cell's logits held NaN or infinity (`--allow-nonfinite`);
+    /// false for any cell the `invalid` grid does not cover.
+    pub fn is_invalid(&self, row: usize, pos: usize) -> bool {
+        self.invalid
+            .get(row)
+            .and_then(|r| r.get(pos))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// How many cells are invalid ([`LensGrid::is_invalid`]).
+    pub fn n_invalid(&self) -> usize {
+        self.invalid.iter().flatten().filter(|&&b| b).count()
     }
 
     /// The top-1 token of a cell; `None` for a cell outside `--positions`.

@@ -312,7 +312,8 @@ pub fn apply_lens(
 
         // The other rows, several per matmul.
         for r0 in (0..last).step_by(rows_per_block) {
-            // A long lens stops between blocks of rows as a forward pass does.
+            // A long lens, or one whose `serve` client left, stops between
+            // blocks of rows as a forward pass does.
             crate::model::cancel::check()?;
             let r1 = (r0 + rows_per_block).min(last);
             let h: Vec<Tensor> = (r0..r1)
@@ -335,6 +336,20 @@ pub fn apply_lens(
     }
     grid.iter_mut()
         .for_each(|row| row.resize(t, absent.clone()));
+    if !model.allow_nonfinite {
+        // The forward pass refuses a non-finite residual; this catches the
+        // rest (a head at rest or a final norm that overflows).
+        let bad = grid
+            .iter()
+            .enumerate()
+            .find_map(|(r, row)| row.iter().position(|c| c.invalid).map(|p| (r, p)));
+        if let Some((r, p)) = bad {
+            return Err(Error::NonFinite {
+                what: format!("the lens's logits at row {r}, position {p}"),
+                value: f64::NAN,
+            });
+        }
+    }
     Ok(grid)
 }
 

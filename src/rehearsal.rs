@@ -33,11 +33,15 @@ pub fn summarize(
     let start = grid.tail_start();
     let k = top_k as u32;
     let positions = (start..grid.tokens.len())
-        // Cells outside `--positions` have no rank to summarise.
+        // Cells outside `--positions`, and positions whose output cell is
+        // invalid (`--allow-nonfinite`), have no rank to summarise.
         .filter(|&pos| !answer.cells[n_rows - 1][pos].prob.is_nan())
         .map(|pos| {
             let cell = |row: usize| answer.cells[row][pos];
-            let in_topk = |row: usize| cell(row).rank <= k;
+            // Rank 0 is no rank: an invalid cell (`--allow-nonfinite`)
+            // counts neither as in the top-k nor as the best row.
+            let valid = |row: usize| cell(row).rank > 0;
+            let in_topk = |row: usize| valid(row) && cell(row).rank <= k;
             let first_topk_row = (0..n_rows).find(|&r| in_topk(r));
             let last = n_rows - 1;
             let stable_topk_row = if in_topk(last) {
@@ -50,7 +54,10 @@ pub fn summarize(
                 None
             };
             // `min_by_key` keeps the first minimum: the earliest row on ties.
-            let best_row = (0..n_rows).min_by_key(|&r| cell(r).rank).unwrap_or(last);
+            let best_row = (0..n_rows)
+                .filter(|&r| valid(r))
+                .min_by_key(|&r| cell(r).rank)
+                .unwrap_or(last);
             PositionRehearsal {
                 pos,
                 kind: grid.tokens[pos].kind,
@@ -183,6 +190,7 @@ mod tests {
             topk: vec![vec![Vec::new(); n]; rows],
             kl_to_final: vec![vec![0.0; n]; rows],
             next_token: vec![vec![None; n]; rows],
+            invalid: Vec::new(),
             tracked: vec![TrackedToken {
                 text: " A".into(),
                 id: 7,

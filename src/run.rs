@@ -268,16 +268,20 @@ impl Session {
     /// Open a model: a `.gguf` file, an HF directory, or an `org/name` in the HF cache.
     /// `chat_template` overrides the model's own template.
     pub fn open(spec: &str, precision: Precision, chat_template: Option<&Path>) -> Result<Self> {
-        Self::open_within(spec, precision, None, chat_template)
+        Self::open_within(spec, precision, None, chat_template, false)
     }
 
     /// As [`Session::open`], holding the model within `max_memory` bytes
     /// (`--max-memory`; `None`: what the machine and process limits allow).
+    /// With `allow_nonfinite` (`--allow-nonfinite`), NaN or infinity in a
+    /// weight or residual marks the lens cells it spoils as invalid
+    /// (`LensGrid::invalid`) instead of being an error.
     pub fn open_within(
         spec: &str,
         precision: Precision,
         max_memory: Option<u64>,
         chat_template: Option<&Path>,
+        allow_nonfinite: bool,
     ) -> Result<Self> {
         let ckpt = Checkpoint::open(spec)?;
         let tokenizer = TextTokenizer::from_checkpoint(&ckpt)?;
@@ -285,7 +289,7 @@ impl Session {
             max_memory,
             run_bytes: crate::lens::working_bytes(ckpt.cfg.vocab_size),
         };
-        let model = ckpt.load_within(precision, req)?;
+        let model = ckpt.load_within(precision, req, allow_nonfinite)?;
         let location = ckpt.location;
         let template = match chat_template {
             Some(p) => Some(ChatTemplate::from_file(p)?),

@@ -37,6 +37,9 @@ pub struct CellStats {
     pub next: Option<ProbRank>,
     /// One per tracked id, in order.
     pub tracked: Vec<ProbRank>,
+    /// The logits held NaN or infinity (only reachable with
+    /// `--allow-nonfinite`): every value is NaN and the cell is drawn hatched.
+    pub invalid: bool,
 }
 
 impl CellStats {
@@ -56,7 +59,23 @@ impl CellStats {
                 };
                 n_tracked
             ],
+            invalid: false,
         }
+    }
+
+    /// A cell whose logits are not all finite: no values, like
+    /// [`CellStats::absent`], but flagged so it is never mistaken for a
+    /// skipped cell nor drawn as a number.
+    pub fn invalid(n_tracked: usize) -> Self {
+        CellStats {
+            invalid: true,
+            ..Self::absent(n_tracked)
+        }
+    }
+
+    /// Whether this cell was skipped ([`CellStats::absent`]).
+    pub fn is_absent(&self) -> bool {
+        self.entropy.is_nan() && !self.invalid
     }
 }
 
@@ -66,7 +85,8 @@ impl CellStats {
 pub struct FinalDist {
     /// Probabilities `[vocab]`.
     pub p: Vec<f32>,
-    /// Σ p log p (= −entropy), f64.
+    /// Σ p log p (= −entropy), f64; NaN when the final logits were not all
+    /// finite, so every KL against it is NaN rather than a clamped 0.
     pub neg_entropy: f64,
 }
 
@@ -80,6 +100,13 @@ struct Softmax {
 }
 
 impl Softmax {
+    /// Whether every logit was finite: one NaN or infinity makes `max`, the
+    /// sum or the weighted sum non-finite (an infinite `z − max` gives
+    /// `0 · ∞ = NaN` in `sum_ez`), so three checks cover the whole vector.
+    fn is_finite(&self) -> bool {
+        self.max.is_finite() && self.sum.is_finite() && self.sum_ez.is_finite()
+    }
+
     #[inline(always)]
     fn of(logits: &[f32]) -> Self {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -168,7 +195,11 @@ impl FinalDist {
             .collect();
         Self {
             p,
-            neg_entropy: -sm.entropy(),
+            neg_entropy: if sm.is_finite() {
+                -sm.entropy()
+            } else {
+                f64::NAN
+            },
         }
     }
 }
@@ -191,12 +222,17 @@ pub fn cell_stats(logits: &[f32], q: &CellQuery) -> CellStats {
 #[inline(always)]
 fn cell_stats_portable(logits: &[f32], q: &CellQuery) -> CellStats {
     let sm = Softmax::of(logits);
+    if !sm.is_finite() {
+        return CellStats::invalid(q.tracked.len());
+    }
     let ls = sm.log_sum();
     let topk = top_k(logits, q.k)
         .into_iter()
         .map(|(id, z)| (id, sm.log_prob(z).exp()))
         .collect();
     let kl_to_final = match q.final_dist {
+        // No KL against an invalid final row (NaN, not a clamped 0).
+        Some(f) if f.neg_entropy.is_nan() => f64::NAN,
         // KL = Σ p_f (log p_f − log p) = −H_f − Σ p_f (z − max) + ln S.
         Some(f) => {
             let mut acc = [0f64; 4];
@@ -225,6 +261,7 @@ fn cell_stats_portable(logits: &[f32], q: &CellQuery) -> CellStats {
             .iter()
             .map(|&id| prob_rank_with(logits, &sm, id))
             .collect(),
+        invalid: false,
     }
 }
 
@@ -307,6 +344,34 @@ mod tests {
             },
         );
         assert!(same.kl_to_final < 1e-6);
+    }
+
+    #[test]
+    fn nonfinite_logits_make_an_invalid_cell_not_zero_entropy() {
+        let q = CellQuery {
+            k: 2,
+            final_dist: None,
+            next_id: Some(1),
+            tracked: &[0],
+        };
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut z = vec![0.5f32, 1.0, -2.0, 3.0];
+            z[2] = bad;
+            let c = cell_stats(&z, &q);
+            assert!(c.invalid && !c.is_absent(), "{bad}: {c:?}");
+            assert!(c.entropy.is_nan() && c.topk.is_empty() && c.next.is_none());
+            assert_eq!(c.tracked[0].rank, 0);
+            // A finite row against an invalid final row: no KL, not 0.
+            let f = FinalDist::of(&z);
+            let row = cell_stats(
+                &[0.5, 1.0, -2.0, 3.0],
+                &CellQuery {
+                    final_dist: Some(&f),
+                    ..q
+                },
+            );
+            assert!(!row.invalid && row.kl_to_final.is_nan() && row.entropy > 0.0);
+        }
     }
 
     #[test]

@@ -116,6 +116,117 @@ fn overflowing_residual_names_its_layer() {
     );
 }
 
+/// `--allow-nonfinite`: the same NaN weight as above no longer stops the
+/// run. The cells it spoils (every row after block 1, whose MLP holds the
+/// NaN) are `invalid` in the JSON with `null` values, hatched in the SVG and
+/// shown as `non-finite` in the terminal table; the rows before it keep
+/// their numbers. Without the flag: one `error:` line and exit code 2.
+#[test]
+fn nonfinite_weight_under_allow_nonfinite_gives_invalid_cells_and_a_hatched_svg() {
+    let (d, m) = tiny_llama(|d| poke_f32(d, "model.layers.1.mlp.up_proj.weight", 7, f32::NAN));
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["run", "--model", m.to_str().unwrap()]
+            .iter()
+            .chain(&["--prompt", "The capital of France is"])
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        a.push("--answer".into());
+        a.push(" Paris".into());
+        a
+    };
+    let strict = lensmap(&args(&[]).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let first = assert_error(&strict, "tensor `model.layers.1.mlp.up_proj.weight`");
+    assert_eq!(String::from_utf8_lossy(&strict.stderr).trim_end(), first);
+    assert_eq!(strict.status.code(), Some(2));
+
+    let base = d.path().join("fig");
+    let out = lensmap(
+        &args(&[
+            "--allow-nonfinite",
+            "--out",
+            base.to_str().unwrap(),
+            "--format",
+            "json,svg,png",
+        ])
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.with_extension("json")).unwrap())
+            .unwrap();
+    let (rows, n) = (
+        g["n_rows"].as_u64().unwrap() as usize,
+        g["tokens"].as_array().unwrap().len(),
+    );
+    assert_eq!(rows, 4);
+    assert!(n >= 4, "{n} positions");
+    let entropy = common::grid_f64(&g["entropy"]);
+    let kl = common::grid_f64(&g["kl_to_final"]);
+    assert!(entropy[1].iter().any(|&h| h > 2.0), "{:?}", entropy[1]);
+    for r in 0..rows {
+        for p in 0..n {
+            let invalid = g["invalid"][r][p].as_bool().unwrap();
+            assert_eq!(invalid, r >= 2, "cell ({r}, {p})");
+            if invalid {
+                // No number at all: never 0 nats, never a top token.
+                assert!(g["entropy"][r][p].is_null() && g["kl_to_final"][r][p].is_null());
+                assert_eq!(g["topk"][r][p], serde_json::json!([]));
+                assert_eq!(g["tracked"][0]["cells"][r][p]["rank"], 0);
+            } else {
+                // The valid rows keep real entropies (row 0 reads the tied
+                // embedding back, near 0 nats; row 1 up to 3.6 nats) but
+                // have no KL: the output row is invalid.
+                let h = entropy[r][p];
+                assert!((0.0..=512f64.ln()).contains(&h), "({r}, {p}): {h}");
+                assert!(kl[r][p].is_nan(), "KL against an invalid output row");
+                assert!(!g["topk"][r][p].as_array().unwrap().is_empty());
+            }
+        }
+    }
+    // The rehearsal summary skips every position: their output cells are invalid.
+    assert_eq!(g["rehearsal"]["positions"], serde_json::json!([]));
+    assert!(stdout.contains(&format!(
+        "invalid   {} of {} cells",
+        (rows - 2) * n,
+        rows * n
+    )));
+    assert!(stdout.contains("non-finite"), "{stdout}");
+
+    // The SVG hatches exactly the invalid cells of B with the diagonal pattern.
+    let svg = std::fs::read_to_string(base.with_extension("svg")).unwrap();
+    assert!(svg.contains(r#"<pattern id="hatch""#) && svg.contains("rotate(45)"));
+    let mut seen = [0usize; 2];
+    for line in svg
+        .lines()
+        .filter(|l| l.starts_with(r#"<rect class="cell""#))
+    {
+        let row: usize = line
+            .split("data-row=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let hatched = line.contains(r#"fill="url(#hatch)""#);
+        assert_eq!(hatched, row >= 2, "{line}");
+        assert_eq!(hatched, line.contains(r#"data-invalid="true""#));
+        seen[hatched as usize] += 1;
+    }
+    assert!(seen[0] > 0 && seen[1] == seen[0], "{seen:?}");
+    assert!(svg.contains(r#"id="hatch-key""#));
+    assert!(std::fs::metadata(base.with_extension("png")).unwrap().len() > 1000);
+}
+
 // --- item 2: unbounded chat templates ------------------------------------------
 
 #[test]
@@ -228,6 +339,43 @@ fn gguf_offsets_overflowing_misaligned_or_odd_alignment() {
 }
 
 // --- item 7: messages ---------------------------------------------------------------
+
+/// Found by the `gguf_header` fuzz campaign: a tensor with dimensions
+/// `[2, 0, 2^63, 2^63]` has 0 elements, so the old check passed it, but
+/// candle multiplies the dimensions in reverse and overflowed (a panic with
+/// overflow checks, a wrapped product without). The input is kept as a
+/// corpus seed.
+#[test]
+fn gguf_zero_sized_tensor_with_huge_dims_is_refused() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus/gguf_header/regression-zero-dim-overflow");
+    let err = lensmap::model::GgufFile::open(&input)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("tensor `llama.attention.head_count`: element count overflows"),
+        "{err}"
+    );
+}
+
+/// Found by the `gguf_header` fuzz campaign after the fix above: a tensor
+/// `[32, 0]` made candle build an f32 slice on an unaligned empty buffer (a
+/// panic with debug assertions). A dimension of 0 is refused. Kept as a
+/// corpus seed.
+#[test]
+fn gguf_tensor_with_a_zero_dimension_is_refused() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus/gguf_header/regression-zero-dimension");
+    let err = lensmap::model::GgufFile::open(&input)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("tensor `rope_freqs.weight` has a dimension of 0"),
+        "{err}"
+    );
+}
 
 #[test]
 fn os_error_printed_once() {
@@ -360,6 +508,113 @@ fn bad_zoom_and_window_fail_before_any_work() {
 
 // --- item 6: serve lets go ---------------------------------------------------------
 
+/// Start `lensmap serve --port 0 EXTRA…` on `model`; the child and its address.
+fn spawn_serve(model: &Path, extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lensmap"))
+        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .trim_start_matches("listening on http://")
+        .parse()
+        .unwrap_or_else(|_| panic!("no address in {line:?}"));
+    (child, addr)
+}
+
+/// `GET /api/health` as JSON.
+fn health(addr: std::net::SocketAddr) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET /api/health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("health: {out}"))
+}
+
+/// A client asks for a long run (SmolLM2, a 700-token prompt, 256 greedy
+/// tokens: tens of seconds of work) and hangs up once a worker has it. The
+/// forward pass stops at the next block: `/api/health` shows the worker
+/// free again and the request counted as `cancelled` (a finished run would
+/// not count), well within the generous 20 s bound, and the server logs it.
+#[test]
+fn a_disconnected_client_frees_its_worker_between_blocks() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let model = common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let (mut child, addr) = spawn_serve(&model, &["--workers", "1"]);
+    let body = serde_json::json!({
+        "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "prompt": "the capital of Australia is Canberra. ".repeat(80),
+        "generate": 256,
+    })
+    .to_string();
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        client,
+        "POST /api/lens HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Wait until a worker runs it.
+    while health(addr)["running"] != 1 {
+        assert!(started.elapsed() < Duration::from_secs(20), "never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ran = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    client.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(client);
+    let h = loop {
+        let h = health(addr);
+        if h["running"] == 0 {
+            break h;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the worker is still busy {:.1} s after the client left",
+            ran.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let freed = ran.elapsed();
+    assert_eq!(h["cancelled"], 1, "{h}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        log.contains("request cancelled after") && !log.contains("panicked"),
+        "{log}"
+    );
+    eprintln!(
+        "worker free {:.2} s after the request started",
+        freed.as_secs_f64()
+    );
+}
+
 /// 200 clients send half a request line and stall. The server still answers
 /// a normal request, refuses an oversized `Content-Length` at once, and
 /// exits within 2 s of SIGTERM. The whole test is bounded to 20 s.
@@ -416,6 +671,14 @@ fn slow_loris_clients_do_not_hold_the_server() {
         "GET /api/health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     ));
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // A normal lens request is answered with a whole grid.
+    let body = r#"{"prompt": "Hi", "raw": true}"#;
+    let lens = ask(&format!(
+        "POST /api/lens HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(lens.starts_with("HTTP/1.1 200"), "{lens}");
+    assert!(lens.contains("\"n_rows\":4"), "{lens}");
     // A body declared over the limit: 413 without sending a byte of it.
     let big = ask(&format!(
         "POST /api/lens HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n"

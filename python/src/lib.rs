@@ -870,6 +870,7 @@ fn _figure(
         topk,
         kl_to_final,
         next_token: vec![vec![None; n]; n_rows],
+        invalid: Vec::new(),
         tracked: Vec::new(),
         answer: None,
         rehearsal: None,

@@ -56,6 +56,9 @@ pub struct BatchJob {
     pub precision: Precision,
     /// Memory the model may hold (`None`: what the machine allows).
     pub max_memory: Option<u64>,
+    /// Carry NaN or infinity through, marking the cells it spoils invalid
+    /// (hatched in figures, left out of the tables and curves) instead of failing.
+    pub allow_nonfinite: bool,
     /// The JSONL input, one `{"id", "prompt", "system"?, "answer"?, "alts"?}` a line.
     pub prompts: PathBuf,
     /// The system message of prompts without their own.
@@ -205,6 +208,7 @@ pub fn run(job: &BatchJob, progress: &mut dyn BatchProgress) -> Result<BatchOutc
             job.precision,
             job.max_memory,
             job.chat_template.as_deref(),
+            job.allow_nonfinite,
         )?;
         progress.start(pending.len());
         let chunk = match job.chunk {
@@ -459,6 +463,9 @@ fn settings(job: &BatchJob) -> Result<serde_json::Value> {
     }
     if job.positions != PositionSpec::All {
         settings["positions"] = format!("{:?}", job.positions).into();
+    }
+    if job.allow_nonfinite {
+        settings["allow_nonfinite"] = true.into();
     }
     Ok(settings)
 }

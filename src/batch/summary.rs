@@ -130,8 +130,17 @@ impl CurveBuilder {
             if positions.is_empty() {
                 continue;
             }
-            let n = positions.len() as f64;
             for (row, cells) in answer.cells.iter().enumerate() {
+                // Invalid cells (`--allow-nonfinite`, rank 0) take no part either.
+                let positions: Vec<usize> = positions
+                    .iter()
+                    .copied()
+                    .filter(|&p| cells[p].rank > 0)
+                    .collect();
+                if positions.is_empty() {
+                    continue;
+                }
+                let n = positions.len() as f64;
                 let mean = positions.iter().map(|&p| cells[p].prob).sum::<f64>() / n;
                 let hits = positions
                     .iter()

@@ -94,6 +94,7 @@ impl BatchArgs {
             model: self.model.clone(),
             precision: self.hold.precision,
             max_memory: self.hold.max_memory,
+            allow_nonfinite: self.hold.allow_nonfinite,
             prompts: self.prompts.clone(),
             system: t.system.clone(),
             chat_template: t.chat_template.clone(),

@@ -74,6 +74,14 @@ pub struct HoldArgs {
     /// available; `auto` keeps f32 copies only within half of it)
     #[arg(long, value_name = "SIZE", value_parser = crate::model::budget::parse_max_memory, help_heading = "Model")]
     pub max_memory: Option<u64>,
+    /// Carry NaN or infinity in a weight or residual through, marking the cells it spoils invalid
+    ///
+    /// Without it such a value is an error naming the tensor or layer. With
+    /// it the affected cells are listed in the JSON's `invalid`, hatched in
+    /// the figures (never coloured as a value), and left out of the terminal
+    /// table and the rehearsal summary.
+    #[arg(long, help_heading = "Model")]
+    pub allow_nonfinite: bool,
 }
 
 /// What to feed the model.
@@ -339,6 +347,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         args.model.hold.precision,
         args.model.hold.max_memory,
         args.prompt.template.chat_template.as_deref(),
+        args.model.hold.allow_nonfinite,
     )?;
     let load = clock.elapsed();
     let req = args.request(lenses)?;
@@ -533,6 +542,15 @@ pub fn print_summary(
     if let Some(a) = &grid.answer {
         writeln!(out, "answer    {:?}", a.text)?;
     }
+    let invalid = grid.n_invalid();
+    if invalid > 0 {
+        writeln!(
+            out,
+            "invalid   {invalid} of {} cells hold NaN or infinity (--allow-nonfinite): \
+             shown as `non-finite`, hatched in figures, left out of the rehearsal summary",
+            grid.n_rows * grid.n_positions()
+        )?;
+    }
     // Positions after the last text token: the chat template's tail and dummies.
     let start = grid.tail_start();
     if start >= grid.tokens.len() {
@@ -556,6 +574,7 @@ pub fn print_summary(
         for &r in &rows {
             let cell = match grid.top1(r, pos) {
                 Some(top) => format!("{} {:.1}", show(&top.text, 10), grid.entropy[r][pos]),
+                None if grid.is_invalid(r, pos) => "non-finite".to_string(),
                 None => "-".to_string(), // outside `--positions`
             };
             write!(out, " {:>16}", cell)?;

@@ -77,7 +77,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let mut models = Vec::with_capacity(args.model.len());
     for spec in &args.model {
         let clock = Instant::now();
-        let s = Session::open_within(spec, args.hold.precision, args.hold.max_memory, None)?;
+        let s = Session::open_within(
+            spec,
+            args.hold.precision,
+            args.hold.max_memory,
+            None,
+            args.hold.allow_nonfinite,
+        )?;
         let cfg = &s.model.cfg;
         eprintln!(
             "loaded {} ({}, {} layers, vocab {}, context {}) in {:.1} s",

@@ -191,14 +191,25 @@ pub fn check_gguf_header(bytes: &[u8]) -> std::result::Result<GgufLayout, String
                 "tensor `{name}` has `{n_dims}` dimensions (at most {MAX_DIMS})"
             ));
         }
-        let mut elems = 1u64;
+        // The product of the non-zero dimensions must fit, not only the
+        // product itself: candle multiplies them in reverse order, so
+        // `[2, 0, 2^63, 2^63]` (0 elements here) overflows there (found by
+        // the gguf_header fuzz target).
+        let (mut nonzero, mut empty) = (1u64, false);
         for _ in 0..n_dims {
             let d = r.len()?;
-            elems = elems
-                .checked_mul(d)
+            empty |= d == 0;
+            nonzero = nonzero
+                .checked_mul(d.max(1))
                 .filter(|&e| e <= isize::MAX as u64)
                 .ok_or_else(|| format!("tensor `{name}`: element count overflows"))?;
         }
+        // A tensor without elements holds no weights; candle also builds a
+        // misaligned slice for one (found by the gguf_header fuzz target).
+        if empty {
+            return Err(format!("tensor `{name}` has a dimension of 0"));
+        }
+        let elems = nonzero;
         let ty = r.u32()?;
         let offset = r.u64()?;
         let (block, block_bytes) =

@@ -109,14 +109,20 @@ impl Checkpoint {
     /// Build the model at `precision` after the memory preflight
     /// ([`budget::plan`]; `Auto` is resolved there).
     pub fn load(&self, precision: Precision) -> Result<Model> {
-        self.load_within(precision, MemoryRequest::default())
+        self.load_within(precision, MemoryRequest::default(), false)
     }
 
     /// As [`Checkpoint::load`], within `req` (`--max-memory`, and what the
-    /// run needs beside the model).
-    pub fn load_within(&self, precision: Precision, req: MemoryRequest) -> Result<Model> {
+    /// run needs beside the model); `allow_nonfinite` lets weights holding
+    /// NaN or infinity load (`--allow-nonfinite`).
+    pub fn load_within(
+        &self,
+        precision: Precision,
+        req: MemoryRequest,
+        allow_nonfinite: bool,
+    ) -> Result<Model> {
         let need = budget::need(self.source(), self.names(), self.cfg.n_layers)?;
         let plan = budget::plan(need, &self.location.label(), precision, req)?;
-        Model::load(self, &plan)
+        Model::load(self, &plan, allow_nonfinite)
     }
 }

@@ -26,6 +26,9 @@ pub struct Loader<'a> {
     pub names: &'a dyn TensorNames,
     pub cfg: &'a ModelConfig,
     pub precision: Precision,
+    /// `--allow-nonfinite`: load weights holding NaN or infinity instead of
+    /// refusing them (the lens marks the cells they spoil as invalid).
+    pub allow_nonfinite: bool,
 }
 
 impl Loader<'_> {
@@ -50,7 +53,7 @@ impl Loader<'_> {
         let name = self.name(part, layer, bias);
         self.check_shape(&name, shape)?;
         let t = self.src.f32(&name)?;
-        super::bounds::check_finite(&t, || format!("tensor `{name}`"))?;
+        self.check_finite(&t, &name)?;
         Ok(t.reshape(shape)?)
     }
 
@@ -67,6 +70,14 @@ impl Loader<'_> {
             let (r, c) = m.dims();
             [r, c] == shape
         }))
+    }
+
+    /// Refuse a weight holding NaN or infinity, unless `allow_nonfinite`.
+    fn check_finite(&self, t: &Tensor, name: &str) -> Result<()> {
+        if self.allow_nonfinite {
+            return Ok(());
+        }
+        super::bounds::check_finite(t, || format!("tensor `{name}`"))
     }
 
     fn check_shape(&self, name: &str, expected: &[usize]) -> Result<()> {
@@ -111,11 +122,11 @@ impl Loader<'_> {
                 // f32 copies go through the same panel routine as weights at
                 // rest, so the two precisions sum in the same order.
                 MatWeight::Dense(w) if dtype == DType::F32 => {
-                    super::bounds::check_finite(&w, || format!("tensor `{name}`"))?;
+                    self.check_finite(&w, &name)?;
                     MatWeight::Stored(StoredMatrix::copied(&w)?)
                 }
                 MatWeight::Dense(w) => {
-                    super::bounds::check_finite(&w, || format!("tensor `{name}`"))?;
+                    self.check_finite(&w, &name)?;
                     MatWeight::Dense(w.t()?.contiguous()?.to_dtype(dtype)?)
                 }
                 q => q,

@@ -102,6 +102,10 @@ pub struct Model {
     /// Whether finished blocks are released to the page cache (larger than
     /// memory: the file is streamed block by block).
     pub streaming: bool,
+    /// `--allow-nonfinite`: NaN or infinity in a weight or a residual is
+    /// carried through instead of refused; the lens marks the cells it
+    /// spoils as invalid ([`crate::stats::CellStats::invalid`]).
+    pub allow_nonfinite: bool,
     /// `[vocab, d]`, unscaled: an f32 copy, or at rest.
     embed: StoredMatrix,
     /// `[context, d]` learned positions (GPT-2).
@@ -119,8 +123,9 @@ pub struct Model {
 
 impl Model {
     /// Build a model from an opened checkpoint, after the memory preflight
-    /// ([`budget::plan`]) has resolved the precision.
-    pub fn load(ckpt: &Checkpoint, plan: &MemoryPlan) -> Result<Self> {
+    /// ([`budget::plan`]) has resolved the precision. A weight holding NaN or
+    /// infinity is an error naming the tensor, unless `allow_nonfinite`.
+    pub fn load(ckpt: &Checkpoint, plan: &MemoryPlan, allow_nonfinite: bool) -> Result<Self> {
         let (cfg, src, names) = (&ckpt.cfg, ckpt.source(), ckpt.names());
         let precision = plan.precision;
         let ld = Loader {
@@ -128,6 +133,7 @@ impl Model {
             names,
             cfg,
             precision,
+            allow_nonfinite,
         };
         let (v, d) = (cfg.vocab_size, cfg.d_model);
         let table = |part| -> Result<StoredMatrix> {
@@ -172,6 +178,7 @@ impl Model {
             label: src.label(),
             precision,
             streaming: plan.streaming,
+            allow_nonfinite,
             embed,
             pos_embed,
             blocks,
@@ -223,7 +230,7 @@ impl Model {
                 *x = block
                     .forward(h, start, &mut seq.cache.layers[i])
                     .and_then(|y| {
-                        bounds::check_finite(&y, || format!("the residual after block {i}"))?;
+                        self.check_finite(&y, || format!("the residual after block {i}"))?;
                         if let Some(r) = seq.recorder.as_deref_mut() {
                             r.record(i + 1, &y)?;
                         }
@@ -270,11 +277,19 @@ impl Model {
             x = (x + pe.narrow(0, start, ids.len())?)?;
         }
         let x = x.to_dtype(self.precision.activation_dtype())?;
-        bounds::check_finite(&x, || "the embedding output".into())?;
+        self.check_finite(&x, || "the embedding output".into())?;
         if let Some(r) = seq.recorder.as_deref_mut() {
             r.record(0, &x)?;
         }
         Ok(x)
+    }
+
+    /// Refuse a residual holding NaN or infinity, unless `allow_nonfinite`.
+    fn check_finite(&self, x: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
+        if self.allow_nonfinite {
+            return Ok(());
+        }
+        bounds::check_finite(x, what)
     }
 
     /// The final norm's `(weight, eps)` if it is an RMSNorm, and the
@@ -407,9 +422,14 @@ impl Model {
             let mut next_ids = vec![None; seqs.len()];
             for (k, h) in hs.iter_mut().enumerate() {
                 let Some(hk) = h.as_ref() else { continue };
-                let next = self
-                    .unembed(hk)
-                    .and_then(|l| Ok(l.argmax(D::Minus1)?.to_vec1::<u32>()?[0]));
+                // Under `--allow-nonfinite` the forward pass lets NaN through; a
+                // greedy token picked from it would be garbage, so refuse it.
+                let next = self.unembed(hk).and_then(|l| {
+                    bounds::check_finite(&l, || {
+                        format!("the model's output logits at generated token {step} (`--generate` needs finite logits even with `--allow-nonfinite`)")
+                    })?;
+                    Ok(l.argmax(D::Minus1)?.to_vec1::<u32>()?[0])
+                });
                 match (next, &mut outs[k]) {
                     (Ok(next), Ok(out)) => {
                         out.push(next);

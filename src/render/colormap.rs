@@ -290,6 +290,15 @@ pub fn cell_value(grid: &LensGrid, stat: Stat, row: usize, pos: usize) -> Option
     }
 }
 
+/// Whether a cell has no value because logits were not finite
+/// (`--allow-nonfinite`): figures hatch it, never colour it from the scale.
+/// For `kl` a cell is also invalid when its position's output row is, since
+/// the KL has no reference there.
+pub fn cell_invalid(grid: &LensGrid, stat: Stat, row: usize, pos: usize) -> bool {
+    grid.is_invalid(row, pos)
+        || (stat == Stat::Kl && grid.is_invalid(grid.n_rows.saturating_sub(1), pos))
+}
+
 /// Check that `stat` can be drawn for this grid (target stats need a target).
 pub fn check_stat(grid: &LensGrid, stat: Stat) -> Result<()> {
     if matches!(stat, Stat::TargetProb | Stat::TargetRank)

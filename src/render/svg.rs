@@ -7,12 +7,14 @@
 //! * B's x labels: `text.xlabel[data-pos][data-kind]`, and for template and
 //!   dummy positions `rect.kind-box[data-pos]` (class `kind-template` / `kind-dummy`);
 //! * C's rows: `g.zoom-row[data-row][data-token-id]`, counts:
-//!   `g.zoom-count[data-token-id][data-count]`.
+//!   `g.zoom-count[data-token-id][data-count]`;
+//! * invalid cells (`--allow-nonfinite`): filled with `url(#hatch)`, the
+//!   `pattern#hatch` of diagonal lines; B's carry `data-invalid="true"`.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use super::colormap::{cell_value, Palette, Rgb, StatScale};
+use super::colormap::{cell_invalid, cell_value, Palette, Rgb, StatScale};
 use super::font::{text_width, FONT_STACK};
 use super::labels::{plain_text, token_label, xml_escape};
 use super::layout::*;
@@ -31,6 +33,12 @@ pub const TEMPLATE_STRIP_COLOR: &str = "#8fb3e8";
 /// Fill of dummy boxes.
 pub const DUMMY_FILL: &str = "#dbe8fb";
 const GREY: &str = "#555555";
+/// Fill of a cell with no value because its logits were not finite: diagonal
+/// lines on white, which no colour scale contains ([`HATCH_PATTERN`]).
+pub const HATCH_FILL: &str = "url(#hatch)";
+/// The diagonal-line pattern behind [`HATCH_FILL`], defined once per panel
+/// that has invalid cells.
+pub const HATCH_PATTERN: &str = r##"<defs><pattern id="hatch" width="5" height="5" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="5" height="5" fill="#ffffff"/><path d="M0 0V5" stroke="#333333" stroke-width="2"/></pattern></defs>"##;
 
 /// Format a coordinate: integers bare, else two decimals without trailing zeros.
 /// (Also the batch's rehearsal figure's.)
@@ -139,7 +147,9 @@ fn render_side_by_side(grid: &LensGrid, opts: &FigureOptions) -> Result<String> 
         let inner = if i == 0 {
             inner.to_string()
         } else {
-            inner.replace(" id=\"", &format!(" id=\"lens{i}-"))
+            inner
+                .replace(" id=\"", &format!(" id=\"lens{i}-"))
+                .replace("url(#", &format!("url(#lens{i}-"))
         };
         let _ = writeln!(
             body,
@@ -180,6 +190,10 @@ fn render_panel(grid: &LensGrid, opts: &FigureOptions) -> Result<String> {
         fam = FONT_STACK.replace('\'', "&apos;"),
         fs = LABEL_SIZE
     );
+    if grid.n_invalid() > 0 {
+        s.push_str(HATCH_PATTERN);
+        s.push('\n');
+    }
 
     // Title and subtitle.
     let title = opts
@@ -215,6 +229,9 @@ fn render_panel(grid: &LensGrid, opts: &FigureOptions) -> Result<String> {
     draw_detail(&mut s, grid, &lay, &scale);
     draw_zoom(&mut s, grid, &lay);
     draw_colorbar(&mut s, &lay, &scale);
+    if grid.n_invalid() > 0 {
+        draw_hatch_key(&mut s, &lay);
+    }
     s.push_str("</svg>\n");
     Ok(s)
 }
@@ -266,14 +283,19 @@ fn draw_overview(
     // Cells: one path per colour.
     let mut paths: HashMap<Rgb, String> = HashMap::new();
     let mut order: Vec<Rgb> = Vec::new();
+    let mut hatched = String::new();
     for row in 0..a.n_rows {
         let y = a.row_y(row);
         for pos in 0..n_pos {
-            let c = scale.color(cell_value(grid, scale.stat, row, pos));
-            let d = paths.entry(c).or_insert_with(|| {
-                order.push(c);
-                String::new()
-            });
+            let d = if cell_invalid(grid, scale.stat, row, pos) {
+                &mut hatched
+            } else {
+                let c = scale.color(cell_value(grid, scale.stat, row, pos));
+                paths.entry(c).or_insert_with(|| {
+                    order.push(c);
+                    String::new()
+                })
+            };
             let _ = write!(
                 d,
                 "M{} {}h{}v{}h-{}z",
@@ -288,6 +310,12 @@ fn draw_overview(
     s.push_str("<g class=\"overview-cells\" shape-rendering=\"crispEdges\">\n");
     for c in order {
         let _ = writeln!(s, r#"<path fill="{}" d="{}"/>"#, c.hex(), paths[&c]);
+    }
+    if !hatched.is_empty() {
+        let _ = writeln!(
+            s,
+            r#"<path class="invalid-cells" fill="{HATCH_FILL}" d="{hatched}"/>"#
+        );
     }
     s.push_str("</g>\n");
 
@@ -467,6 +495,17 @@ fn draw_detail(s: &mut String, grid: &LensGrid, lay: &FigureLayout, scale: &Stat
     for row in 0..b.n_rows {
         for pos in w0..w1 {
             let r = b.cell(row, pos).expect("cell in window");
+            if cell_invalid(grid, scale.stat, row, pos) {
+                let _ = writeln!(
+                    s,
+                    r#"<rect class="cell" data-row="{row}" data-pos="{pos}" data-invalid="true" x="{}" y="{}" width="{}" height="{}" fill="{HATCH_FILL}"/>"#,
+                    n(r.x),
+                    n(r.y),
+                    n(r.w),
+                    n(r.h),
+                );
+                continue;
+            }
             let c = scale.color(cell_value(grid, scale.stat, row, pos));
             let _ = writeln!(
                 s,
@@ -673,11 +712,21 @@ fn draw_zoom(s: &mut String, grid: &LensGrid, lay: &FigureLayout) {
         + text_width(4, LABEL_SIZE);
     let x_bar = x_prob + 6.0;
     for row in 0..b.n_rows {
-        let Some(t) = grid.topk[row][z].first() else {
-            continue;
-        };
         let cy = b.row_y(row) + b.cell_h / 2.0;
         let by = baseline(cy, LABEL_SIZE);
+        let Some(t) = grid.topk[row][z].first() else {
+            if grid.is_invalid(row, z) {
+                let _ = writeln!(
+                    s,
+                    r#"<g class="zoom-row zoom-invalid" data-row="{row}"><text x="{}" y="{by}" text-anchor="end" fill="{GREY}">{}</text><text x="{}" y="{by}" fill="{GREY}">non-finite</text></g>"#,
+                    n(x_label),
+                    grid.row_label(row),
+                    n(x_tok),
+                    by = n(by),
+                );
+            }
+            continue;
+        };
         let _ = writeln!(
             s,
             r##"<g class="zoom-row" data-row="{row}" data-token-id="{}" data-prob="{:.4}"><text x="{}" y="{}" text-anchor="end" fill="{GREY}">{}</text><text x="{}" y="{}">{}</text><text x="{}" y="{}" text-anchor="end">{:.2}</text><rect x="{}" y="{}" width="{C_BAR_W}" height="7" fill="#eeeeee"/><rect x="{}" y="{}" width="{}" height="7" fill="{ZOOM_COLOR}" opacity="0.75"/></g>"##,
@@ -736,6 +785,22 @@ fn draw_zoom(s: &mut String, grid: &LensGrid, lay: &FigureLayout) {
         );
     }
     s.push_str("</g>\n");
+}
+
+/// The key of the hatched cells, under the colour bar and its notes.
+fn draw_hatch_key(s: &mut String, lay: &FigureLayout) {
+    let r = lay.colorbar;
+    let y = r.bottom() + 32.0;
+    let _ = writeln!(
+        s,
+        r#"<g id="hatch-key"><rect x="{}" y="{}" width="{}" height="10" fill="{HATCH_FILL}" stroke="{GREY}" stroke-width="0.6"/><text x="{}" y="{}" fill="{GREY}" font-size="{}">non-finite</text></g>"#,
+        n(r.x),
+        n(y),
+        n(r.w),
+        n(r.right() + 5.0),
+        n(y + 8.0),
+        SMALL_SIZE
+    );
 }
 
 /// The colour bar: gradient, ticks, title, clip marker.

@@ -34,6 +34,9 @@ pub struct AppState {
     /// How and where every request's lens is computed.
     pub lens_precision: crate::lens::LensPrecision,
     pub positions: crate::lens::PositionSpec,
+    /// Requests stopped early because their client disconnected
+    /// (`/api/health`'s `cancelled`).
+    pub cancelled: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 type Shared = Arc<AppState>;
@@ -277,6 +280,7 @@ async fn health(State(state): State<Shared>) -> Response {
         "queue": state.pool.queue(),
         "running": load.running,
         "waiting": load.waiting,
+        "cancelled": state.cancelled.load(std::sync::atomic::Ordering::SeqCst),
     }))
     .into_response()
 }
@@ -340,11 +344,19 @@ async fn run_job(
     }
     let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _cancel = CancelOnDrop(Arc::clone(&flag));
+    let cancelled = Arc::clone(&state.cancelled);
     let rx = state
         .pool
         .try_run(move || {
             let started = Instant::now();
-            let out = crate::model::cancel::with_flag(flag, job);
+            let out = crate::model::cancel::with_flag(Arc::clone(&flag), job);
+            if out.is_err() && flag.load(std::sync::atomic::Ordering::Relaxed) {
+                cancelled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                eprintln!(
+                    "request cancelled after {:.2} s: the client disconnected",
+                    started.elapsed().as_secs_f64()
+                );
+            }
             out.map(|mut p| {
                 p.timing = Some((started - submitted, started.elapsed()));
                 p

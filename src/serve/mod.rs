@@ -215,6 +215,7 @@ pub fn start(config: ServeConfig) -> Result<Server> {
         lenses: config.lenses,
         lens_precision: config.lens_precision,
         positions: config.positions,
+        cancelled: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stop_on_signal = config.stop_on_signal;

@@ -193,6 +193,7 @@ pub fn grid_from_reference_json(text: &str) -> Result<LensGrid> {
         topk,
         kl_to_final: kl,
         next_token,
+        invalid: Vec::new(),
         tracked,
         answer,
         rehearsal: None,
@@ -327,6 +328,7 @@ pub fn synthetic_grid(n_positions: usize, n_rows: usize) -> LensGrid {
         topk,
         kl_to_final: kl,
         next_token,
+        invalid: Vec::new(),
         tracked: vec![TrackedToken {
             text: " Canberra".into(),
             id: 104,

@@ -50,6 +50,13 @@
     var v = parseInt(h.replace('#', ''), 16);
     return [(v >> 16) & 255, (v >> 8) & 255, v & 255];
   }
+  /* A cell whose logits were not finite (--allow-nonfinite): hatched, never a colour of the scale.
+     For kl, also when the position's output row is invalid (no reference). */
+  function invalidCell(grid, stat, row, pos) {
+    var inv = grid.invalid || [];
+    var at = function (r) { return !!(inv[r] && inv[r][pos]); };
+    return at(row) || (stat === 'kl' && at(grid.n_rows - 1));
+  }
 
   function el(tag, attrs, parent, text) {
     var e = document.createElement(tag);
@@ -158,6 +165,10 @@
     function tooltipText(row, pos) {
       var t = grid.tokens[pos], lines = [];
       lines.push('layer ' + spec.row_labels[row] + ' \u00b7 pos ' + pos + ' ' + label(t.text) + ' (' + t.kind + ')');
+      if (invalidCell(grid, 'entropy', row, pos)) {
+        lines.push('non-finite: the logits hold NaN or infinity (--allow-nonfinite)');
+        return lines.join('\n');
+      }
       if (grid.entropy[row][pos] === null) {
         lines.push('not computed (outside --positions)');
         return lines.join('\n');
@@ -205,6 +216,8 @@
       for (var r = 0; r < rows; r++) {
         for (var p = 0; p < n; p++) {
           var c = hexRgb(s.cells[r].substr(7 * p, 6));
+          // One pixel a cell: invalid cells alternate dark and white along diagonals.
+          if (invalidCell(grid, state.stat, r, p)) c = (r + p) % 2 ? [51, 51, 51] : [255, 255, 255];
           var o = ((rows - 1 - r) * n + p) * 4;
           img.data[o] = c[0]; img.data[o + 1] = c[1]; img.data[o + 2] = c[2]; img.data[o + 3] = 255;
         }
@@ -239,6 +252,10 @@
       svg.setAttribute('height', height);
       svg.setAttribute('viewBox', '0 0 ' + (barx + 90) + ' ' + height);
       sv('text', { x: gx, y: gy - 8, 'class': 'lv-region' }, svg, 'positions ' + w0 + '\u2013' + (w1 - 1));
+      var hatch = sv('pattern', { id: 'lv-hatch', width: 5, height: 5, patternUnits: 'userSpaceOnUse',
+                                  patternTransform: 'rotate(45)' }, sv('defs', {}, svg));
+      sv('rect', { width: 5, height: 5, fill: '#ffffff' }, hatch);
+      sv('path', { d: 'M0 0V5', stroke: '#333333', 'stroke-width': 2 }, hatch);
       var g = sv('g', { 'class': 'lv-cells' }, svg), gt = sv('g', { 'class': 'lv-cell-texts' }, svg);
       for (var r = 0; r < rows; r++) {
         var y = gy + (rows - 1 - r) * CH;
@@ -246,8 +263,10 @@
         for (var p = w0; p < w1; p++) {
           var x = gx + (p - w0) * CW;
           var top = grid.topk[r][p][0];
+          var bad = invalidCell(grid, state.stat, r, p);
           sv('rect', { 'class': 'lv-cell', 'data-row': r, 'data-pos': p, 'data-top1': top ? display(top.text) : '',
-                       x: x, y: y, width: CW, height: CH, fill: cellColor(s, r, p) }, g);
+                       'data-invalid': bad ? 'true' : 'false',
+                       x: x, y: y, width: CW, height: CH, fill: bad ? 'url(#lv-hatch)' : cellColor(s, r, p) }, g);
           sv('text', { x: x + CW / 2, y: y + CH / 2 + 3.4, fill: cellText(s, r, p),
                        'data-row': r, 'data-pos': p, 'class': 'lv-cell lv-cell-text' }, gt, top ? label(top.text) : '');
         }

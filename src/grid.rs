@@ -440,6 +440,14 @@ impl LensGrid {
                 .iter()
                 .map(|row| row.iter().map(|c| c.next).collect())
                 .collect(),
+            invalid: if cells.iter().flatten().any(|c| c.invalid) {
+                cells
+                    .iter()
+                    .map(|row| row.iter().map(|c| c.invalid).collect())
+                    .collect()
+            } else {
+                Vec::new()
+            },
             tracked,
             answer,
             rehearsal: None,

@@ -168,8 +168,8 @@ fn nonfinite_weight_under_allow_nonfinite_gives_invalid_cells_and_a_hatched_svg(
     );
     assert_eq!(rows, 4);
     assert!(n >= 4, "{n} positions");
-    let entropy = common::grid_f64(&g["entropy"]);
-    let kl = common::grid_f64(&g["kl_to_final"]);
+    let entropy = crate::common::grid_f64(&g["entropy"]);
+    let kl = crate::common::grid_f64(&g["kl_to_final"]);
     assert!(entropy[1].iter().any(|&h| h > 2.0), "{:?}", entropy[1]);
     for r in 0..rows {
         for p in 0..n {
@@ -511,7 +511,7 @@ fn bad_zoom_and_window_fail_before_any_work() {
 /// Start `lensmap serve --port 0 EXTRA…` on `model`; the child and its address.
 fn spawn_serve(model: &Path, extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lensmap"))
+    let mut child = lensmap_cmd()
         .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
         .args(extra)
         .stdin(std::process::Stdio::null())
@@ -558,7 +558,7 @@ fn a_disconnected_client_frees_its_worker_between_blocks() {
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
     let started = Instant::now();
-    let model = common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = crate::common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf");
     let (mut child, addr) = spawn_serve(&model, &["--workers", "1"]);
     let body = serde_json::json!({
         "model": "SmolLM2-135M-Instruct.Q4_1.gguf",

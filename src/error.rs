@@ -80,7 +80,7 @@ pub enum Error {
     PromptOverLimit { tokens: usize, limit: usize },
     /// A weight or residual holds NaN or infinity (issue #13): the lens
     /// would otherwise draw garbage as certainty.
-    #[error("{what} holds a non-finite value (`{value}`): the model file is corrupt or its config makes the arithmetic overflow (allowing non-finite values marks the cells it spoils invalid instead)")]
+    #[error("{what} holds a non-finite value (`{value}`): the model file is corrupt or its config makes the arithmetic overflow")]
     NonFinite { what: String, value: f64 },
     /// The request was withdrawn (its client disconnected) mid-computation.
     #[error("cancelled: the client disconnected")]
@@ -264,6 +264,9 @@ impl Error {
             Error::OutOfMemory { .. } => Some(
                 "hold the weights at rest (precision `rest`: they stay in the mapped file) or allow more memory".into(),
             ),
+            Error::NonFinite { .. } => Some(
+                "allow non-finite values to mark the cells it spoils invalid instead".into(),
+            ),
             Error::BadOption {
                 option: OptionName::Stat,
                 ..
@@ -305,6 +308,8 @@ pub enum OptionName {
     DummyText,
     /// The tracked answer (`auto` needs generated tokens).
     Answer,
+    /// The number of prompts a batch runs through each block at once.
+    Chunk,
     /// How many of the greedy answer's tokens to skip.
     AnswerSkip,
     /// The statistic a figure colours by.

@@ -625,7 +625,8 @@ fn block_major_chunks_equal_prompt_major_at_rest() {
     assert_same_outputs(&prompt_major.out, &block_major.out);
     let c = batch(&block_major, &["--precision", "rest", "--chunk", "0"]);
     assert!(
-        stderr(&c).contains("`--chunk` must be at least 1"),
+        stderr(&c).contains("the chunk size must be at least 1")
+            && stderr(&c).contains("hint: `--chunk` takes"),
         "{}",
         stderr(&c)
     );

@@ -510,6 +510,7 @@ fn option_hint(option: crate::OptionName) -> &'static str {
         O::MemoryLimit => "`--max-memory` sets the memory limit",
         O::DummyText => "pass a `--dummy-text` that is one token",
         O::Answer => "pass `--generate N`, or a named `--answer TEXT`",
+        O::Chunk => "`--chunk` takes a chunk size of at least 1",
         O::AnswerSkip => "lower `--answer-skip` or raise `--generate`",
         O::Stat => "pass `--target TEXT`, or another `--stat`",
         O::ChunkOrder => "list enough chunk indices in the `--chunk-order` file",

@@ -80,7 +80,7 @@ pub enum Error {
     PromptOverLimit { tokens: usize, limit: usize },
     /// A weight or residual holds NaN or infinity (issue #13): the lens
     /// would otherwise draw garbage as certainty.
-    #[error("{what} holds a non-finite value (`{value}`): the model file is corrupt or its config makes the arithmetic overflow (`--allow-nonfinite` marks the cells it spoils invalid instead)")]
+    #[error("{what} holds a non-finite value (`{value}`): the model file is corrupt or its config makes the arithmetic overflow")]
     NonFinite { what: String, value: f64 },
     /// The request was withdrawn (its client disconnected) mid-computation.
     #[error("cancelled: the client disconnected")]
@@ -88,6 +88,11 @@ pub enum Error {
     /// An option is out of range or inconsistent.
     #[error("{0}")]
     InvalidOption(String),
+    /// One named option is out of range or inconsistent; `reason` names it
+    /// in words and `option` says which it is, for each front end to point
+    /// at its own flag or field.
+    #[error("{reason}")]
+    BadOption { option: OptionName, reason: String },
     /// An input file the user gave could not be read as what it should be;
     /// the parser's own error is kept as the cause.
     #[error("{what}")]
@@ -104,7 +109,7 @@ pub enum Error {
         precision: &'static str,
         needed: String,
         available: String,
-        /// What set the limit: `MemAvailable`, `--max-memory`, the cgroup, `RLIMIT_AS`.
+        /// What set the limit: `MemAvailable`, the memory limit, the cgroup, `RLIMIT_AS`.
         limit: &'static str,
     },
 
@@ -215,6 +220,7 @@ impl Error {
             | Error::PromptTooLong { .. }
             | Error::PromptOverLimit { .. }
             | Error::InvalidOption(_)
+            | Error::BadOption { .. }
             | Error::BadInput { .. } => ErrorKind::UserInput,
             Error::OutOfMemory { .. } => ErrorKind::ResourceExhausted,
             Error::Cancelled | Error::Interrupted => ErrorKind::Interrupted,
@@ -258,7 +264,22 @@ impl Error {
             Error::OutOfMemory { .. } => Some(
                 "hold the weights at rest (precision `rest`: they stay in the mapped file) or allow more memory".into(),
             ),
+            Error::NonFinite { .. } => Some(
+                "allow non-finite values to mark the cells it spoils invalid instead".into(),
+            ),
+            Error::BadOption {
+                option: OptionName::Stat,
+                ..
+            } => Some("track a target token, or colour by another statistic".into()),
             _ => None,
+        }
+    }
+
+    /// A [`Error::BadOption`] about `option`.
+    pub fn option(option: OptionName, reason: impl Into<String>) -> Self {
+        Error::BadOption {
+            option,
+            reason: reason.into(),
         }
     }
 
@@ -269,6 +290,40 @@ impl Error {
             err: source,
         }
     }
+}
+
+/// The options an [`Error::BadOption`] can be about, named by what they
+/// set rather than by any front end's flag (`--lens-precision`, `lens_precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionName {
+    /// Which lenses to read the residual through.
+    Lens,
+    /// The precision of the lens arithmetic.
+    LensPrecision,
+    /// The positions the lens is computed at.
+    Positions,
+    /// The memory limit lensmap may use.
+    MemoryLimit,
+    /// The filler text of the dummy tokens.
+    DummyText,
+    /// The tracked answer (`auto` needs generated tokens).
+    Answer,
+    /// The number of prompts a batch runs through each block at once.
+    Chunk,
+    /// How many of the greedy answer's tokens to skip.
+    AnswerSkip,
+    /// The statistic a figure colours by.
+    Stat,
+    /// The file listing the training chunks' order.
+    ChunkOrder,
+    /// The training chunk length in tokens.
+    SeqLen,
+    /// The held-out corpus for training.
+    Heldout,
+    /// The number of training tokens.
+    TrainTokens,
+    /// The positions sampled per training step and the steps per chunk.
+    StepSizes,
 }
 
 /// An error and its causes, joined by `: `, e.g. minijinja's `syntax error:

@@ -19,7 +19,7 @@ use crate::model::{KvCache, Model, ResidualTrace};
 use crate::prompt::TokenKind;
 use crate::stats::{cell_stats, CellQuery, CellStats, FinalDist};
 use crate::tuned::TunedLens;
-use crate::{Error, Result};
+use crate::{Error, OptionName, Result};
 
 /// Floats of logits alive at once (64 MiB), unless that is fewer than
 /// `MIN_CELLS_PER_MATMUL` rows of logits.
@@ -71,9 +71,12 @@ impl Lens {
                     Some(dir) if !dir.is_empty() => Ok(Lens::Tuned(Arc::new(TunedLens::open(
                         std::path::Path::new(dir),
                     )?))),
-                    _ => Err(Error::InvalidOption(format!(
-                        "`--lens` takes `logit`, `tuned:DIR` or both joined by a comma, got `{s}`"
-                    ))),
+                    _ => Err(Error::option(
+                        OptionName::Lens,
+                        format!(
+                            "a lens is `logit`, `tuned:DIR` or both joined by a comma, got `{s}`"
+                        ),
+                    )),
                 },
             })
             .collect::<Result<Vec<_>>>()?;
@@ -133,9 +136,10 @@ impl std::str::FromStr for LensPrecision {
         match s {
             "f32" => Ok(LensPrecision::F32),
             "bf16" => Ok(LensPrecision::Bf16),
-            _ => Err(Error::InvalidOption(format!(
-                "`--lens-precision` must be `f32` or `bf16`, got `{s}`"
-            ))),
+            _ => Err(Error::option(
+                OptionName::LensPrecision,
+                format!("the lens precision must be `f32` or `bf16`, got `{s}`"),
+            )),
         }
     }
 }
@@ -162,16 +166,18 @@ impl PositionSpec {
             PositionSpec::Tail => {
                 let start = crate::prompt::tail_start(kinds.iter().copied());
                 if start >= t {
-                    return Err(Error::InvalidOption(
-                        "`--positions tail`: no position follows the user's text".into(),
+                    return Err(Error::option(
+                        OptionName::Positions,
+                        "the positions `tail`: no position follows the user's text",
                     ));
                 }
                 Ok(Some(start..t))
             }
             PositionSpec::Range(a, b) if b <= t => Ok(Some(a..b)),
-            PositionSpec::Range(a, b) => Err(Error::InvalidOption(format!(
-                "`--positions {a}..{b}` goes past the prompt's {t} positions"
-            ))),
+            PositionSpec::Range(a, b) => Err(Error::option(
+                OptionName::Positions,
+                format!("the positions `{a}..{b}` go past the prompt's {t} positions"),
+            )),
         }
     }
 }
@@ -265,10 +271,13 @@ pub fn apply_lens(
 
     let span = q.positions.clone().unwrap_or(0..t);
     if span.start >= span.end || span.end > t {
-        return Err(Error::InvalidOption(format!(
-            "`--positions {}..{}` is outside the prompt's {t} positions",
-            span.start, span.end
-        )));
+        return Err(Error::option(
+            OptionName::Positions,
+            format!(
+                "the positions `{}..{}` are outside the prompt's {t} positions",
+                span.start, span.end
+            ),
+        ));
     }
     let absent = CellStats::absent(q.tracked.len());
     let mut grid: CellGrid = (0..n_rows)

@@ -92,7 +92,7 @@ pub mod serve;
 pub mod synth;
 pub mod train;
 
-pub use error::{Error, Result};
+pub use error::{Error, OptionName, Result};
 pub use grid::LensGrid;
 
 /// Keep freed activation buffers in the heap instead of returning them to the

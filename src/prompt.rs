@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::template::{ChatTemplate, Message};
 use crate::tokenize::TextTokenizer;
-use crate::{Error, Result};
+use crate::{Error, OptionName, Result};
 
 /// What put a token into the prompt.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -85,7 +85,7 @@ pub fn build_prompt(
     if spec.user.trim().is_empty() {
         return Err(Error::InvalidOption("the prompt is empty".into()));
     }
-    // Check the filler first: a bad `--dummy-text` should fail before any work.
+    // Check the filler first: a bad dummy text should fail before any work.
     let dummy_id = if spec.dummy > 0 || spec.dummy_text.is_some() {
         Some(dummy_token(
             tok,
@@ -135,10 +135,13 @@ fn dummy_token(tok: &TextTokenizer, text: &str) -> Result<u32> {
     let ids = tok.encode(text)?.ids;
     match ids.as_slice() {
         [id] => Ok(*id),
-        _ => Err(Error::InvalidOption(format!(
-            "`--dummy-text` `{text}` must encode to exactly one token, but it gives {} tokens",
-            ids.len()
-        ))),
+        _ => Err(Error::option(
+            OptionName::DummyText,
+            format!(
+                "the dummy text `{text}` must encode to exactly one token, but it gives {} tokens",
+                ids.len()
+            ),
+        )),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::prompt::{build_prompt, Prompt, PromptSpec, DEFAULT_DUMMY_TEXT};
 use crate::rehearsal::{self, AnswerSource};
 use crate::template::ChatTemplate;
 use crate::tokenize::TextTokenizer;
-use crate::{Error, Result};
+use crate::{Error, OptionName, Result};
 
 /// A model ready to answer lens requests.
 pub struct Session {
@@ -516,8 +516,9 @@ impl Session {
             lens.check(&self.model)?;
         }
         if matches!(req.answer, AnswerSpec::Auto { .. }) && req.generate == 0 {
-            return Err(Error::InvalidOption(
-                "`--answer auto` takes the greedy answer, so it needs `--generate N`".into(),
+            return Err(Error::option(
+                OptionName::Answer,
+                "the answer `auto` takes the greedy answer, so it needs generated tokens",
             ));
         }
         let prompt = self.prompt(&req.prompt)?;
@@ -577,11 +578,14 @@ impl Session {
         });
         if let (AnswerSpec::Auto { skip }, Some(a)) = (&req.answer, &answer) {
             let id = *a.ids.get(*skip).ok_or_else(|| {
-                Error::InvalidOption(format!(
-                    "the greedy answer {:?} has {} tokens, so `--answer-skip {skip}` leaves none to track",
-                    a.text,
-                    a.ids.len()
-                ))
+                Error::option(
+                    OptionName::AnswerSkip,
+                    format!(
+                        "the greedy answer {:?} has {} tokens, so skipping {skip} leaves none to track",
+                        a.text,
+                        a.ids.len()
+                    ),
+                )
             })?;
             track.insert(
                 auto_slot,

@@ -30,7 +30,7 @@ use crate::kernels::bf16::{Bf16Head, Bf16Kernel};
 use crate::model::{KvCache, Model, Precision, ResidualTrace};
 use crate::run::Session;
 use crate::tuned::{save_lens, write_atomic, TunedConfig, TunedLens};
-use crate::{Error, Result};
+use crate::{Error, OptionName, Result};
 
 /// Arguments of `lensmap train-lens`.
 #[derive(Debug, Clone, clap::Args)]
@@ -200,10 +200,13 @@ fn read_chunk_order(path: &Path, n: usize) -> Result<Vec<usize>> {
     text.split_whitespace()
         .map(|w| match w.parse::<usize>() {
             Ok(i) if i < n => Ok(i),
-            _ => Err(Error::InvalidOption(format!(
-                "`--chunk-order {}`: `{w}` is not a chunk index below {n}",
-                path.display()
-            ))),
+            _ => Err(Error::option(
+                OptionName::ChunkOrder,
+                format!(
+                    "the chunk order `{}`: `{w}` is not a chunk index below {n}",
+                    path.display()
+                ),
+            )),
         })
         .collect()
 }
@@ -736,7 +739,8 @@ fn load_checkpoint(dir: &Path, l: usize, fp: &str) -> Result<Option<Resumed>> {
         serde_json::from_slice(&meta.to_vec1::<u8>()?).map_err(|e| bad(e.to_string()))?;
     if meta["fingerprint"].as_str() != Some(fp) {
         return Err(bad(
-            "written by a run with other settings; delete it or use another `--out`".into(),
+            "written by a run with other settings; delete it or use another output directory"
+                .into(),
         ));
     }
     let step = meta["step"].as_u64().unwrap_or(0) as usize;
@@ -764,8 +768,9 @@ fn load_checkpoint(dir: &Path, l: usize, fp: &str) -> Result<Option<Resumed>> {
 pub fn run(args: TrainArgs) -> Result<()> {
     let wall = Instant::now();
     if args.seq_len < 2 {
-        return Err(Error::InvalidOption(
-            "`--seq-len` must be at least 2".into(),
+        return Err(Error::option(
+            OptionName::SeqLen,
+            "the chunk length must be at least 2 tokens",
         ));
     }
     let text = std::fs::read_to_string(&args.corpus).map_err(|e| Error::io(&args.corpus, e))?;
@@ -776,8 +781,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
         ),
         None if jsonl => {
-            return Err(Error::InvalidOption(
-                "a JSONL corpus needs `--heldout FILE`".into(),
+            return Err(Error::option(
+                OptionName::Heldout,
+                "a JSONL corpus needs a held-out corpus file",
             ))
         }
         None => {
@@ -804,28 +810,35 @@ pub fn run(args: TrainArgs) -> Result<()> {
     .collect();
     let steps = args.tokens / args.seq_len;
     if steps == 0 || steps > train_chunks.len() {
-        return Err(Error::InvalidOption(format!(
-            "`--tokens {}` is {steps} chunks of {} tokens, but the corpus has {} (at least 1 needed)",
-            args.tokens,
-            args.seq_len,
-            train_chunks.len()
-        )));
+        return Err(Error::option(
+            OptionName::TrainTokens,
+            format!(
+                "{} training tokens are {steps} chunks of {} tokens, but the corpus has {} (at least 1 needed)",
+                args.tokens,
+                args.seq_len,
+                train_chunks.len()
+            ),
+        ));
     }
     let order: Vec<usize> = match &args.chunk_order {
         Some(p) => read_chunk_order(p, train_chunks.len())?,
         None => permutation(train_chunks.len(), args.seed),
     };
     if order.len() < steps {
-        return Err(Error::InvalidOption(format!(
-            "`--chunk-order` lists {} chunks, but `--tokens {}` needs {steps}",
-            order.len(),
-            args.tokens
-        )));
+        return Err(Error::option(
+            OptionName::ChunkOrder,
+            format!(
+                "the chunk order lists {} chunks, but {} training tokens need {steps}",
+                order.len(),
+                args.tokens
+            ),
+        ));
     }
     let order = order[..steps].to_vec();
     if args.positions_per_step == Some(0) || args.steps_per_chunk == 0 {
-        return Err(Error::InvalidOption(
-            "`--positions-per-step` and `--steps-per-chunk` must be at least 1".into(),
+        return Err(Error::option(
+            OptionName::StepSizes,
+            "the positions per step and the steps per chunk must be at least 1",
         ));
     }
     let per_chunk = args.steps_per_chunk;

@@ -140,14 +140,15 @@ fn assert_refusal(stderr: &str, limit: &str, hint: &str) {
 fn max_memory_below_the_model_at_rest_is_refused() {
     let (ok, stderr) = run_smollm2(&["--max-memory", "1M"], None);
     assert!(!ok);
-    assert_refusal(&stderr, "`--max-memory`", "--max-memory");
+    assert_refusal(&stderr, "the memory limit", "--max-memory");
     // f32 copies do not fit 64M either; at rest they do (see at_rest_rss.rs).
     let (ok, stderr) = run_smollm2(&["--max-memory", "64M", "--precision", "f32"], None);
     assert!(!ok);
-    assert_refusal(&stderr, "`--max-memory`", "--precision rest");
+    assert_refusal(&stderr, "the memory limit", "--precision rest");
     let (ok, stderr) = run_smollm2(&["--max-memory", "lots"], None);
     assert!(
-        !ok && stderr.contains("`--max-memory` must be a size"),
+        !ok && stderr.contains("--max-memory")
+            && stderr.contains("the memory limit must be a size such as `6G`"),
         "{stderr}"
     );
 }

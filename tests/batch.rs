@@ -626,7 +626,9 @@ fn block_major_chunks_equal_prompt_major_at_rest() {
     let c = batch(&block_major, &["--precision", "rest", "--chunk", "0"]);
     let err = stderr(&c);
     assert!(
-        err.contains("chunk") && err.contains("at least 1") && c.status.code() == Some(2),
+        err.contains("the chunk size must be at least 1")
+            && err.contains("hint: `--chunk` takes")
+            && c.status.code() == Some(2),
         "{err}"
     );
 }

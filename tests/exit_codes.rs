@@ -88,7 +88,7 @@ fn missing_resource_exits_3_with_a_hint_by_what_was_passed() {
 #[test]
 fn out_of_memory_exits_4() {
     let out = run_hi(&model_file(SMOLLM2), &["--max-memory", "1M"]);
-    assert_error(&out, "`--max-memory`");
+    assert_error(&out, "the memory limit");
     assert_eq!(code(&out), Some(4));
     assert!(
         hint(&out).contains("`--max-memory`"),

@@ -120,7 +120,8 @@ fn overflowing_residual_names_its_layer() {
 /// run. The cells it spoils (every row after block 1, whose MLP holds the
 /// NaN) are `invalid` in the JSON with `null` values, hatched in the SVG and
 /// shown as `non-finite` in the terminal table; the rows before it keep
-/// their numbers. Without the flag: one `error:` line and exit code 2.
+/// their numbers. Without the flag: one `error:` line, a hint naming the
+/// flag, and exit code 2.
 #[test]
 fn nonfinite_weight_under_allow_nonfinite_gives_invalid_cells_and_a_hatched_svg() {
     let (d, m) = tiny_llama(|d| poke_f32(d, "model.layers.1.mlp.up_proj.weight", 7, f32::NAN));
@@ -137,7 +138,13 @@ fn nonfinite_weight_under_allow_nonfinite_gives_invalid_cells_and_a_hatched_svg(
     };
     let strict = lensmap(&args(&[]).iter().map(|s| s.as_str()).collect::<Vec<_>>());
     let first = assert_error(&strict, "tensor `model.layers.1.mlp.up_proj.weight`");
-    assert_eq!(String::from_utf8_lossy(&strict.stderr).trim_end(), first);
+    assert_eq!(
+        String::from_utf8_lossy(&strict.stderr).trim_end(),
+        format!(
+            "{first}\n\nhint: pass `--allow-nonfinite` to mark the cells it spoils invalid instead"
+        ),
+        "one error line, and a hint naming the flag"
+    );
     assert_eq!(strict.status.code(), Some(2));
 
     let base = d.path().join("fig");

@@ -246,11 +246,16 @@ fn run_err(extra: &[&str]) -> String {
 fn skip_past_the_answer_is_an_error() {
     let stderr = run_err(&["--answer", "auto", "--answer-skip", "5", "--generate", "2"]);
     assert!(
-        stderr.contains("has 2 tokens, so `--answer-skip 5` leaves none to track"),
+        stderr.contains("has 2 tokens, so skipping 5 leaves none to track")
+            && stderr.contains("hint: lower `--answer-skip`"),
         "{stderr}"
     );
-    // `auto` without generation.
-    assert!(run_err(&["--answer", "auto"]).contains("needs `--generate N`"));
+    // `auto` without generation: the library words it, the CLI's hint names the flag.
+    let stderr = run_err(&["--answer", "auto"]);
+    assert!(
+        stderr.contains("needs generated tokens") && stderr.contains("hint: pass `--generate N`"),
+        "{stderr}"
+    );
     // A skip with a named answer.
     let stderr = run_err(&["--answer", " Canberra", "--answer-skip", "2"]);
     assert!(

@@ -493,9 +493,12 @@ fn dummy_text_must_be_one_token() {
         ..Default::default()
     };
     match build_prompt(tok, Some(&gguf_template(tok)), &spec).unwrap_err() {
-        Error::InvalidOption(msg) => {
+        Error::BadOption {
+            option: lensmap::OptionName::DummyText,
+            reason: msg,
+        } => {
             assert!(
-                msg.contains("` Canberra is`") && msg.contains("2 tokens"),
+                msg.contains("the dummy text ` Canberra is`") && msg.contains("2 tokens"),
                 "{msg}"
             )
         }

@@ -231,7 +231,7 @@ def test_positions_tail_is_the_full_run_there(model, seed):
 
 
 def test_bad_lens_options_raise_the_cli_message(model):
-    with pytest.raises(lensmap.LensmapError, match="`--lens` takes `logit`, `tuned:DIR`"):
+    with pytest.raises(lensmap.LensmapError, match="a lens is `logit`, `tuned:DIR`"):
         model.lens("hi", lens="linear")
     with pytest.raises(lensmap.LensmapError, match="lens-precision"):
         model.lens("hi", lens_precision="f16")

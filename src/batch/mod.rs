@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 use crate::lens::{Lens, LensPrecision, PositionSpec};
 use crate::model::Precision;
 use crate::run::{AnswerSpec, LensFlags, LensRequest, Session, StageTimes};
-use crate::{Error, Result};
+use crate::{Error, OptionName, Result};
 use input::{InputLine, LineError, PromptItem, Shard};
 use record::{record_key, write_atomic, PromptRecord, Store};
 use summary::{BatchSummary, CurveBuilder, Tally};
@@ -158,8 +158,9 @@ pub struct BatchOutcome {
 pub fn run(job: &BatchJob, progress: &mut dyn BatchProgress) -> Result<BatchOutcome> {
     crate::run::check_top_k(job.top_k)?;
     if job.chunk == Some(0) {
-        return Err(Error::InvalidOption(
-            "the chunk size must be at least 1".into(),
+        return Err(Error::option(
+            OptionName::Chunk,
+            "the chunk size must be at least 1",
         ));
     }
     let text = std::fs::read_to_string(&job.prompts).map_err(|e| Error::io(&job.prompts, e))?;

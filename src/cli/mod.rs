@@ -491,9 +491,34 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
         E::OutOfMemory { .. } => {
             "pass `--precision rest` (weights stay in the mapped file) or a larger `--max-memory`"
         }
+        E::NonFinite { .. } => {
+            "pass `--allow-nonfinite` to mark the cells it spoils invalid instead"
+        }
+        E::BadOption { option, .. } => option_hint(*option),
         _ => return e.hint(),
     };
     Some(flags.to_string())
+}
+
+/// The flag that sets a library option, as a hint for a [`crate::Error::BadOption`].
+fn option_hint(option: crate::OptionName) -> &'static str {
+    use crate::OptionName as O;
+    match option {
+        O::Lens => "`--lens` takes `logit`, `tuned:DIR` or both joined by a comma",
+        O::LensPrecision => "`--lens-precision` takes `f32` or `bf16`",
+        O::Positions => "choose other positions with `--positions`",
+        O::MemoryLimit => "`--max-memory` sets the memory limit",
+        O::DummyText => "pass a `--dummy-text` that is one token",
+        O::Answer => "pass `--generate N`, or a named `--answer TEXT`",
+        O::Chunk => "`--chunk` takes a chunk size of at least 1",
+        O::AnswerSkip => "lower `--answer-skip` or raise `--generate`",
+        O::Stat => "pass `--target TEXT`, or another `--stat`",
+        O::ChunkOrder => "list enough chunk indices in the `--chunk-order` file",
+        O::SeqLen => "raise `--seq-len`",
+        O::Heldout => "pass `--heldout FILE`",
+        O::TrainTokens => "lower `--tokens` or `--seq-len`, or use a larger corpus",
+        O::StepSizes => "`--positions-per-step` and `--steps-per-chunk` must be at least 1",
+    }
 }
 
 /// Show a label on the terminal: visible newlines, cut to `width` characters.

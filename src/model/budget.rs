@@ -7,7 +7,7 @@
 
 use super::arch::{all_names, Part, TensorNames};
 use super::weights::{Precision, WeightSource};
-use crate::{Error, Result};
+use crate::{Error, OptionName, Result};
 
 /// Scratch the model needs next to its weights: per-thread dequantisation
 /// panels, activations of a short prompt. The lens's own blocks are the
@@ -157,13 +157,13 @@ pub fn plan(
         limit,
     };
     if let Some(max) = req.max_memory.filter(|&m| needed > m) {
-        return Err(refuse(needed, max, "`--max-memory`"));
+        return Err(refuse(needed, max, "the memory limit"));
     }
     if needed + req.run_bytes > limit.bytes {
         return Err(refuse(needed + req.run_bytes, limit.bytes, limit.source));
     }
     // Streamed when the file's pages would not fit beside the rest: in the
-    // memory available, or in `--max-memory` if that is smaller.
+    // memory available, or in the memory limit if that is smaller.
     let hold = req.max_memory.map_or(room, |m| m.min(room));
     let streaming = precision == Precision::Rest && need.stored_bytes + needed > hold;
     Ok(MemoryPlan {
@@ -201,9 +201,10 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
     };
     match num.parse::<f64>() {
         Ok(v) if scale > 0 && v > 0.0 && v.is_finite() => Ok((v * scale as f64) as u64),
-        _ => Err(Error::InvalidOption(format!(
-            "`--max-memory` must be a size such as `6G` or `512M`, got `{s}`"
-        ))),
+        _ => Err(Error::option(
+            OptionName::MemoryLimit,
+            format!("the memory limit must be a size such as `6G` or `512M`, got `{s}`"),
+        )),
     }
 }
 

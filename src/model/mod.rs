@@ -422,11 +422,11 @@ impl Model {
             let mut next_ids = vec![None; seqs.len()];
             for (k, h) in hs.iter_mut().enumerate() {
                 let Some(hk) = h.as_ref() else { continue };
-                // Under `--allow-nonfinite` the forward pass lets NaN through; a
+                // When non-finite values are allowed the forward pass lets NaN through; a
                 // greedy token picked from it would be garbage, so refuse it.
                 let next = self.unembed(hk).and_then(|l| {
                     bounds::check_finite(&l, || {
-                        format!("the model's output logits at generated token {step} (`--generate` needs finite logits even with `--allow-nonfinite`)")
+                        format!("the model's output logits at generated token {step} (generation needs finite logits even when non-finite values are allowed)")
                     })?;
                     Ok(l.argmax(D::Minus1)?.to_vec1::<u32>()?[0])
                 });

@@ -5,7 +5,7 @@
 
 use super::Stat;
 use crate::grid::{LensGrid, TrackedRole};
-use crate::{Error, Result};
+use crate::{Error, OptionName, Result};
 
 /// An sRGB colour, 8 bits per channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -304,10 +304,13 @@ pub fn check_stat(grid: &LensGrid, stat: Stat) -> Result<()> {
     if matches!(stat, Stat::TargetProb | Stat::TargetRank)
         && !grid.tracked.iter().any(|t| t.role == TrackedRole::Target)
     {
-        return Err(Error::InvalidOption(format!(
-            "`--stat {}` needs a tracked token with role target; pass `--target TEXT`",
-            stat.as_str()
-        )));
+        return Err(Error::option(
+            OptionName::Stat,
+            format!(
+                "the statistic `{}` needs a tracked token with role target",
+                stat.as_str()
+            ),
+        ));
     }
     Ok(())
 }

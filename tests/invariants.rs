@@ -9,6 +9,7 @@ use lensmap::grid::{LensGrid, TokenKind};
 use lensmap::render::{self, FigureOptions, Stat};
 use lensmap::stats::{cell_stats, prob_rank, CellQuery, FinalDist};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 /// Logits of a vocabulary of 1..=2048 tokens: mostly moderate, some peaked.
 fn logits() -> impl Strategy<Value = Vec<f32>> {
@@ -19,7 +20,15 @@ fn logits() -> impl Strategy<Value = Vec<f32>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // Failing inputs are kept in the file below (proptest cannot find it by
+    // source path inside the one test binary, so it is named directly).
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/invariants.proptest-regressions",
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     /// 0 ≤ H ≤ ln V (up to f64 rounding of the sums).
     #[test]
@@ -49,7 +58,9 @@ proptest! {
         prop_assert!(own.kl_to_final.abs() <= 1e-5, "KL(p‖p) = {}", own.kl_to_final);
         let probs: Vec<f64> = own.topk.iter().map(|t| t.1).collect();
         prop_assert!(probs.windows(2).all(|w| w[0] >= w[1]), "top-k {probs:?}");
-        prop_assert!(probs.iter().sum::<f64>() <= 1.0 + 1e-9);
+        // The same f32 normaliser: the top-k may sum past 1 by rounding
+        // (z = [-31.0, -30.6] gives 1 + 1e-8), never by more than Σ p's bound.
+        prop_assert!(probs.iter().sum::<f64>() <= 1.0 + 1e-6, "top-k {probs:?}");
 
         let n = z.len().min(other.len());
         let fin = FinalDist::of(&other[..n]);

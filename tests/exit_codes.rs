@@ -4,9 +4,9 @@
 //! part 4 ("Errors by kind").
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::common::{assert_error, lensmap, model_file, run_hi};
+use crate::common::{assert_error, lensmap, lensmap_cmd, model_file, run_hi};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -67,7 +67,7 @@ fn missing_resource_exits_3_with_a_hint_by_what_was_passed() {
     );
     // An `org/name` not in an (empty) HF cache: how to download it there.
     let cache = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lensmap"))
+    let out = lensmap_cmd()
         .args(["run", "--model", "SomeOrg/no-such-model", "--prompt", "Hi"])
         .env("HF_HOME", cache.path())
         .env("HF_HUB_CACHE", cache.path().join("hub"))

@@ -71,7 +71,7 @@ fn split(model: &Model, trace: &ResidualTrace) -> lensmap::Result<()> {
     let logits = model.unembed(&h)?;
     let mm = t.elapsed();
     let v = logits.flatten_all()?.to_vec1::<f32>()?;
-    let vocab = model.cfg.vocab_size;
+    let vocab = model.cfg.sizes.vocab_size;
     let t = Instant::now();
     let mut acc = 0.0;
     for z in v.chunks(vocab) {

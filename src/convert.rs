@@ -142,7 +142,7 @@ fn plan(
     let hf_names = arch::hf_names(hf_cfg.family, |_| false);
     // GGUF keeps Phi-3's fused gate|up under `ffn_up`: one of the two parts only.
     let fused_mlp = cfg.mlp == crate::model::config::MlpLayout::GatedFused;
-    let table: HashMap<String, PartKey> = arch::all_names(&GgufNames, cfg.n_layers)
+    let table: HashMap<String, PartKey> = arch::all_names(&GgufNames, cfg.sizes.n_layers)
         .into_iter()
         .filter(|((part, _, _), _)| match part {
             Part::FfnUp => !fused_mlp,
@@ -170,9 +170,11 @@ fn plan(
             continue;
         };
         let fix = match part {
-            Part::AttnQ if unpermute => Fix::Unpermute { heads: cfg.n_heads },
+            Part::AttnQ if unpermute => Fix::Unpermute {
+                heads: cfg.sizes.n_heads,
+            },
             Part::AttnK if unpermute => Fix::Unpermute {
-                heads: cfg.n_kv_heads,
+                heads: cfg.sizes.n_kv_heads,
             },
             p if p.is_norm() && !bias && shift != 0.0 => Fix::Shift(shift),
             _ => Fix::None,
@@ -307,7 +309,7 @@ fn write_tokenizer(tokenizer: &TextTokenizer, cfg: &ModelConfig, out_dir: &Path)
         "eos_token": tokenizer.eos().map(|(_, t)| t),
         "add_bos_token": tokenizer.add_bos(),
         "chat_template": tokenizer.chat_template().map(|(t, _)| t),
-        "model_max_length": cfg.context_len,
+        "model_max_length": cfg.sizes.context_len,
         "clean_up_tokenization_spaces": false,
     });
     write_json(&out_dir.join("tokenizer_config.json"), &config)

@@ -121,7 +121,9 @@ fn summary(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let sliding = (0..cfg.n_layers).filter(|&i| cfg.is_sliding(i)).count();
+    let sliding = (0..cfg.sizes.n_layers)
+        .filter(|&i| cfg.is_sliding(i))
+        .count();
     ModelSummary {
         path: loc.path().display().to_string(),
         format: format.to_string(),
@@ -129,14 +131,14 @@ fn summary(
         name: None,
         arch: cfg.family.name().to_string(),
         file_arch: String::new(),
-        n_layers: cfg.n_layers,
-        d_model: cfg.d_model,
-        d_ff: cfg.d_ff,
-        n_heads: cfg.n_heads,
-        n_kv_heads: cfg.n_kv_heads,
-        head_dim: cfg.head_dim,
-        vocab_size: cfg.vocab_size,
-        context_len: cfg.context_len,
+        n_layers: cfg.sizes.n_layers,
+        d_model: cfg.sizes.d_model,
+        d_ff: cfg.sizes.d_ff,
+        n_heads: cfg.sizes.n_heads,
+        n_kv_heads: cfg.sizes.n_kv_heads,
+        head_dim: cfg.sizes.head_dim,
+        vocab_size: cfg.sizes.vocab_size,
+        context_len: cfg.sizes.context_len,
         params,
         dtype,
         tied_embeddings: cfg.tied_embeddings,

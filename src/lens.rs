@@ -245,7 +245,7 @@ pub type CellGrid = Vec<Vec<CellStats>>;
 /// recording every residual row), then [`apply_lens`] on it. No generation;
 /// [`crate::run::Session::run`] keeps the trace alive across generation instead.
 pub fn lens_of_ids(model: &Model, ids: &[u32], q: &LensQuery) -> Result<CellGrid> {
-    q.check(model.cfg.vocab_size)?;
+    q.check(model.cfg.sizes.vocab_size)?;
     let mut trace = ResidualTrace::default();
     model.forward(ids, &mut KvCache::default(), Some(&mut trace))?;
     apply_lens(model, &trace, ids, q)
@@ -259,7 +259,7 @@ pub fn apply_lens(
     ids: &[u32],
     q: &LensQuery,
 ) -> Result<CellGrid> {
-    let vocab = model.cfg.vocab_size;
+    let vocab = model.cfg.sizes.vocab_size;
     q.check(vocab)?;
     q.lens.check(model)?;
     let n_rows = trace.rows.len();
@@ -388,7 +388,7 @@ fn unembed(model: &Model, h: &Tensor, precision: LensPrecision) -> Result<Logits
     let normed = model.final_normed(h)?;
     let m = normed.dim(0)?;
     let mut out = vec![0f32; m * head.rows()];
-    with_rows(&normed, model.cfg.d_model, |a| {
+    with_rows(&normed, model.cfg.sizes.d_model, |a| {
         head.matmul(a, m, &mut out, kernel)
     })?;
     model.softcap_in_place(&mut out);

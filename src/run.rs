@@ -287,7 +287,7 @@ impl Session {
         let tokenizer = TextTokenizer::from_checkpoint(&ckpt)?;
         let req = MemoryRequest {
             max_memory,
-            run_bytes: crate::lens::working_bytes(ckpt.cfg.vocab_size),
+            run_bytes: crate::lens::working_bytes(ckpt.cfg.sizes.vocab_size),
         };
         let model = ckpt.load_within(precision, req, allow_nonfinite)?;
         let location = ckpt.location;
@@ -332,10 +332,10 @@ impl Session {
         if prompt.ids.is_empty() {
             return Err(Error::InvalidOption("the prompt is empty".into()));
         }
-        if prompt.ids.len() > self.model.cfg.context_len {
+        if prompt.ids.len() > self.model.cfg.sizes.context_len {
             return Err(Error::PromptTooLong {
                 tokens: prompt.ids.len(),
-                context: self.model.cfg.context_len,
+                context: self.model.cfg.sizes.context_len,
             });
         }
         Ok(prompt)
@@ -655,9 +655,9 @@ impl Session {
         ModelInfo {
             file: self.label.clone(),
             arch: cfg.family.name().to_string(),
-            n_layers: cfg.n_layers,
-            d_model: cfg.d_model,
-            vocab_size: cfg.vocab_size,
+            n_layers: cfg.sizes.n_layers,
+            d_model: cfg.sizes.d_model,
+            vocab_size: cfg.sizes.vocab_size,
             precision: self.model.precision.label().to_string(),
             lens_precision: req.lens_precision.label().to_string(),
             lens_kernel: req.lens_precision.kernel().map(|k| k.label().to_string()),

@@ -257,7 +257,7 @@ impl<'a> Unembed<'a> {
             norm,
             eps: eps as f64,
             head,
-            vocab: model.cfg.vocab_size,
+            vocab: model.cfg.sizes.vocab_size,
         })
     }
 
@@ -613,7 +613,7 @@ pub fn heldout_kl(
     lenses: &[Option<&TunedLens>],
 ) -> Result<Vec<Vec<f64>>> {
     let u = Unembed::of(model)?;
-    let l = model.cfg.n_layers;
+    let l = model.cfg.sizes.n_layers;
     let mut sums = vec![vec![0.0f64; l]; lenses.len()];
     let mut count = 0usize;
     for ids in chunks {
@@ -794,7 +794,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let session = Session::open(&args.model, args.precision, None)?;
     let model = &session.model;
     let u = Unembed::of(model)?;
-    let (l, d) = (model.cfg.n_layers, model.cfg.d_model);
+    let (l, d) = (model.cfg.sizes.n_layers, model.cfg.sizes.d_model);
     let train_chunks = chunks(&session, &documents(train_text, jsonl)?, args.seq_len)?;
     let heldout_jsonl = args
         .heldout

@@ -122,12 +122,12 @@ impl TunedLens {
     /// Refuse a lens made for another width or depth.
     pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
         let (d, l) = (self.config.d_model, self.config.num_hidden_layers);
-        if d != cfg.d_model || l != cfg.n_layers {
+        if d != cfg.sizes.d_model || l != cfg.sizes.n_layers {
             return Err(Error::BadLens {
                 path: self.dir.clone(),
                 reason: format!(
                     "made for d_model {d} and {l} layers, but the model has d_model {} and {} layers",
-                    cfg.d_model, cfg.n_layers
+                    cfg.sizes.d_model, cfg.sizes.n_layers
                 ),
             });
         }

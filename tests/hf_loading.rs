@@ -754,16 +754,16 @@ fn write_gguf_with(name: &str, arch: &str, path: &Path, llama_cpp_rope: bool) {
     let weights = ckpt.source();
     let cfg = &ckpt.cfg;
     let mut tensors = Vec::new();
-    for ((part, layer, bias), hf_name) in all_names(ckpt.names(), cfg.n_layers) {
+    for ((part, layer, bias), hf_name) in all_names(ckpt.names(), cfg.sizes.n_layers) {
         // GGUF keeps Phi-3's fused gate|up under llama's `ffn_up`.
         let clash =
             part == Part::FfnUp && weights.contains(&ckpt.name(Part::FfnGateUp, layer, bias));
         if weights.contains(&hf_name) && !clash {
             let mut t = weights.f32(&hf_name).unwrap();
             if llama_cpp_rope && part == Part::AttnQ {
-                t = permute_rows(&t, cfg.n_heads);
+                t = permute_rows(&t, cfg.sizes.n_heads);
             } else if llama_cpp_rope && part == Part::AttnK {
-                t = permute_rows(&t, cfg.n_kv_heads);
+                t = permute_rows(&t, cfg.sizes.n_kv_heads);
             }
             let q = QTensor::quantize(&t, GgmlDType::F32).unwrap();
             tensors.push((GgufNames.name(part, layer, bias), q));
@@ -783,17 +783,17 @@ fn write_gguf_with(name: &str, arch: &str, path: &Path, llama_cpp_rope: bool) {
     let u = |v: usize| Value::U32(v as u32);
     let meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
-        (k("block_count"), u(cfg.n_layers)),
-        (k("embedding_length"), u(cfg.d_model)),
-        (k("feed_forward_length"), u(cfg.d_ff)),
-        (k("attention.head_count"), u(cfg.n_heads)),
-        (k("attention.head_count_kv"), u(cfg.n_kv_heads)),
-        (k("attention.key_length"), u(cfg.head_dim)),
-        (k("context_length"), u(cfg.context_len)),
-        (k("vocab_size"), u(cfg.vocab_size)),
+        (k("block_count"), u(cfg.sizes.n_layers)),
+        (k("embedding_length"), u(cfg.sizes.d_model)),
+        (k("feed_forward_length"), u(cfg.sizes.d_ff)),
+        (k("attention.head_count"), u(cfg.sizes.n_heads)),
+        (k("attention.head_count_kv"), u(cfg.sizes.n_kv_heads)),
+        (k("attention.key_length"), u(cfg.sizes.head_dim)),
+        (k("context_length"), u(cfg.sizes.context_len)),
+        (k("vocab_size"), u(cfg.sizes.vocab_size)),
         (
             k("attention.layer_norm_rms_epsilon"),
-            Value::F32(cfg.norm_eps as f32),
+            Value::F32(cfg.sizes.norm_eps as f32),
         ),
         (k("rope.freq_base"), Value::F32(rope.theta as f32)),
         (k("rope.dimension_count"), u(rope.dim)),
@@ -819,7 +819,7 @@ fn gguf_readers_match_hf() {
             .and_then(|c| c.load(Precision::F32))
             .unwrap();
         let mut expected = from_hf.cfg.clone();
-        expected.norm_eps = expected.norm_eps as f32 as f64;
+        expected.sizes.norm_eps = expected.sizes.norm_eps as f32 as f64;
         assert_eq!(from_gguf.cfg, expected, "{name}");
         let ids = tiny_ids(name);
         let (h, kl) = compare(

@@ -30,13 +30,13 @@ fn check_config(model: &Model, summary: &Value) {
             .as_u64()
             .unwrap_or_else(|| panic!("config_summary.{k}")) as usize
     };
-    assert_eq!(cfg.n_layers, n("n_layers"), "n_layers");
-    assert_eq!(cfg.d_model, n("hidden_size"), "d_model");
-    assert_eq!(cfg.n_heads, n("num_attention_heads"), "heads");
-    assert_eq!(cfg.n_kv_heads, n("num_key_value_heads"), "kv heads");
-    assert_eq!(cfg.head_dim, n("head_dim"), "head_dim");
-    assert_eq!(cfg.d_ff, n("intermediate_size"), "d_ff");
-    assert_eq!(cfg.vocab_size, n("vocab_size_model"), "vocab");
+    assert_eq!(cfg.sizes.n_layers, n("n_layers"), "n_layers");
+    assert_eq!(cfg.sizes.d_model, n("hidden_size"), "d_model");
+    assert_eq!(cfg.sizes.n_heads, n("num_attention_heads"), "heads");
+    assert_eq!(cfg.sizes.n_kv_heads, n("num_key_value_heads"), "kv heads");
+    assert_eq!(cfg.sizes.head_dim, n("head_dim"), "head_dim");
+    assert_eq!(cfg.sizes.d_ff, n("intermediate_size"), "d_ff");
+    assert_eq!(cfg.sizes.vocab_size, n("vocab_size_model"), "vocab");
     assert_eq!(
         cfg.tied_embeddings,
         summary["tied_embeddings"].as_bool().unwrap(),
@@ -54,14 +54,14 @@ fn check_config(model: &Model, summary: &Value) {
     );
     // The window transformers applies (null for qwen2, whose file says 8).
     let window = summary["sliding_window"].as_u64().map(|w| w as usize);
-    let effective = (0..cfg.n_layers)
+    let effective = (0..cfg.sizes.n_layers)
         .any(|i| cfg.is_sliding(i))
         .then_some(cfg.sliding_window)
         .flatten();
     assert_eq!(effective, window, "effective sliding window");
     if let Some(types) = summary["layer_types"].as_array() {
         let sliding: Vec<bool> = types.iter().map(|t| t == "sliding_attention").collect();
-        let ours: Vec<bool> = (0..cfg.n_layers).map(|i| cfg.is_sliding(i)).collect();
+        let ours: Vec<bool> = (0..cfg.sizes.n_layers).map(|i| cfg.is_sliding(i)).collect();
         assert_eq!(ours, sliding, "layer types");
     }
 }

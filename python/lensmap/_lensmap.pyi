@@ -1,12 +1,33 @@
 """Type stubs of the Rust extension ``lensmap._lensmap`` (see ``python/src/lib.rs``)."""
 
 from os import PathLike
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypedDict, Union
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Unpack
 
 _Path = Union[str, PathLike]
+
+class BatchOptions(TypedDict, total=False):
+    """Keywords of ``Model.batch`` and ``Model.batch_cells``: ``lensmap batch``'s
+    flags of the same names (defaults: the CLI's)."""
+
+    system: Optional[str]
+    dummy: Optional[int]
+    dummy_text: Optional[str]
+    top_k: Optional[int]
+    generate: Optional[int]
+    answer_skip: Optional[int]
+
+class ViewOptions(TypedDict, total=False):
+    """Keywords of ``Result.svg``, ``.html`` and ``.save``: the figure's view
+    (defaults: the result's own)."""
+
+    stat: Optional[str]
+    window: Optional[Tuple[int, int]]
+    zoom: Optional[int]
+    title: Optional[str]
 
 __version__: str
 
@@ -69,24 +90,11 @@ class Model:
         *,
         shard: Optional[str] = None,
         csv: bool = False,
-        system: Optional[str] = None,
-        dummy: Optional[int] = None,
-        dummy_text: Optional[str] = None,
-        top_k: Optional[int] = None,
-        generate: Optional[int] = None,
-        answer_skip: Optional[int] = None,
+        **options: Unpack[BatchOptions],
     ) -> Dict[str, Any]:
         """Run ``lensmap batch`` (same outputs, same defaults); returns ``summary.json``."""
     def batch_cells(
-        self,
-        items: Sequence[Dict[str, Any]],
-        *,
-        system: Optional[str] = None,
-        dummy: Optional[int] = None,
-        dummy_text: Optional[str] = None,
-        top_k: Optional[int] = None,
-        generate: Optional[int] = None,
-        answer_skip: Optional[int] = None,
+        self, items: Sequence[Dict[str, Any]], **options: Unpack[BatchOptions]
     ) -> Any:
         """The rows ``lensmap batch`` writes to ``cells.parquet`` for these items, as a ``pyarrow.Table``."""
     @property
@@ -127,31 +135,13 @@ class Result:
     def to_arrow(self, id: str = "prompt") -> Any: ...
     def to_pandas(self, id: str = "prompt") -> Any: ...
     def to_polars(self, id: str = "prompt") -> Any: ...
-    def svg(
-        self,
-        *,
-        stat: Optional[str] = None,
-        window: Optional[Tuple[int, int]] = None,
-        zoom: Optional[int] = None,
-        title: Optional[str] = None,
-    ) -> str: ...
-    def html(
-        self,
-        *,
-        stat: Optional[str] = None,
-        window: Optional[Tuple[int, int]] = None,
-        zoom: Optional[int] = None,
-        title: Optional[str] = None,
-    ) -> str: ...
+    def svg(self, **view: Unpack[ViewOptions]) -> str: ...
+    def html(self, **view: Unpack[ViewOptions]) -> str: ...
     def save(
         self,
         base: _Path,
         formats: Optional[Sequence[str]] = None,
-        *,
-        stat: Optional[str] = None,
-        window: Optional[Tuple[int, int]] = None,
-        zoom: Optional[int] = None,
-        title: Optional[str] = None,
+        **view: Unpack[ViewOptions],
     ) -> List[PathLike]: ...
     def _repr_html_(self) -> str: ...
 

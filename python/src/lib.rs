@@ -15,7 +15,7 @@ use clap::Parser;
 use numpy::ndarray::Array2;
 use numpy::{PyArray2, PyArray3};
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -159,7 +159,56 @@ fn interruptible<T: Send>(
     })
 }
 
-/// Keyword options of `Model.batch` and `Model.batch_cells`, as CLI flags.
+/// Keyword arguments gathered by `**kwargs`, taken out by name. What is
+/// left at the end is refused as Python refuses an unexpected keyword, so
+/// several methods share one keyword list (and one stub `TypedDict`).
+struct Keywords<'py> {
+    func: &'static str,
+    rest: Option<Bound<'py, PyDict>>,
+}
+
+impl<'py> Keywords<'py> {
+    fn new(func: &'static str, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Self> {
+        Ok(Self {
+            func,
+            rest: kwargs.map(|d| d.copy()).transpose()?,
+        })
+    }
+
+    /// The keyword `name`, or `None` when it is absent or `None`.
+    fn take<T>(&self, name: &str) -> PyResult<Option<T>>
+    where
+        T: for<'a> FromPyObject<'a, 'py>,
+    {
+        let Some(d) = &self.rest else { return Ok(None) };
+        let Some(v) = d.get_item(name)? else {
+            return Ok(None);
+        };
+        d.del_item(name)?;
+        if v.is_none() {
+            return Ok(None);
+        }
+        v.extract::<T>().map(Some).map_err(|e| {
+            let e: PyErr = e.into();
+            PyTypeError::new_err(format!("{}(): `{name}`: {e}", self.func))
+        })
+    }
+
+    /// Refuse the keywords nobody took.
+    fn finish(self) -> PyResult<()> {
+        match self.rest.as_ref().and_then(|d| d.keys().iter().next()) {
+            Some(k) => Err(PyTypeError::new_err(format!(
+                "{}() got an unexpected keyword argument {}",
+                self.func,
+                k.repr()?
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Keyword options of `Model.batch` and `Model.batch_cells` (the stub's
+/// `BatchOptions`), as CLI flags.
 #[derive(Default)]
 struct BatchFlags {
     system: Option<String>,
@@ -168,6 +217,43 @@ struct BatchFlags {
     top_k: Option<usize>,
     generate: Option<usize>,
     answer_skip: Option<usize>,
+}
+
+impl BatchFlags {
+    fn take(kw: Keywords<'_>) -> PyResult<Self> {
+        let flags = Self {
+            system: kw.take("system")?,
+            dummy: kw.take("dummy")?,
+            dummy_text: kw.take("dummy_text")?,
+            top_k: kw.take("top_k")?,
+            generate: kw.take("generate")?,
+            answer_skip: kw.take("answer_skip")?,
+        };
+        kw.finish()?;
+        Ok(flags)
+    }
+}
+
+/// Keyword options of `Result.svg`, `.html` and `.save` (the stub's
+/// `ViewOptions`).
+struct ViewKeywords {
+    stat: Option<String>,
+    window: Option<(usize, usize)>,
+    zoom: Option<usize>,
+    title: Option<String>,
+}
+
+impl ViewKeywords {
+    fn take(kw: Keywords<'_>) -> PyResult<Self> {
+        let view = Self {
+            stat: kw.take("stat")?,
+            window: kw.take("window")?,
+            zoom: kw.take("zoom")?,
+            title: kw.take("title")?,
+        };
+        kw.finish()?;
+        Ok(view)
+    }
 }
 
 impl Model {
@@ -357,11 +443,7 @@ impl Model {
     /// out: the results directory. shard: `"I/N"`. The other options are
     /// those of `lensmap batch` with its defaults (`generate` 12). Returns
     /// `summary.json` as a dict. The batch opens the model itself.
-    #[pyo3(signature = (
-        prompts, out, *, shard = None, csv = false, system = None, dummy = None,
-        dummy_text = None, top_k = None, generate = None, answer_skip = None
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompts, out, *, shard = None, csv = false, **options))]
     fn batch<'py>(
         &self,
         py: Python<'py>,
@@ -369,13 +451,9 @@ impl Model {
         out: PathBuf,
         shard: Option<String>,
         csv: bool,
-        system: Option<String>,
-        dummy: Option<usize>,
-        dummy_text: Option<String>,
-        top_k: Option<usize>,
-        generate: Option<usize>,
-        answer_skip: Option<usize>,
+        options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let flags = BatchFlags::take(Keywords::new("batch", options)?)?;
         let input = prompts_file(prompts, &out.join("input"))?;
         let mut extra = vec!["--quiet".to_string()];
         if let Some(s) = shard.as_ref() {
@@ -384,14 +462,6 @@ impl Model {
         if csv {
             extra.push("--csv".into());
         }
-        let flags = BatchFlags {
-            system,
-            dummy,
-            dummy_text,
-            top_k,
-            generate,
-            answer_skip,
-        };
         let args = self.batch_args(&input, &out, &flags, &extra)?;
         let summary_dir = args.job().map_err(py_err)?.tables_dir();
         py.detach(|| lensmap::cli::batch::run(args))
@@ -408,30 +478,14 @@ impl Model {
     /// items: dicts `{id, prompt, system?, answer?, alts?}` as in a batch's
     /// JSONL. The options are those of `Model.batch`. Used by
     /// `examples/ray_batch.py`: one Model per Ray actor.
-    #[pyo3(signature = (
-        items, *, system = None, dummy = None, dummy_text = None, top_k = None,
-        generate = None, answer_skip = None
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (items, **options))]
     fn batch_cells<'py>(
         &self,
         py: Python<'py>,
         items: &Bound<'py, PyAny>,
-        system: Option<String>,
-        dummy: Option<usize>,
-        dummy_text: Option<String>,
-        top_k: Option<usize>,
-        generate: Option<usize>,
-        answer_skip: Option<usize>,
+        options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let flags = BatchFlags {
-            system,
-            dummy,
-            dummy_text,
-            top_k,
-            generate,
-            answer_skip,
-        };
+        let flags = BatchFlags::take(Keywords::new("batch_cells", options)?)?;
         // The paths are not used: only the per-prompt settings are.
         let args = self.batch_args(Path::new("-"), Path::new("-"), &flags, &[])?;
         let job = args.job().map_err(py_err)?;
@@ -456,9 +510,9 @@ impl Model {
         let d = PyDict::new(py);
         d.set_item("file", &self.session.label)?;
         d.set_item("arch", cfg.family.name())?;
-        d.set_item("n_layers", cfg.n_layers)?;
-        d.set_item("d_model", cfg.d_model)?;
-        d.set_item("vocab_size", cfg.vocab_size)?;
+        d.set_item("n_layers", cfg.sizes.n_layers)?;
+        d.set_item("d_model", cfg.sizes.d_model)?;
+        d.set_item("vocab_size", cfg.sizes.vocab_size)?;
         d.set_item("precision", self.session.model.precision.label())?;
         Ok(d)
     }
@@ -537,15 +591,16 @@ impl LensResult {
         Ok(numpy::PyArray3::from_owned_array(py, arr).unbind())
     }
 
-    fn with_options(
-        &self,
-        stat: Option<&str>,
-        window: Option<(usize, usize)>,
-        zoom: Option<usize>,
-        title: Option<String>,
-    ) -> PyResult<FigureOptions> {
+    /// The result's figure options with the view keywords applied.
+    fn with_options(&self, kw: Keywords<'_>) -> PyResult<FigureOptions> {
+        let ViewKeywords {
+            stat,
+            window,
+            zoom,
+            title,
+        } = ViewKeywords::take(kw)?;
         let mut o = self.options.clone();
-        if let Some(s) = stat {
+        if let Some(s) = &stat {
             o.stat = s.parse::<Stat>().map_err(py_err)?;
         }
         if window.is_some() {
@@ -714,48 +769,31 @@ impl LensResult {
     }
 
     /// The static figure as SVG text (the CLI's `--format svg`).
-    #[pyo3(signature = (*, stat = None, window = None, zoom = None, title = None))]
-    fn svg(
-        &self,
-        py: Python<'_>,
-        stat: Option<String>,
-        window: Option<(usize, usize)>,
-        zoom: Option<usize>,
-        title: Option<String>,
-    ) -> PyResult<String> {
-        let o = self.with_options(stat.as_deref(), window, zoom, title)?;
+    #[pyo3(signature = (**view))]
+    fn svg(&self, py: Python<'_>, view: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+        let o = self.with_options(Keywords::new("svg", view)?)?;
         py.detach(|| render::render_svg(&self.grid, &o))
             .map_err(py_err)
     }
 
     /// The interactive page (the CLI's `--format html`): one self-contained file.
-    #[pyo3(signature = (*, stat = None, window = None, zoom = None, title = None))]
-    fn html(
-        &self,
-        stat: Option<String>,
-        window: Option<(usize, usize)>,
-        zoom: Option<usize>,
-        title: Option<String>,
-    ) -> PyResult<String> {
-        let o = self.with_options(stat.as_deref(), window, zoom, title)?;
+    #[pyo3(signature = (**view))]
+    fn html(&self, view: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+        let o = self.with_options(Keywords::new("html", view)?)?;
         render::render_html(&self.grid, &o).map_err(py_err)
     }
 
     /// Write `base.json`, `.svg`, `.png`, `.html` (those in `formats`, default
     /// all four, as `lensmap run --out`); returns the paths written.
-    #[pyo3(signature = (base, formats = None, *, stat = None, window = None, zoom = None, title = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (base, formats = None, **view))]
     fn save(
         &self,
         py: Python<'_>,
         base: PathBuf,
         formats: Option<Vec<String>>,
-        stat: Option<String>,
-        window: Option<(usize, usize)>,
-        zoom: Option<usize>,
-        title: Option<String>,
+        view: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Vec<PathBuf>> {
-        let o = self.with_options(stat.as_deref(), window, zoom, title)?;
+        let o = self.with_options(Keywords::new("save", view)?)?;
         let formats = formats
             .unwrap_or_else(|| ["json", "svg", "png", "html"].map(String::from).to_vec())
             .iter()

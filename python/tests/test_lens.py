@@ -98,6 +98,11 @@ def test_model_batch_runs_lensmap_batch(model, tmp_path):
     pd.testing.assert_frame_equal(cells.to_pandas(), pd.read_parquet(tmp_path / "cli" / "cells.parquet"))
     with pytest.raises(lensmap.LensmapError, match="shard"):
         model.batch(items, tmp_path / "bad", shard="3/2")
+    # The shared keyword lists refuse what they do not know, as Python does.
+    with pytest.raises(TypeError, match="batch_cells\\(\\) got an unexpected keyword argument 'dumy'"):
+        model.batch_cells(items, dumy=8)
+    with pytest.raises(TypeError, match="`dummy`"):
+        model.batch_cells(items, dummy="8")
 
 
 def test_load_of_cli_json_equals_in_process(seed, tmp_path):
@@ -109,6 +114,10 @@ def test_load_of_cli_json_equals_in_process(seed, tmp_path):
     np.testing.assert_array_equal(loaded.answer_prob, seed.answer_prob)
     # save() writes what the CLI writes.
     seed.save(tmp_path / "py", formats=["json", "svg"])
+    assert (tmp_path / "py.svg").read_text() == seed.svg()
+    assert seed.svg(stat="kl", zoom=20) != seed.svg()
+    with pytest.raises(TypeError, match="svg\\(\\) got an unexpected keyword argument 'zom'"):
+        seed.svg(zom=20)
     # (`--json` leaves out the final newline that `--out` writes.)
     assert (tmp_path / "py.json").read_text() == out.read_text() + "\n"
 
@@ -252,6 +261,8 @@ def test_stubs_match_the_extension():
     for node in ast.walk(stub):
         if not isinstance(node, ast.ClassDef):
             continue
+        if any(getattr(b, "id", None) == "TypedDict" for b in node.bases):
+            continue  # a keyword list for type checkers (`**options`), not in the extension
         runtime_cls = getattr(_lensmap, node.name)
         for fn in node.body:
             if not isinstance(fn, ast.FunctionDef) or fn.name.startswith("__"):
@@ -261,6 +272,7 @@ def test_stubs_match_the_extension():
                 continue
             a = fn.args
             want = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs][1:]  # drop self
+            want += [a.kwarg.arg] if a.kwarg else []  # **options / **view
             got = [p for p in inspect.signature(runtime).parameters][1:]
             assert got == want, f"{node.name}.{fn.name}: extension {got}, stub {want}"
             checked += 1

@@ -89,9 +89,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             "loaded {} ({}, {} layers, vocab {}, context {}) in {:.1} s",
             s.label,
             cfg.family.name(),
-            cfg.n_layers,
-            cfg.vocab_size,
-            cfg.context_len,
+            cfg.sizes.n_layers,
+            cfg.sizes.vocab_size,
+            cfg.sizes.context_len,
             clock.elapsed().as_secs_f64()
         );
         for lens in &lenses {

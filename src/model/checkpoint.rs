@@ -121,7 +121,7 @@ impl Checkpoint {
         req: MemoryRequest,
         allow_nonfinite: bool,
     ) -> Result<Model> {
-        let need = budget::need(self.source(), self.names(), self.cfg.n_layers)?;
+        let need = budget::need(self.source(), self.names(), self.cfg.sizes.n_layers)?;
         let plan = budget::plan(need, &self.location.label(), precision, req)?;
         Model::load(self, &plan, allow_nonfinite)
     }

@@ -95,18 +95,9 @@ pub enum QkvLayout {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     pub family: Family,
-    pub n_layers: usize,
-    pub d_model: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    pub d_ff: usize,
-    /// Rows of the unembedding (may exceed the tokenizer's vocabulary).
-    pub vocab_size: usize,
-    /// Longest sequence the model supports.
-    pub context_len: usize,
+    /// Layer count, widths, vocabulary, context and norm epsilon.
+    pub sizes: Sizes,
     pub norm: NormKind,
-    pub norm_eps: f64,
     /// Added to every norm weight at load: 1 for Gemma's `(1 + w)` in HF files,
     /// 0 for GGUF, where llama.cpp stored `1 + w` already.
     pub norm_weight_offset: f32,
@@ -146,35 +137,35 @@ impl ModelConfig {
     /// Check internal consistency; arch files call this after building a config.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::Error::Config(m));
-        bounds::check_eps(self.norm_eps)?;
-        if self.n_layers == 0 || self.d_model == 0 || self.vocab_size == 0 {
+        bounds::check_eps(self.sizes.norm_eps)?;
+        if self.sizes.n_layers == 0 || self.sizes.d_model == 0 || self.sizes.vocab_size == 0 {
             return bad(format!(
                 "n_layers `{}`, d_model `{}` and vocab `{}` must be positive",
-                self.n_layers, self.d_model, self.vocab_size
+                self.sizes.n_layers, self.sizes.d_model, self.sizes.vocab_size
             ));
         }
-        if self.n_heads == 0
-            || self.n_kv_heads == 0
-            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        if self.sizes.n_heads == 0
+            || self.sizes.n_kv_heads == 0
+            || !self.sizes.n_heads.is_multiple_of(self.sizes.n_kv_heads)
         {
             return bad(format!(
                 "`{}` query heads cannot share `{}` kv heads",
-                self.n_heads, self.n_kv_heads
+                self.sizes.n_heads, self.sizes.n_kv_heads
             ));
         }
         if let Some(rope) = &self.rope {
-            if rope.dim == 0 || rope.dim > self.head_dim || rope.dim % 2 != 0 {
+            if rope.dim == 0 || rope.dim > self.sizes.head_dim || rope.dim % 2 != 0 {
                 return bad(format!(
                     "rope dimension `{}` does not fit head_dim `{}`",
-                    rope.dim, self.head_dim
+                    rope.dim, self.sizes.head_dim
                 ));
             }
         }
-        if self.sliding_layers.len() != self.n_layers {
+        if self.sliding_layers.len() != self.sizes.n_layers {
             return bad(format!(
                 "`{}` layer types for `{}` layers",
                 self.sliding_layers.len(),
-                self.n_layers
+                self.sizes.n_layers
             ));
         }
         Ok(())
@@ -183,19 +174,21 @@ impl ModelConfig {
 
 /// The sizes every family has, whatever file they come from.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Hyper {
+pub struct Sizes {
     pub n_layers: usize,
     pub d_model: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub d_ff: usize,
+    /// Rows of the unembedding (may exceed the tokenizer's vocabulary).
     pub vocab_size: usize,
+    /// Longest sequence the model supports.
     pub context_len: usize,
     pub norm_eps: f64,
 }
 
-impl Hyper {
+impl Sizes {
     /// Check the sizes a config declares against the [`bounds`], before any
     /// per-layer list or tensor is built from them.
     pub fn check(&self) -> crate::Result<()> {
@@ -231,16 +224,7 @@ impl Hyper {
     pub fn into_config(self, family: Family) -> ModelConfig {
         ModelConfig {
             family,
-            n_layers: self.n_layers,
-            d_model: self.d_model,
-            n_heads: self.n_heads,
-            n_kv_heads: self.n_kv_heads,
-            head_dim: self.head_dim,
-            d_ff: self.d_ff,
-            vocab_size: self.vocab_size,
-            context_len: self.context_len,
             norm: NormKind::Rms,
-            norm_eps: self.norm_eps,
             norm_weight_offset: 0.0,
             rope: None,
             attn_scale: 1.0 / (self.head_dim as f64).sqrt(),
@@ -257,6 +241,7 @@ impl Hyper {
             final_softcap: None,
             tied_embeddings: false,
             learned_pos: false,
+            sizes: self,
         }
     }
 }

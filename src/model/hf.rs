@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::config::{Activation, Hyper, Llama3Scaling};
+use super::config::{Activation, Llama3Scaling, Sizes};
 use crate::{Error, Result};
 
 pub use super::locate::CONFIG_FILE;
@@ -110,10 +110,10 @@ impl HfConfig {
 
     /// The sizes under transformers' usual names. `eps` and `head_dim` are the
     /// family's defaults when the file is silent (head_dim: hidden / heads).
-    pub(crate) fn hyper(&self, eps: f64, head_dim: Option<usize>) -> Result<Hyper> {
+    pub(crate) fn hyper(&self, eps: f64, head_dim: Option<usize>) -> Result<Sizes> {
         let d_model = Self::need(self.hidden_size, "hidden_size")?;
         let n_heads = Self::need(self.num_attention_heads, "num_attention_heads")?;
-        let h = Hyper {
+        let h = Sizes {
             n_layers: Self::need(self.num_hidden_layers, "num_hidden_layers")?,
             d_model,
             n_heads,

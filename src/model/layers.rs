@@ -160,7 +160,7 @@ impl Loader<'_> {
         let bias = bias.map(|b| b.to_dtype(dtype)).transpose()?;
         Ok(Norm {
             kind: self.cfg.norm,
-            eps: self.cfg.norm_eps as f32,
+            eps: self.cfg.sizes.norm_eps as f32,
             weight,
             bias,
         })
@@ -377,8 +377,8 @@ pub(crate) struct Attention {
 impl Attention {
     pub fn load(ld: &Loader, layer: usize, rope: Option<Rope>) -> Result<Self> {
         let cfg = ld.cfg;
-        let (d, hd) = (cfg.d_model, cfg.head_dim);
-        let (q_out, kv_out) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let (d, hd) = (cfg.sizes.d_model, cfg.sizes.head_dim);
+        let (q_out, kv_out) = (cfg.sizes.n_heads * hd, cfg.sizes.n_kv_heads * hd);
         let bias = cfg.qkv_bias;
         let qkv = match cfg.qkv_layout {
             QkvLayout::Separate => QkvProj::Separate {
@@ -403,8 +403,8 @@ impl Attention {
             q_norm: qk_norm(Part::AttnQNorm)?,
             k_norm: qk_norm(Part::AttnKNorm)?,
             rope,
-            n_heads: cfg.n_heads,
-            n_kv_heads: cfg.n_kv_heads,
+            n_heads: cfg.sizes.n_heads,
+            n_kv_heads: cfg.sizes.n_kv_heads,
             head_dim: hd,
             scale: cfg.attn_scale,
             window: if cfg.is_sliding(layer) {
@@ -531,7 +531,7 @@ pub(crate) struct Mlp {
 impl Mlp {
     pub fn load(ld: &Loader, layer: usize) -> Result<Self> {
         let cfg = ld.cfg;
-        let (d, f, b) = (cfg.d_model, cfg.d_ff, cfg.out_bias);
+        let (d, f, b) = (cfg.sizes.d_model, cfg.sizes.d_ff, cfg.out_bias);
         let proj = match cfg.mlp {
             MlpLayout::Gated => MlpProj::Gated {
                 gate: ld.linear(Part::FfnGate, layer, f, d, b)?,
@@ -592,7 +592,7 @@ pub struct Block {
 
 impl Block {
     pub fn load(ld: &Loader, layer: usize, rope: Option<Rope>) -> Result<Self> {
-        let d = ld.cfg.d_model;
+        let d = ld.cfg.sizes.d_model;
         let post = |part| -> Result<Option<Norm>> {
             if ld.cfg.post_norms {
                 Ok(Some(ld.norm(part, Some(layer), d)?))

@@ -33,7 +33,7 @@ use rayon::prelude::*;
 
 pub use budget::MemoryPlan;
 pub use checkpoint::Checkpoint;
-pub use config::{Family, ModelConfig};
+pub use config::{Family, ModelConfig, Sizes};
 pub use gguf::GgufFile;
 use layers::{Block, LayerCache, Loader, Norm, Rope};
 pub use weights::{Precision, StoredMatrix, WeightSource};
@@ -135,7 +135,7 @@ impl Model {
             precision,
             allow_nonfinite,
         };
-        let (v, d) = (cfg.vocab_size, cfg.d_model);
+        let (v, d) = (cfg.sizes.vocab_size, cfg.sizes.d_model);
         let table = |part| -> Result<StoredMatrix> {
             if precision == Precision::Rest {
                 if let Some(m) = ld.stored(part, None, &[v, d])? {
@@ -152,7 +152,10 @@ impl Model {
         };
         let pos_embed = if cfg.learned_pos {
             let name = names.name(Part::PositionEmbd, None, false);
-            let n = src.shape(&name).map(|s| s[0]).unwrap_or(cfg.context_len);
+            let n = src
+                .shape(&name)
+                .map(|s| s[0])
+                .unwrap_or(cfg.sizes.context_len);
             Some(ld.f32(Part::PositionEmbd, None, false, &[n, d])?)
         } else {
             None
@@ -163,7 +166,7 @@ impl Model {
             (global, local)
         });
         // Blocks load (and dequantise) independently: spread them over cores.
-        let blocks = (0..cfg.n_layers)
+        let blocks = (0..cfg.sizes.n_layers)
             .into_par_iter()
             .map(|i| {
                 let rope = ropes.as_ref().map(|(global, local)| match local {
@@ -254,20 +257,23 @@ impl Model {
     /// Gemma, with positions for GPT-2), recorded.
     fn embed_seq(&self, seq: &mut Sequence<'_>) -> Result<Tensor> {
         let (ids, start) = (seq.ids, seq.cache.len);
-        if start + ids.len() > self.cfg.context_len {
+        if start + ids.len() > self.cfg.sizes.context_len {
             return Err(Error::PromptTooLong {
                 tokens: start + ids.len(),
-                context: self.cfg.context_len,
+                context: self.cfg.sizes.context_len,
             });
         }
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+        if let Some(&bad) = ids
+            .iter()
+            .find(|&&id| id as usize >= self.cfg.sizes.vocab_size)
+        {
             return Err(Error::InvalidOption(format!(
                 "token id `{bad}` is outside the model's vocabulary of {}",
-                self.cfg.vocab_size
+                self.cfg.sizes.vocab_size
             )));
         }
         if seq.cache.layers.is_empty() {
-            seq.cache.layers = vec![LayerCache::default(); self.cfg.n_layers];
+            seq.cache.layers = vec![LayerCache::default(); self.cfg.sizes.n_layers];
         }
         let mut x = self.embed.gather(ids)?;
         if let Some(scale) = self.cfg.embed_scale {
@@ -352,7 +358,7 @@ impl Model {
         if let Some(h) = self.head_bf16.get() {
             return Ok(h);
         }
-        let (v, d) = (self.cfg.vocab_size, self.cfg.d_model);
+        let (v, d) = (self.cfg.sizes.vocab_size, self.cfg.sizes.d_model);
         let packed = crate::kernels::bf16::Bf16Head::pack_rows(v, d, |r0, r1, out| {
             self.head_rows(r0, r1, out)
         })?;
@@ -363,7 +369,10 @@ impl Model {
     /// from the f32 copy or dequantised from the file: the accessor for
     /// anything that needs the head in its own layout (a packed copy).
     pub fn head_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
-        if r0 > r1 || r1 > self.cfg.vocab_size || out.len() != (r1 - r0) * self.cfg.d_model {
+        if r0 > r1
+            || r1 > self.cfg.sizes.vocab_size
+            || out.len() != (r1 - r0) * self.cfg.sizes.d_model
+        {
             return Err(Error::InvalidOption(format!(
                 "head rows `{r0}..{r1}` into {} values",
                 out.len()
@@ -433,7 +442,7 @@ impl Model {
                 match (next, &mut outs[k]) {
                     (Ok(next), Ok(out)) => {
                         out.push(next);
-                        if stop.contains(&next) || seqs[k].0.len() >= self.cfg.context_len {
+                        if stop.contains(&next) || seqs[k].0.len() >= self.cfg.sizes.context_len {
                             *h = None;
                         } else {
                             next_ids[k] = Some([next]);

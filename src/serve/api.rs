@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -247,11 +247,11 @@ async fn models(State(state): State<Shared>) -> Response {
             serde_json::json!({
                 "name": s.label,
                 "arch": cfg.family.name(),
-                "layers": cfg.n_layers,
-                "vocab": cfg.vocab_size,
-                "d_model": cfg.d_model,
-                "context": cfg.context_len,
-                "max_tokens": state.limits.max_tokens.min(cfg.context_len),
+                "layers": cfg.sizes.n_layers,
+                "vocab": cfg.sizes.vocab_size,
+                "d_model": cfg.sizes.d_model,
+                "context": cfg.sizes.context_len,
+                "max_tokens": state.limits.max_tokens.min(cfg.sizes.context_len),
                 "precision": s.model.precision.label(),
                 "template": s.template.as_ref().map(|t| t.source.clone()),
             })
@@ -690,44 +690,48 @@ fn parse_window(s: &str) -> Result<(usize, usize), ApiError> {
 }
 
 /// A request that sends a grid (`/api/render`, `/api/view`): its `format`,
-/// its figure options and the grid's bytes.
-fn grid_request(
-    state: &Shared,
-    query: Result<Query<RenderQuery>, axum::extract::rejection::QueryRejection>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(Option<String>, FigureOptions, Bytes), ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
-    require_json(headers)?;
-    let bytes = body_bytes(body, state.limits.max_render_body)?;
-    let window = q.window.as_deref().map(parse_window).transpose()?;
-    let opts = figure_options(q.stat.as_deref(), window, q.zoom, q.title)?;
-    Ok((q.format, opts, bytes))
+/// its figure options and the grid's bytes, checked before any work.
+struct GridRequest {
+    format: Option<String>,
+    opts: FigureOptions,
+    bytes: Bytes,
 }
 
-/// A grid sent as the request body (on a worker: it may be 32 MiB).
-fn grid_body(bytes: &[u8]) -> Result<LensGrid, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("the body is not a lensmap grid: {e}")))
+impl FromRequest<Shared> for GridRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Shared) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let Query(q) = Query::<RenderQuery>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+        require_json(&parts.headers)?;
+        let body = Bytes::from_request(Request::from_parts(parts, body), state).await;
+        let bytes = body_bytes(body, state.limits.max_render_body)?;
+        let window = q.window.as_deref().map(parse_window).transpose()?;
+        let opts = figure_options(q.stat.as_deref(), window, q.zoom, q.title)?;
+        Ok(Self {
+            format: q.format,
+            opts,
+            bytes,
+        })
+    }
 }
 
-async fn render_figure(
-    State(state): State<Shared>,
-    query: Result<Query<RenderQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Payload, ApiError> {
-    let (format, opts, bytes) = grid_request(&state, query, &headers, body)?;
-    let format = match &format {
+impl GridRequest {
+    /// The grid the body holds (parse it on a worker: it may be 32 MiB).
+    fn grid(&self) -> Result<LensGrid, ApiError> {
+        serde_json::from_slice(&self.bytes)
+            .map_err(|e| ApiError::bad_request(format!("the body is not a lensmap grid: {e}")))
+    }
+}
+
+async fn render_figure(State(state): State<Shared>, req: GridRequest) -> Result<Payload, ApiError> {
+    let format = match &req.format {
         Some(f) => Format::parse(f, false)?,
         None => Format::Svg,
     };
-    run_job(&state, move || {
-        let grid = grid_body(&bytes)?;
-        draw(&grid, format, &opts, true)
-    })
-    .await
+    run_job(&state, move || draw(&req.grid()?, format, &req.opts, true)).await
 }
 
 // ---------------------------------------------------------------------------
@@ -735,22 +739,15 @@ async fn render_figure(
 
 /// The view spec of a grid (`lensview.js` draws by it): what the HTML page of
 /// `lensmap run` embeds for the same grid and options.
-async fn view(
-    State(state): State<Shared>,
-    query: Result<Query<RenderQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Payload, ApiError> {
-    let (format, opts, bytes) = grid_request(&state, query, &headers, body)?;
-    if format.is_some() {
+async fn view(State(state): State<Shared>, req: GridRequest) -> Result<Payload, ApiError> {
+    if req.format.is_some() {
         return Err(ApiError::bad_request(
             "`/api/view` answers JSON and takes no `format`",
         ));
     }
     run_job(&state, move || {
-        let grid = grid_body(&bytes)?;
-        let json =
-            render::view_spec_json(&grid, &opts).map_err(|e| ApiError::from_lensmap(e, true))?;
+        let json = render::view_spec_json(&req.grid()?, &req.opts)
+            .map_err(|e| ApiError::from_lensmap(e, true))?;
         Ok(Payload {
             bytes: json.into_bytes(),
             format: Format::Json,

@@ -11,7 +11,7 @@
 //!   bases 10 000 and 1 000 000;
 //! - GELU-tanh MLP; optional final logit soft-cap.
 
-use super::{gguf_rope_theta, hf_common, llama, with_fields, Hyper, Part};
+use super::{gguf_rope_theta, hf_common, llama, with_fields, Part, Sizes};
 use crate::model::config::{Activation, Family, ModelConfig, RopeConfig, RopeStyle};
 use crate::model::gguf::GgufFile;
 use crate::model::hf::HfConfig;
@@ -36,7 +36,7 @@ struct Variant {
     tied: bool,
 }
 
-fn build(h: Hyper, v: Variant) -> ModelConfig {
+fn build(h: Sizes, v: Variant) -> ModelConfig {
     let d_model = h.d_model;
     ModelConfig {
         norm_weight_offset: v.norm_weight_offset,
@@ -64,7 +64,7 @@ fn build(h: Hyper, v: Variant) -> ModelConfig {
 
 /// Read a Gemma 3 GGUF file's metadata (`family` is always `Gemma3`).
 pub fn from_gguf(file: &GgufFile, _family: Family) -> Result<ModelConfig> {
-    let h = Hyper::from_gguf(file, "gemma3")?;
+    let h = Sizes::from_gguf(file, "gemma3")?;
     let v = Variant {
         theta: gguf_rope_theta(file, "gemma3"),
         local_theta: LOCAL_ROPE_THETA,
@@ -143,7 +143,7 @@ pub fn to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
         .rope
         .as_ref()
         .ok_or_else(|| Error::Config("Gemma 3 needs RoPE".into()))?;
-    let layer_types: Vec<&str> = (0..cfg.n_layers)
+    let layer_types: Vec<&str> = (0..cfg.sizes.n_layers)
         .map(|i| {
             if cfg.is_sliding(i) {
                 "sliding_attention"

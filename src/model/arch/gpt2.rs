@@ -8,7 +8,7 @@
 //! - the projections are `Conv1D`, stored `[in, out]`: the weight source
 //!   transposes them at load (see [`is_conv1d`]), the square `attn.c_proj` too.
 
-use super::{Hyper, Part};
+use super::{Part, Sizes};
 use crate::model::config::{Activation, Family, MlpLayout, ModelConfig, NormKind, QkvLayout};
 use crate::model::hf::HfConfig;
 use crate::{Error, Result};
@@ -23,7 +23,7 @@ pub fn from_hf(raw: &HfConfig, _family: Family, has_lm_head: bool) -> Result<Mod
         ));
     }
     let head_dim = d_model / n_heads.max(1);
-    let h = Hyper {
+    let h = Sizes {
         n_layers: HfConfig::need(raw.n_layer, "n_layer")?,
         d_model,
         n_heads,

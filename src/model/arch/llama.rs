@@ -11,7 +11,7 @@
 //! - phi3: fused `qkv_proj` (`[q | k | v]`) and `gate_up_proj` (gate first),
 //!   `partial_rotary_factor`, a window in every layer when set.
 
-use super::{gguf_rope_theta, hf_common, with_fields, Hyper, Part};
+use super::{gguf_rope_theta, hf_common, with_fields, Part, Sizes};
 use crate::model::config::{
     Activation, Family, Llama3Scaling, MlpLayout, ModelConfig, QkvLayout, RopeConfig, RopeStyle,
 };
@@ -32,7 +32,7 @@ struct Variant {
 }
 
 /// The config of a llama-like family; the family fixes q/k norm and MLP layout.
-fn build(family: Family, h: Hyper, v: Variant) -> ModelConfig {
+fn build(family: Family, h: Sizes, v: Variant) -> ModelConfig {
     ModelConfig {
         rope: Some(v.rope),
         qkv_layout: if v.fused_qkv {
@@ -58,7 +58,7 @@ fn build(family: Family, h: Hyper, v: Variant) -> ModelConfig {
 /// Read a llama-like GGUF file's metadata.
 pub fn from_gguf(file: &GgufFile, family: Family) -> Result<ModelConfig> {
     let arch = family.name();
-    let h = Hyper::from_gguf(file, arch)?;
+    let h = Sizes::from_gguf(file, arch)?;
     let has = |name: &str| file.content.tensor_infos.contains_key(name);
     if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
         return Err(Error::Config(format!(
@@ -202,7 +202,7 @@ pub fn to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
     let extra = serde_json::json!({
         "rope_theta": rope.theta,
         "rope_scaling": rope_scaling,
-        "partial_rotary_factor": rope.dim as f64 / cfg.head_dim as f64,
+        "partial_rotary_factor": rope.dim as f64 / cfg.sizes.head_dim as f64,
         "sliding_window": window,
         "use_sliding_window": window.is_some(),
         "max_window_layers": first_sliding.unwrap_or(0),

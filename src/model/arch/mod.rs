@@ -40,7 +40,7 @@ pub mod gemma3;
 pub mod gpt2;
 pub mod llama;
 
-pub(crate) use super::config::Hyper;
+pub use super::config::Sizes;
 use super::config::{Family, ModelConfig};
 use super::gguf::GgufFile;
 use super::hf::HfConfig;
@@ -391,16 +391,16 @@ pub(crate) fn hf_common(cfg: &ModelConfig, model_type: &str, class: &str) -> ser
     serde_json::json!({
         "architectures": [class],
         "model_type": model_type,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.d_ff,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.context_len,
-        "rms_norm_eps": cfg.norm_eps,
+        "hidden_size": cfg.sizes.d_model,
+        "intermediate_size": cfg.sizes.d_ff,
+        "num_hidden_layers": cfg.sizes.n_layers,
+        "num_attention_heads": cfg.sizes.n_heads,
+        "num_key_value_heads": cfg.sizes.n_kv_heads,
+        "head_dim": cfg.sizes.head_dim,
+        "max_position_embeddings": cfg.sizes.context_len,
+        "rms_norm_eps": cfg.sizes.norm_eps,
         "tie_word_embeddings": cfg.tied_embeddings,
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": cfg.sizes.vocab_size,
         "torch_dtype": "float32",
     })
 }
@@ -453,7 +453,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-impl Hyper {
+impl Sizes {
     /// The `{arch}.*` GGUF keys.
     pub fn from_gguf(file: &GgufFile, arch: &str) -> Result<Self> {
         let k = |s: &str| format!("{arch}.{s}");
@@ -585,7 +585,7 @@ mod registry {
         .unwrap();
         let cfg = config_from_hf_in(&table, &raw, true).unwrap();
         assert_eq!(
-            (cfg.family, cfg.n_layers, cfg.head_dim),
+            (cfg.family, cfg.sizes.n_layers, cfg.sizes.head_dim),
             (Family::Llama, 2, 16)
         );
         assert_eq!(cfg.rope.as_ref().map(|r| r.theta), Some(500000.0));

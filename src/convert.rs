@@ -70,7 +70,7 @@ pub fn to_safetensors(gguf: &Path, out_dir: &Path) -> Result<Converted> {
 }
 
 /// Write the HF directory for an opened GGUF file.
-pub fn write_hf_dir(
+fn write_hf_dir(
     file: &GgufFile,
     cfg: &ModelConfig,
     tokenizer: &TextTokenizer,

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 /// A cause kept as an error's `#[source]`, whatever library it came from.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Result alias used throughout lensmap.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -187,7 +187,7 @@ impl ErrorKind {
 
     /// The kind of an OS error: not found is missing, a permission or a
     /// directory where a file belongs is the user's to fix, the rest internal.
-    pub fn of_io(e: &std::io::Error) -> Self {
+    pub(crate) fn of_io(e: &std::io::Error) -> Self {
         use std::io::ErrorKind as K;
         match e.kind() {
             K::NotFound => ErrorKind::MissingResource,

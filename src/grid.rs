@@ -158,7 +158,7 @@ fn f32_label() -> String {
 impl ModelInfo {
     /// `bf16 lens (avx512-bf16)` when the lens ran in bf16, else `None`:
     /// what the terminal summary and the figure caption add.
-    pub fn bf16_note(&self) -> Option<String> {
+    pub(crate) fn bf16_note(&self) -> Option<String> {
         (self.lens_precision != "f32").then(|| match &self.lens_kernel {
             Some(k) => format!("{} lens ({k})", self.lens_precision),
             None => format!("{} lens", self.lens_precision),
@@ -226,7 +226,7 @@ impl LensGrid {
 
     /// Whether a cell's logits held NaN or infinity (`--allow-nonfinite`);
     /// false for any cell the `invalid` grid does not cover.
-    pub fn is_invalid(&self, row: usize, pos: usize) -> bool {
+    pub(crate) fn is_invalid(&self, row: usize, pos: usize) -> bool {
         self.invalid
             .get(row)
             .and_then(|r| r.get(pos))
@@ -235,7 +235,7 @@ impl LensGrid {
     }
 
     /// How many cells are invalid ([`LensGrid::is_invalid`]).
-    pub fn n_invalid(&self) -> usize {
+    pub(crate) fn n_invalid(&self) -> usize {
         self.invalid.iter().flatten().filter(|&&b| b).count()
     }
 
@@ -250,7 +250,7 @@ impl LensGrid {
     }
 
     /// The first position after the user's text: see [`prompt::tail_start`].
-    pub fn tail_start(&self) -> usize {
+    pub(crate) fn tail_start(&self) -> usize {
         prompt::tail_start(self.tokens.iter().map(|t| t.kind))
     }
 
@@ -359,7 +359,7 @@ impl RehearsalSummary {
 /// tracked, and the id of its first token (the cells hold one entry per
 /// tracked id, in this order).
 #[derive(Debug, Clone)]
-pub struct TrackedHead {
+pub(crate) struct TrackedHead {
     pub text: String,
     pub role: TrackedRole,
     pub id: u32,
@@ -370,7 +370,7 @@ impl LensGrid {
     /// the serialisable grid. `token_text` decodes one id on its own. The grid
     /// is a logit-lens grid without a rehearsal summary; callers set
     /// [`LensGrid::lens`] and [`LensGrid::rehearsal`] after.
-    pub fn from_cells(
+    pub(crate) fn from_cells(
         model: ModelInfo,
         template_source: String,
         prompt: Prompt,

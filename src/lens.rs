@@ -35,7 +35,7 @@ const FINAL_BUDGET: usize = 8 << 20;
 /// logits (and the copy the soft-cap or a non-contiguous result makes), the
 /// final-row distributions, and per-cell scratch. The memory preflight
 /// counts it beside the model.
-pub fn working_bytes(vocab: usize) -> u64 {
+pub(crate) fn working_bytes(vocab: usize) -> u64 {
     let cells = (LOGIT_BUDGET / vocab.max(1)).max(MIN_CELLS_PER_MATMUL);
     let logits = (cells * vocab * 4) as u64;
     2 * logits + (FINAL_BUDGET * 4) as u64 + (16 << 20)
@@ -159,7 +159,7 @@ pub enum PositionSpec {
 
 impl PositionSpec {
     /// The positions to compute in a prompt of these token kinds; `None` = all.
-    pub fn resolve(self, kinds: &[TokenKind]) -> Result<Option<Range<usize>>> {
+    pub(crate) fn resolve(self, kinds: &[TokenKind]) -> Result<Option<Range<usize>>> {
         let t = kinds.len();
         match self {
             PositionSpec::All => Ok(None),

@@ -4,7 +4,7 @@
 
 /// Two whole numbers around `sep` (spaces around each allowed): `form` names
 /// the expected shape in the error (`START..END`), `names` each number.
-pub fn usize_pair(
+pub(crate) fn usize_pair(
     s: &str,
     sep: &str,
     form: &str,

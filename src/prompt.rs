@@ -39,7 +39,7 @@ impl TokenKind {
 /// The one copy of this rule: [`crate::grid::LensGrid::tail_start`], the
 /// rehearsal summary, `--positions tail`, the default figure window and the
 /// batch curves all call it.
-pub fn tail_start(
+pub(crate) fn tail_start(
     mut kinds: impl DoubleEndedIterator<Item = TokenKind> + ExactSizeIterator,
 ) -> usize {
     kinds
@@ -72,7 +72,7 @@ pub struct Prompt {
 }
 
 /// The filler text when `--dummy-text` is not given.
-pub const DEFAULT_DUMMY_TEXT: &str = ".";
+pub(crate) const DEFAULT_DUMMY_TEXT: &str = ".";
 
 /// Render, tokenise, add BOS if the model wants one and the template did not, append dummies.
 ///

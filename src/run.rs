@@ -130,11 +130,11 @@ pub struct LensRequest {
 }
 
 /// The largest `--top-k` lensmap accepts.
-pub const MAX_TOP_K: usize = 100;
+pub(crate) const MAX_TOP_K: usize = 100;
 
 /// Check a top-k; callers run it before loading a model, to fail fast. (The
 /// CLI's own check names its flag; this message is for the other front ends.)
-pub fn check_top_k(k: usize) -> Result<()> {
+pub(crate) fn check_top_k(k: usize) -> Result<()> {
     if k == 0 || k > MAX_TOP_K {
         return Err(Error::InvalidOption(format!(
             "top-k must be between 1 and {MAX_TOP_K}, got `{k}`"
@@ -234,7 +234,7 @@ impl LensFlags {
     /// The request these options describe, with the answer already decided
     /// (`answer` and `answer_skip` are not read). Every [`LensRequest`] the
     /// CLI, `batch`, `serve` and Python make is built here.
-    pub fn request_with(&self, answer: AnswerSpec) -> LensRequest {
+    pub(crate) fn request_with(&self, answer: AnswerSpec) -> LensRequest {
         let track = self
             .target
             .iter()
@@ -276,7 +276,7 @@ impl Session {
     /// With `allow_nonfinite` (`--allow-nonfinite`), NaN or infinity in a
     /// weight or residual marks the lens cells it spoils as invalid
     /// (`LensGrid::invalid`) instead of being an error.
-    pub fn open_within(
+    pub(crate) fn open_within(
         spec: &str,
         precision: Precision,
         max_memory: Option<u64>,
@@ -342,7 +342,7 @@ impl Session {
     }
 
     /// The id of a text's first token (for `--target` and answers).
-    pub fn first_token(&self, text: &str) -> Result<u32> {
+    fn first_token(&self, text: &str) -> Result<u32> {
         let enc = self.tokenizer.encode(text)?;
         enc.ids
             .first()
@@ -354,7 +354,7 @@ impl Session {
     /// any forward pass, so `--zoom 9999` fails in milliseconds rather than
     /// after the whole lens (issue #13 item 9). The grid has the prompt's
     /// positions plus at most `req.generate` more.
-    pub fn check_figure_positions(
+    pub(crate) fn check_figure_positions(
         &self,
         req: &LensRequest,
         window: Option<(usize, usize)>,
@@ -385,7 +385,7 @@ impl Session {
     /// Run the lens for one request and report how long each stage took.
     /// The thread's stop condition ([`crate::model::cancel`]) is checked
     /// after every block and before generation and the lens.
-    pub fn run_timed(&self, req: &LensRequest) -> Result<(LensGrid, StageTimes)> {
+    pub(crate) fn run_timed(&self, req: &LensRequest) -> Result<(LensGrid, StageTimes)> {
         let mut times = StageTimes::default();
         let clock = Instant::now();
         let prepared = self.prepare(req)?;
@@ -427,7 +427,10 @@ impl Session {
     /// so a streamed model's file is read once per chunk instead of once per
     /// prompt. Each grid equals what [`Session::run`] gives for its request
     /// alone. Returns one result per request and the chunk's stage times.
-    pub fn run_chunk(&self, reqs: &[LensRequest]) -> Result<(Vec<Result<LensGrid>>, StageTimes)> {
+    pub(crate) fn run_chunk(
+        &self,
+        reqs: &[LensRequest],
+    ) -> Result<(Vec<Result<LensGrid>>, StageTimes)> {
         let mut times = StageTimes::default();
         // Lockstep generation needs one length; mixed chunks go one by one.
         if reqs.iter().any(|r| r.generate != reqs[0].generate) {

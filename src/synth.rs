@@ -33,7 +33,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         let x = &mut self.0;
         *x ^= *x >> 12;
         *x ^= *x << 25;
@@ -436,7 +436,7 @@ pub struct Shape {
 }
 
 /// The shapes [`Shape::named`] knows. `tiny` (a few MB) is for tests.
-pub const SHAPES: [Shape; 4] = [
+const SHAPES: [Shape; 4] = [
     Shape {
         name: "llama-3.2-1b",
         d_model: 2048,
@@ -573,7 +573,7 @@ impl Quant {
 /// Llama 3.1's RoPE frequency divisors, as llama.cpp's converter writes them
 /// to `rope_freqs.weight` (low/high frequency factors 1 and 4, original
 /// context 8192).
-pub fn llama3_rope_factors(head_dim: usize, theta: f32, factor: f32) -> Vec<f32> {
+fn llama3_rope_factors(head_dim: usize, theta: f32, factor: f32) -> Vec<f32> {
     let (low, high, old_context) = (1.0f64, 4.0f64, 8192.0f64);
     let (low_wavelen, high_wavelen) = (old_context / low, old_context / high);
     (0..head_dim / 2)
@@ -595,7 +595,7 @@ pub fn llama3_rope_factors(head_dim: usize, theta: f32, factor: f32) -> Vec<f32>
 
 /// A Llama 3 chat template (system, user and assistant turns; the header
 /// tokens and `<|eot_id|>` around each).
-pub const LLAMA3_CHAT_TEMPLATE: &str = "{{- bos_token }}\
+const LLAMA3_CHAT_TEMPLATE: &str = "{{- bos_token }}\
 {%- for message in messages %}\
 {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}\
 {%- endfor %}\

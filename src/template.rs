@@ -170,9 +170,9 @@ impl ChatTemplate {
 /// Instructions one render may run. A real chat template over a long
 /// conversation uses well under 1M; a template looping over `range(100000)`
 /// twice nested would run for minutes (issue #13 item 2).
-pub const TEMPLATE_FUEL: u64 = 50_000_000;
+const TEMPLATE_FUEL: u64 = 50_000_000;
 /// Bytes one render may write: 64 MiB, far beyond any model's context.
-pub const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
+const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
 
 /// Render output that refuses to grow past [`TEMPLATE_MAX_OUTPUT`].
 #[derive(Default)]

@@ -335,7 +335,7 @@ impl TextTokenizer {
     }
 
     /// The underlying HF tokenizer.
-    pub fn inner(&self) -> &Tokenizer {
+    pub(crate) fn inner(&self) -> &Tokenizer {
         &self.tok
     }
 

@@ -102,7 +102,7 @@ pub struct TrainArgs {
 }
 
 /// `12288`, `100k`, `2M`.
-pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
+fn parse_count(s: &str) -> std::result::Result<usize, String> {
     let t = s.trim();
     let (num, mul) = match t.chars().last() {
         Some('k' | 'K') => (&t[..t.len() - 1], 1_000.0),
@@ -118,7 +118,7 @@ pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
 
 /// Documents of a corpus file: JSONL records (`{"text": ...}` or a string),
 /// or text split on `"\n\f\n"`.
-pub fn documents(text: &str, jsonl: bool) -> Result<Vec<String>> {
+pub(crate) fn documents(text: &str, jsonl: bool) -> Result<Vec<String>> {
     if !jsonl {
         return Ok(text.split("\n\u{c}\n").map(str::to_string).collect());
     }
@@ -147,7 +147,7 @@ pub fn documents(text: &str, jsonl: bool) -> Result<Vec<String>> {
 
 /// The training and held-out split of one text: the cut is just after the
 /// first `\n` at or after 90% of the characters.
-pub fn split_heldout(text: &str) -> (&str, &str) {
+fn split_heldout(text: &str) -> (&str, &str) {
     let n = text.chars().count();
     let at = text
         .char_indices()
@@ -177,7 +177,7 @@ pub fn chunks(session: &Session, docs: &[String], len: usize) -> Result<Vec<Vec<
 
 /// A deterministic permutation of `0..n` (splitmix64 Fisher–Yates). Not
 /// torch's `randperm`; the chunks it picks are listed in the report.
-pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut next = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

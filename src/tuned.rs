@@ -242,7 +242,7 @@ pub fn save_lens(
 }
 
 /// Write `bytes` to a temporary file next to `path`, then rename it over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

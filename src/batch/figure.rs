@@ -30,7 +30,7 @@ const GRID: &str = "#e3e3e3";
 
 /// The colour of a kind: the user's text grey, the template tail red (from
 /// `RdBu`), the dummies the blue of the heatmap's dummy markers (`Blues`).
-pub fn kind_color(kind: CurveKind) -> &'static str {
+fn kind_color(kind: CurveKind) -> &'static str {
     match kind {
         CurveKind::Text => "#737373",
         CurveKind::Template => RDBU[1],

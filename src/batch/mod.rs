@@ -46,7 +46,7 @@ use summary::{BatchSummary, CurveBuilder, Tally};
 
 /// Greedy tokens generated per prompt when not given: enough for the
 /// answer check and for `auto` answers that open with a generic token.
-pub const DEFAULT_GENERATE: usize = 12;
+pub(crate) const DEFAULT_GENERATE: usize = 12;
 
 /// One batch, as `lensmap batch` (or `lensmap.Model.batch`) asks for it.
 #[derive(Debug, Clone)]

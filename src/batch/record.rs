@@ -18,7 +18,7 @@ use crate::rehearsal::RehearsalSummary;
 use crate::{Error, Result};
 
 /// Version of the record layout; part of every key.
-pub const RECORD_VERSION: u32 = 1;
+const RECORD_VERSION: u32 = 1;
 
 /// The reduced lens result of one prompt: what the tables need, nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,12 +146,12 @@ pub fn record_key(settings: &serde_json::Value, item: &PromptItem) -> String {
 
 /// Where results live: `OUT/prompts/`.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     pub dir: PathBuf,
 }
 
 /// Marker in temporary file names; never the name of a finished file.
-pub const TMP_MARK: &str = ".tmp.";
+const TMP_MARK: &str = ".tmp.";
 
 impl Store {
     pub fn new(out: &Path) -> Self {
@@ -166,14 +166,14 @@ impl Store {
 
     /// A finished record with this key, or `None` (absent, unreadable, or
     /// from other settings).
-    pub fn load_done(&self, stem: &str, key: &str) -> Option<PromptRecord> {
+    pub(crate) fn load_done(&self, stem: &str, key: &str) -> Option<PromptRecord> {
         let text = std::fs::read_to_string(self.path(stem)).ok()?;
         let rec: PromptRecord = serde_json::from_str(&text).ok()?;
         (rec.key == key).then_some(rec)
     }
 
     /// Whether a finished record with this key exists, without keeping it.
-    pub fn is_done(&self, stem: &str, key: &str) -> bool {
+    pub(crate) fn is_done(&self, stem: &str, key: &str) -> bool {
         self.load_done(stem, key).is_some()
     }
 
@@ -194,7 +194,7 @@ impl Store {
 
     /// Remove leftover temporary files (from a killed run). Only a run that
     /// is not one of several concurrent shards should call this.
-    pub fn remove_temporaries(&self) {
+    pub(crate) fn remove_temporaries(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
@@ -208,7 +208,7 @@ impl Store {
 
 /// The temporary name for `path`: hidden, in the same directory (so the
 /// rename is atomic), unique per process.
-pub fn temp_path(path: &Path) -> PathBuf {
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -218,7 +218,7 @@ pub fn temp_path(path: &Path) -> PathBuf {
 
 /// Write `bytes` to `path` via a temporary file and a rename: readers (and a
 /// later run after a kill) see the old file or the new one, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;

@@ -20,7 +20,7 @@ use super::record::PromptRecord;
 use crate::grid::{ModelInfo, TokenKind};
 
 /// The curve kinds, in drawing order.
-pub const KINDS: [CurveKind; 3] = [CurveKind::Text, CurveKind::Template, CurveKind::Dummy];
+const KINDS: [CurveKind; 3] = [CurveKind::Text, CurveKind::Template, CurveKind::Dummy];
 
 /// Which positions a curve covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +81,7 @@ pub struct Curve {
 
 /// Accumulates per-prompt values, then reduces them.
 #[derive(Debug, Default)]
-pub struct CurveBuilder {
+pub(crate) struct CurveBuilder {
     top_k: usize,
     n_rows: usize,
     /// `[kind][row]` → per-prompt mean probability.
@@ -200,7 +200,7 @@ impl CurveBuilder {
 }
 
 /// Quantile `q` of sorted values, linear between order statistics (numpy's default).
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -101,7 +101,7 @@ impl<'a> PromptLine<'a> {
 }
 
 /// A file being written under a temporary name.
-pub struct PendingFile {
+struct PendingFile {
     path: PathBuf,
     tmp: PathBuf,
 }
@@ -120,7 +120,7 @@ impl PendingFile {
     }
 
     /// Rename into place (the file must be flushed and closed).
-    pub fn commit(self) -> Result<PathBuf> {
+    pub(crate) fn commit(self) -> Result<PathBuf> {
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
         Ok(self.path)
     }
@@ -163,7 +163,7 @@ impl BufferedFile {
 }
 
 /// `prompts.jsonl`.
-pub struct PromptsWriter {
+pub(crate) struct PromptsWriter {
     out: BufferedFile,
 }
 
@@ -189,7 +189,7 @@ impl PromptsWriter {
 
 /// A float for CSV: exact (it parses back to the same f64), plain decimals
 /// where short, exponent form for very small or large magnitudes.
-pub fn csv_float(x: f64) -> String {
+fn csv_float(x: f64) -> String {
     let a = x.abs();
     if x == 0.0 || (1e-4..1e15).contains(&a) || !x.is_finite() {
         format!("{x}")
@@ -199,7 +199,7 @@ pub fn csv_float(x: f64) -> String {
 }
 
 /// A CSV field, quoted (RFC 4180) when it holds a comma, quote or line break.
-pub fn csv_field(s: &str) -> String {
+fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -208,7 +208,7 @@ pub fn csv_field(s: &str) -> String {
 }
 
 /// `cells.csv`.
-pub struct CsvWriter {
+pub(crate) struct CsvWriter {
     out: BufferedFile,
 }
 

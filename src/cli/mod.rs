@@ -534,7 +534,7 @@ fn show(text: &str, width: usize) -> String {
 
 /// The terminal summary: model, tokens, answer, and for every template and
 /// dummy position after the user's text, the top-1 token of every 5th row.
-pub fn print_summary(
+pub(crate) fn print_summary(
     out: &mut impl Write,
     grid: &LensGrid,
     template: Option<&str>,

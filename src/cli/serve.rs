@@ -46,7 +46,7 @@ pub struct ServeArgs {
 }
 
 /// The warning printed when the server listens beyond loopback.
-pub fn exposure_warning(ip: IpAddr) -> Option<String> {
+fn exposure_warning(ip: IpAddr) -> Option<String> {
     (!ip.is_loopback()).then(|| {
         format!(
             "warning: listening on {ip}, not loopback: anyone who can reach this machine can run \

@@ -67,7 +67,7 @@ impl Bf16Kernel {
 /// a (quiet) NaN. The same rounding as `half::bf16::from_f32`, written
 /// branch-free so packing a 28M-element head vectorises.
 #[inline(always)]
-pub fn bf16_bits(x: f32) -> u16 {
+fn bf16_bits(x: f32) -> u16 {
     let b = x.to_bits();
     let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
     if x.is_nan() {
@@ -117,7 +117,7 @@ impl Bf16Head {
     /// Round and pack an `[n, k]` matrix read `NR` rows at a time by
     /// `rows(r0, r1, out)` (f32, row-major), so a head kept quantised is
     /// never decoded whole.
-    pub fn pack_rows<E: Send>(
+    pub(crate) fn pack_rows<E: Send>(
         n: usize,
         k: usize,
         rows: impl Fn(usize, usize, &mut [f32]) -> Result<(), E> + Sync,

@@ -16,39 +16,39 @@ use crate::{Error, Result};
 
 /// Blocks. Llama 3.1 405B has 126; 1024 is 8× that, and a layer list of
 /// this length is cheap, so no file can ask for a 2^63-entry vector.
-pub const MAX_LAYERS: usize = 1024;
+pub(crate) const MAX_LAYERS: usize = 1024;
 /// Query or kv heads. The widest released models use 128.
-pub const MAX_HEADS: usize = 4096;
+pub(crate) const MAX_HEADS: usize = 4096;
 /// Dimensions per head. Gemma uses 256 and nothing ships above 512; 8192
 /// keeps `[T, T]` scores and RoPE tables small while leaving room.
-pub const MAX_HEAD_DIM: usize = 8192;
+pub(crate) const MAX_HEAD_DIM: usize = 8192;
 /// Residual width. Llama 405B: 16384; 131072 is 8× that.
-pub const MAX_D_MODEL: usize = 131_072;
+pub(crate) const MAX_D_MODEL: usize = 131_072;
 /// MLP width. Llama 405B: 53248; 1 << 20 is 20× that.
-pub const MAX_D_FF: usize = 1 << 20;
+pub(crate) const MAX_D_FF: usize = 1 << 20;
 /// Vocabulary rows. Gemma 3: 262144; 1 << 22 is 16× that.
-pub const MAX_VOCAB: usize = 1 << 22;
+pub(crate) const MAX_VOCAB: usize = 1 << 22;
 /// Context positions. Released models reach 10M (Llama 4 Scout); the
 /// context only bounds prompts and is never allocated from, so 1 << 30.
-pub const MAX_CONTEXT: usize = 1 << 30;
+pub(crate) const MAX_CONTEXT: usize = 1 << 30;
 /// Tensors in one GGUF header. A 405B GGUF has ~1140; 1 << 20 is plenty.
-pub const MAX_TENSORS: u64 = 1 << 20;
+const MAX_TENSORS: u64 = 1 << 20;
 /// Metadata entries in one GGUF header. Real files have ~40.
-pub const MAX_KV: u64 = 1 << 16;
+const MAX_KV: u64 = 1 << 16;
 /// Bytes in one GGUF string. The longest real ones are chat templates
 /// (tens of KB); 16 MiB leaves room and bounds every single allocation.
-pub const MAX_STRING: u64 = 16 << 20;
+const MAX_STRING: u64 = 16 << 20;
 /// Elements in one GGUF array: token lists and merges (Gemma: 262144 tokens,
 /// some BPE files ~500k merges). 1 << 24 is 30× that.
-pub const MAX_ARRAY: u64 = 1 << 24;
+const MAX_ARRAY: u64 = 1 << 24;
 /// Nested GGUF arrays. llama.cpp writes none; a deep nest only exists to
 /// exhaust a recursive reader's stack.
-pub const MAX_ARRAY_DEPTH: usize = 2;
+const MAX_ARRAY_DEPTH: usize = 2;
 /// Largest `general.alignment`. llama.cpp uses 32; a page is 4096. The value
 /// must also be a power of two, as the GGUF spec requires.
-pub const MAX_ALIGNMENT: u64 = 1 << 16;
+const MAX_ALIGNMENT: u64 = 1 << 16;
 /// Dimensions per GGUF tensor (GGML_MAX_DIMS).
-pub const MAX_DIMS: u32 = 4;
+const MAX_DIMS: u32 = 4;
 
 /// `a × b × …`, or an error naming what was being sized.
 pub fn checked_product(what: &str, factors: &[usize]) -> Result<usize> {
@@ -60,7 +60,7 @@ pub fn checked_product(what: &str, factors: &[usize]) -> Result<usize> {
 
 /// A norm epsilon must be finite and non-negative; a negative one makes
 /// `rsqrt(mean(x²) + eps)` NaN for small rows (issue #13 item 1).
-pub fn check_eps(eps: f64) -> Result<()> {
+pub(crate) fn check_eps(eps: f64) -> Result<()> {
     if !eps.is_finite() || eps < 0.0 {
         return Err(Error::Config(format!(
             "norm epsilon `{eps}` must be finite and non-negative"
@@ -367,7 +367,7 @@ impl<'a> Reader<'a> {
 /// layer. A non-finite weight or residual turns every lens cell after it
 /// into garbage that would otherwise be drawn as certainty (issue #13 item 1).
 /// Reads the tensor in place where it is a contiguous CPU buffer.
-pub fn check_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
+pub(crate) fn check_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
     if let Some(bad) = first_nonfinite(t)? {
         return Err(Error::NonFinite {
             what: what(),
@@ -378,7 +378,7 @@ pub fn check_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
 }
 
 /// The first non-finite value in `t`, if any.
-pub fn first_nonfinite(t: &Tensor) -> Result<Option<f64>> {
+fn first_nonfinite(t: &Tensor) -> Result<Option<f64>> {
     use candle_core::{CpuStorage, Storage};
     fn scan<T: Copy + Into<f64>>(v: &[T]) -> Option<f64> {
         v.iter().map(|&x| x.into()).find(|x: &f64| !x.is_finite())

@@ -81,7 +81,7 @@ pub struct MemoryLimit {
 impl MemoryLimit {
     /// The tightest of `MemAvailable`, the cgroup's room and the address
     /// space left under `RLIMIT_AS`.
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         let mut best = MemoryLimit {
             bytes: u64::MAX,
             source: "no limit found",
@@ -175,12 +175,12 @@ pub fn plan(
 }
 
 /// [`parse_bytes`] as a clap value parser for `--max-memory`.
-pub fn parse_max_memory(s: &str) -> std::result::Result<u64, String> {
+pub(crate) fn parse_max_memory(s: &str) -> std::result::Result<u64, String> {
     parse_bytes(s).map_err(|e| e.to_string())
 }
 
 /// Parse a size such as `6G`, `512M`, `64MiB` or `1000000` (bytes).
-pub fn parse_bytes(s: &str) -> Result<u64> {
+fn parse_bytes(s: &str) -> Result<u64> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -209,7 +209,7 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
 }
 
 /// Bytes for people: `5.5 GiB`, `64.0 MiB`.
-pub fn human_bytes(b: u64) -> String {
+fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut u = 0;
@@ -227,7 +227,7 @@ pub fn human_bytes(b: u64) -> String {
 /// This process's memory for `--timings`: peak resident set (`VmHWM`), and
 /// the resident set now split into anonymous and file-backed (mapped
 /// weights) pages. `None` off Linux.
-pub fn resident_report() -> Option<String> {
+pub(crate) fn resident_report() -> Option<String> {
     let kib = |key| proc_field("/proc/self/status", key).map(|k| human_bytes(k * 1024));
     Some(format!(
         "peak RSS {}, now anonymous {}, file-backed {}",

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::{Error, Result};
 
 /// A stop condition: `Err` ends the work in progress with that error.
-pub type StopCheck = Box<dyn FnMut() -> Result<()>>;
+type StopCheck = Box<dyn FnMut() -> Result<()>>;
 
 thread_local! {
     static CHECK: RefCell<Option<StopCheck>> = const { RefCell::new(None) };

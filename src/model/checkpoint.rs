@@ -45,7 +45,7 @@ impl Checkpoint {
     }
 
     /// Open a resolved location.
-    pub fn open_at(location: &ModelLocation) -> Result<Self> {
+    pub(crate) fn open_at(location: &ModelLocation) -> Result<Self> {
         let (cfg, format) = match location {
             ModelLocation::Gguf(path) => {
                 let file = GgufFile::open(path)?;
@@ -115,7 +115,7 @@ impl Checkpoint {
     /// As [`Checkpoint::load`], within `req` (`--max-memory`, and what the
     /// run needs beside the model); `allow_nonfinite` lets weights holding
     /// NaN or infinity load (`--allow-nonfinite`).
-    pub fn load_within(
+    pub(crate) fn load_within(
         &self,
         precision: Precision,
         req: MemoryRequest,

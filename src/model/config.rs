@@ -135,7 +135,7 @@ impl ModelConfig {
     }
 
     /// Check internal consistency; arch files call this after building a config.
-    pub fn validate(&self) -> crate::Result<()> {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::Error::Config(m));
         bounds::check_eps(self.sizes.norm_eps)?;
         if self.sizes.n_layers == 0 || self.sizes.d_model == 0 || self.sizes.vocab_size == 0 {
@@ -221,7 +221,7 @@ impl Sizes {
     /// A plain pre-norm transformer of these sizes: RMSNorm, separate q/k/v
     /// without biases, SiLU-gated MLP, full attention, untied, no RoPE yet.
     /// Arch files override what their family changes.
-    pub fn into_config(self, family: Family) -> ModelConfig {
+    pub(crate) fn into_config(self, family: Family) -> ModelConfig {
         ModelConfig {
             family,
             norm: NormKind::Rms,

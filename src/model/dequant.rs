@@ -63,7 +63,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// The fastest kernel this CPU runs.
-    pub fn detected() -> Kernel {
+    pub(crate) fn detected() -> Kernel {
         static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
             Kernel::available()

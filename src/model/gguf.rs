@@ -17,7 +17,7 @@ use super::weights::{MatWeight, Precision, StoredMatrix, WeightSource};
 use crate::{Error, Result};
 
 /// Quant types candle can read, for error messages.
-pub const SUPPORTED_GGML: &str =
+const SUPPORTED_GGML: &str =
     "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
 
 /// A memory-mapped GGUF file.
@@ -101,7 +101,7 @@ impl GgufFile {
     }
 
     /// A required metadata value as u64.
-    pub fn meta_u64(&self, key: &str) -> Result<u64> {
+    pub(crate) fn meta_u64(&self, key: &str) -> Result<u64> {
         match self.meta(key) {
             Some(v) => int_value(v)
                 .map(|x| x.max(0) as u64)
@@ -111,7 +111,7 @@ impl GgufFile {
     }
 
     /// An optional metadata value as f64.
-    pub fn meta_f64(&self, key: &str) -> Option<f64> {
+    pub(crate) fn meta_f64(&self, key: &str) -> Option<f64> {
         self.metadata().f64(key)
     }
 
@@ -206,7 +206,7 @@ impl<'a> Metadata<'a> {
     }
 
     /// An integer of any width.
-    pub fn int(&self, key: &str) -> Option<i64> {
+    pub(crate) fn int(&self, key: &str) -> Option<i64> {
         self.get(key).and_then(int_value)
     }
 
@@ -239,7 +239,7 @@ impl<'a> Metadata<'a> {
     }
 
     /// An array of strings.
-    pub fn str_array(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
+    pub(crate) fn str_array(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
         self.array_of(key, "strings", |v| match v {
             Value::String(s) => Some(s.as_str()),
             _ => None,
@@ -247,12 +247,12 @@ impl<'a> Metadata<'a> {
     }
 
     /// An array of integers of any width.
-    pub fn int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
+    pub(crate) fn int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
         self.array_of(key, "integers", int_value)
     }
 
     /// An array of numbers, as f32.
-    pub fn f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
+    pub(crate) fn f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
         self.array_of(key, "numbers", |v| match v {
             Value::F32(x) => Some(*x),
             Value::F64(x) => Some(*x as f32),

@@ -213,7 +213,7 @@ pub struct Norm {
 impl Norm {
     /// `(weight, eps)` of an RMSNorm (Gemma's `+1` folded into the weight);
     /// `None` for LayerNorm. The tuned-lens trainer differentiates through it.
-    pub fn rms_parts(&self) -> Option<(&Tensor, f32)> {
+    pub(crate) fn rms_parts(&self) -> Option<(&Tensor, f32)> {
         self.bias.is_none().then_some((&self.weight, self.eps))
     }
 
@@ -627,7 +627,7 @@ impl Block {
 
     /// For weights at rest: prefetch the block's pages (`release` false:
     /// `MADV_WILLNEED`) or drop them from the resident set (`MADV_DONTNEED`).
-    pub fn advise(&self, release: bool) {
+    pub(crate) fn advise(&self, release: bool) {
         for m in self.stored() {
             if release {
                 m.release()

@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::{Error, Result};
 
 /// The file HF tokenizers are read from.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub(crate) const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The config file of an HF directory.
 pub const CONFIG_FILE: &str = "config.json";
 /// The single-file safetensors checkpoint name.
@@ -54,13 +54,13 @@ impl ModelLocation {
 }
 
 /// Resolve a spec against the default Hugging Face cache.
-pub fn resolve(spec: &str) -> Result<ModelLocation> {
+pub(crate) fn resolve(spec: &str) -> Result<ModelLocation> {
     resolve_in(spec, &cache_roots())
 }
 
 /// The Hugging Face hub caches to search, in `huggingface_hub`'s order of
 /// precedence (only the first that applies is used there; we try each).
-pub fn cache_roots() -> Vec<PathBuf> {
+fn cache_roots() -> Vec<PathBuf> {
     let env = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
@@ -235,7 +235,7 @@ const FETCHED_MODELS: [&str; 2] = [
 /// How to get a model that was not found, by what was passed: one of the
 /// default models gets `scripts/fetch-models`, an `org/name` how to download
 /// it into the Hugging Face cache, anything else is a path to check.
-pub fn not_found_hint(spec: &str) -> String {
+pub(crate) fn not_found_hint(spec: &str) -> String {
     let path = Path::new(spec);
     if path
         .file_name()
@@ -360,7 +360,7 @@ pub fn file_name(path: &Path) -> String {
 }
 
 /// The first line of a multi-line message: our errors are one line.
-pub fn first_line(s: &str) -> &str {
+pub(crate) fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 

@@ -86,7 +86,7 @@ impl KvCache {
 /// One sequence of a block-major forward pass ([`Model::forward_many`]):
 /// its new tokens, its cache (positions continue from `cache.len()`), and
 /// where its residual rows go.
-pub struct Sequence<'a> {
+pub(crate) struct Sequence<'a> {
     pub ids: &'a [u32],
     pub cache: &'a mut KvCache,
     pub recorder: Option<&'a mut dyn Recorder>,
@@ -219,7 +219,7 @@ impl Model {
     ///
     /// The outer error ends every sequence (cancellation); an inner one only
     /// its own (too long, a non-finite residual), and the others carry on.
-    pub fn forward_many(&self, seqs: &mut [Sequence<'_>]) -> Result<Vec<Result<Tensor>>> {
+    pub(crate) fn forward_many(&self, seqs: &mut [Sequence<'_>]) -> Result<Vec<Result<Tensor>>> {
         let mut xs: Vec<Result<Tensor>> = seqs.iter_mut().map(|s| self.embed_seq(s)).collect();
         for (i, block) in self.blocks.iter().enumerate() {
             // At rest, ask for the next block's pages while this one computes;
@@ -303,7 +303,7 @@ impl Model {
     /// backward pass needs. The head is decoded here even when it is at rest
     /// (training multiplies by it twice per layer per step). `None` for
     /// LayerNorm or a final soft-cap (not differentiated).
-    pub fn unembed_parts(&self) -> Result<Option<(&Tensor, f32, Tensor)>> {
+    pub(crate) fn unembed_parts(&self) -> Result<Option<(&Tensor, f32, Tensor)>> {
         if self.cfg.final_softcap.is_some() {
             return Ok(None);
         }
@@ -333,7 +333,7 @@ impl Model {
 
     /// The first step of [`Model::unembed`]: the final norm, in f32 (the head
     /// stays f32 whatever the forward dtype: it is the lens's cost).
-    pub fn final_normed(&self, h: &Tensor) -> Result<Tensor> {
+    pub(crate) fn final_normed(&self, h: &Tensor) -> Result<Tensor> {
         Ok(self
             .final_norm
             .forward(h)?
@@ -344,7 +344,7 @@ impl Model {
     /// Gemma's soft-cap `c · tanh(z / c)`, nothing for other models. Same
     /// f32 operations as candle's `(z / c).tanh() * c` in `unembed`: a
     /// multiply by `1/c`, then `tanh`, then a multiply by `c`.
-    pub fn softcap_in_place(&self, logits: &mut [f32]) {
+    pub(crate) fn softcap_in_place(&self, logits: &mut [f32]) {
         if let Some(c) = self.cfg.final_softcap {
             let (inv, c) = ((1.0 / c) as f32, c as f32);
             logits.iter_mut().for_each(|z| *z = (*z * inv).tanh() * c);
@@ -354,7 +354,7 @@ impl Model {
     /// The unembedding rounded to bf16 and packed for the bf16 lens; packed
     /// on the first call from [`Model::head_rows`] a panel at a time (about
     /// 0.1 s for SmolLM2), kept for the model's life.
-    pub fn head_bf16(&self) -> Result<&crate::kernels::bf16::Bf16Head> {
+    pub(crate) fn head_bf16(&self) -> Result<&crate::kernels::bf16::Bf16Head> {
         if let Some(h) = self.head_bf16.get() {
             return Ok(h);
         }
@@ -368,7 +368,7 @@ impl Model {
     /// Head rows `r0..r1` in f32 into `out` (`(r1 - r0) * d_model` values),
     /// from the f32 copy or dequantised from the file: the accessor for
     /// anything that needs the head in its own layout (a packed copy).
-    pub fn head_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+    fn head_rows(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
         if r0 > r1
             || r1 > self.cfg.sizes.vocab_size
             || out.len() != (r1 - r0) * self.cfg.sizes.d_model
@@ -385,7 +385,7 @@ impl Model {
     /// from `last_hidden` (`[1, d]` or `[T, d]`; its last row is used).
     /// Stops after `max_new` tokens or once a token in `stop` is produced
     /// (that token is kept).
-    pub fn generate_greedy(
+    pub(crate) fn generate_greedy(
         &self,
         cache: &mut KvCache,
         last_hidden: &Tensor,
@@ -403,7 +403,7 @@ impl Model {
     /// block-major ([`Model::forward_many`]), so a model at rest is read once
     /// per step, not once per step per sequence. Each sequence's tokens are
     /// those it would get alone.
-    pub fn generate_greedy_many(
+    pub(crate) fn generate_greedy_many(
         &self,
         seqs: &mut [(&mut KvCache, Tensor)],
         max_new: usize,

@@ -87,7 +87,7 @@ impl Shard {
 
 /// Decides which tensors are stored `[in, out]` (GPT-2's Conv1D) and must be
 /// transposed to the `[out, in]` every other layer expects.
-pub type TransposeRule = fn(&str) -> bool;
+pub(crate) type TransposeRule = fn(&str) -> bool;
 
 /// A checkpoint of one or more safetensors files, addressed by tensor name.
 pub struct SafetensorsFiles {
@@ -102,7 +102,7 @@ pub struct SafetensorsFiles {
 impl SafetensorsFiles {
     /// Open the weights of an HF directory: `model.safetensors`, or the
     /// shards its index lists.
-    pub fn open_dir(dir: &Path) -> Result<Self> {
+    pub(crate) fn open_dir(dir: &Path) -> Result<Self> {
         Self::open_files(&weight_files(dir)?, label(dir))
     }
 
@@ -135,7 +135,7 @@ impl SafetensorsFiles {
     }
 
     /// Report and read the tensors `rule` picks with their two axes swapped.
-    pub fn with_transposed(mut self, rule: TransposeRule) -> Self {
+    pub(crate) fn with_transposed(mut self, rule: TransposeRule) -> Self {
         self.transpose = Some(rule);
         self
     }
@@ -151,7 +151,7 @@ impl SafetensorsFiles {
     }
 
     /// The number of files.
-    pub fn n_files(&self) -> usize {
+    pub(crate) fn n_files(&self) -> usize {
         self.shards.len()
     }
 

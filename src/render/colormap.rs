@@ -65,13 +65,13 @@ impl Rgb {
 }
 
 /// matplotlib `RdBu` (ColorBrewer, 11 classes), red to blue.
-pub const RDBU: [&str; 11] = [
+pub(crate) const RDBU: [&str; 11] = [
     "#67001f", "#b2182b", "#d6604d", "#f4a582", "#fddbc7", "#f7f7f7", "#d1e5f0", "#92c5de",
     "#4393c3", "#2166ac", "#053061",
 ];
 
 /// matplotlib `Blues` (ColorBrewer, 9 classes), white to dark blue.
-pub const BLUES: [&str; 9] = [
+pub(crate) const BLUES: [&str; 9] = [
     "#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c",
     "#08306b",
 ];
@@ -114,7 +114,7 @@ fn round8(v: f64) -> u8 {
 }
 
 /// Linear interpolation between evenly spaced stops, in 0..255 float channels.
-pub fn interpolate(stops: &[Rgb], t: f64) -> [f64; 3] {
+fn interpolate(stops: &[Rgb], t: f64) -> [f64; 3] {
     let t = if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) };
     let x = t * (stops.len() - 1) as f64;
     let i = (x.floor() as usize).min(stops.len() - 2);
@@ -149,9 +149,9 @@ pub struct StatScale {
 }
 
 /// Entropy scale top, in nats.
-pub const ENTROPY_MAX: f64 = 10.0;
+const ENTROPY_MAX: f64 = 10.0;
 /// KL scale top, in nats.
-pub const KL_MAX: f64 = 10.0;
+const KL_MAX: f64 = 10.0;
 
 impl StatScale {
     /// The scale of `stat` for this grid (ranks run up to the vocab size).
@@ -294,13 +294,13 @@ pub fn cell_value(grid: &LensGrid, stat: Stat, row: usize, pos: usize) -> Option
 /// (`--allow-nonfinite`): figures hatch it, never colour it from the scale.
 /// For `kl` a cell is also invalid when its position's output row is, since
 /// the KL has no reference there.
-pub fn cell_invalid(grid: &LensGrid, stat: Stat, row: usize, pos: usize) -> bool {
+pub(crate) fn cell_invalid(grid: &LensGrid, stat: Stat, row: usize, pos: usize) -> bool {
     grid.is_invalid(row, pos)
         || (stat == Stat::Kl && grid.is_invalid(grid.n_rows.saturating_sub(1), pos))
 }
 
 /// Check that `stat` can be drawn for this grid (target stats need a target).
-pub fn check_stat(grid: &LensGrid, stat: Stat) -> Result<()> {
+pub(crate) fn check_stat(grid: &LensGrid, stat: Stat) -> Result<()> {
     if matches!(stat, Stat::TargetProb | Stat::TargetRank)
         && !grid.tracked.iter().any(|t| t.role == TrackedRole::Target)
     {

@@ -13,13 +13,13 @@ pub const FONT_DATA: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.t
 pub const FONT_FAMILY: &str = "DejaVu Sans Mono";
 
 /// CSS `font-family` value used in SVG and HTML.
-pub const FONT_STACK: &str = "'DejaVu Sans Mono', 'Menlo', 'Consolas', monospace";
+pub(crate) const FONT_STACK: &str = "'DejaVu Sans Mono', 'Menlo', 'Consolas', monospace";
 
 /// Advance width of every glyph, in em (1233 / 2048 font units).
-pub const ADVANCE_EM: f64 = 1233.0 / 2048.0;
+pub(crate) const ADVANCE_EM: f64 = 1233.0 / 2048.0;
 
 /// Width of `chars` characters at `font_size`.
-pub fn text_width(chars: usize, font_size: f64) -> f64 {
+pub(crate) fn text_width(chars: usize, font_size: f64) -> f64 {
     chars as f64 * ADVANCE_EM * font_size
 }
 
@@ -36,7 +36,7 @@ fn coverage() -> &'static Coverage {
 }
 
 /// Whether the bundled font draws `c` with a real glyph (not `.notdef`).
-pub fn has_glyph(c: char) -> bool {
+pub(crate) fn has_glyph(c: char) -> bool {
     let c = c as u32;
     let r = &coverage().ranges;
     r.binary_search_by(|&(lo, hi)| {
@@ -52,7 +52,7 @@ pub fn has_glyph(c: char) -> bool {
 }
 
 /// A font database holding only the bundled font, shared by every PNG render.
-pub fn fontdb() -> Arc<usvg::fontdb::Database> {
+pub(crate) fn fontdb() -> Arc<usvg::fontdb::Database> {
     static DB: OnceLock<Arc<usvg::fontdb::Database>> = OnceLock::new();
     DB.get_or_init(|| {
         let mut db = usvg::fontdb::Database::new();

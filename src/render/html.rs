@@ -15,7 +15,7 @@ pub const LENSVIEW_CSS: &str = include_str!("assets/lensview.css");
 
 /// JSON made safe inside `<script>`: `<`, `>`, `&` and the JS line
 /// separators are written as `\uXXXX` escapes (they only occur in strings).
-pub fn script_safe_json(json: &str) -> String {
+fn script_safe_json(json: &str) -> String {
     let mut out = String::with_capacity(json.len() + 16);
     for c in json.chars() {
         match c {
@@ -32,7 +32,7 @@ pub fn script_safe_json(json: &str) -> String {
 
 /// Significant digits of the probabilities and statistics embedded in the page
 /// (the tooltip shows three).
-pub const EMBED_DIGITS: usize = 5;
+const EMBED_DIGITS: usize = 5;
 
 fn round_floats(v: &mut serde_json::Value) {
     match v {
@@ -52,7 +52,7 @@ fn round_floats(v: &mut serde_json::Value) {
 
 /// The grid as JSON for embedding: floats rounded to [`EMBED_DIGITS`]
 /// significant digits (the file is a view, `--format json` keeps full precision).
-pub fn embedded_grid_json(grid: &LensGrid) -> Result<String> {
+fn embedded_grid_json(grid: &LensGrid) -> Result<String> {
     let mut v = serde_json::to_value(grid).map_err(|source| Error::Serialize {
         what: "the grid",
         source,

@@ -17,7 +17,7 @@ pub const MAX_LABEL: usize = 7;
 pub const MAX_LABEL_CHARS: usize = MAX_LABEL - 1 + 3;
 
 /// What is drawn for a character the font lacks.
-pub const REPLACEMENT: char = '\u{fffd}';
+const REPLACEMENT: char = '\u{fffd}';
 
 /// Zero-width and bidi formatting characters: covered by fonts but invisible.
 fn is_invisible(c: char) -> bool {
@@ -81,7 +81,7 @@ pub fn token_label(text: &str) -> String {
 
 /// Free text (title, prompt, answer): control characters escaped and missing
 /// glyphs replaced, spaces kept. Cut to `max_chars` with `…` when longer.
-pub fn plain_text(text: &str, max_chars: usize) -> String {
+pub(crate) fn plain_text(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -100,7 +100,7 @@ pub fn plain_text(text: &str, max_chars: usize) -> String {
 }
 
 /// Escape text for XML character data and attribute values.
-pub fn xml_escape(s: &str) -> String {
+pub(crate) fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
         match c {

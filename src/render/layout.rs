@@ -62,15 +62,15 @@ impl GridGeom {
         self.x + self.width()
     }
     /// Whether `pos` is one of this grid's columns.
-    pub fn has_pos(&self, pos: usize) -> bool {
+    fn has_pos(&self, pos: usize) -> bool {
         pos >= self.first_pos && pos < self.first_pos + self.n_cols
     }
     /// Left edge of a position's column.
-    pub fn col_x(&self, pos: usize) -> f64 {
+    pub(crate) fn col_x(&self, pos: usize) -> f64 {
         self.x + (pos as f64 - self.first_pos as f64) * self.cell_w
     }
     /// Top edge of a row (row 0 is the bottom row).
-    pub fn row_y(&self, row: usize) -> f64 {
+    pub(crate) fn row_y(&self, row: usize) -> f64 {
         self.y + (self.n_rows - 1 - row) as f64 * self.cell_h
     }
     /// The cell of `(row, pos)`, if this grid shows it.
@@ -81,7 +81,7 @@ impl GridGeom {
 }
 
 /// A straight line, `(from, to)`.
-pub type Segment = ((f64, f64), (f64, f64));
+type Segment = ((f64, f64), (f64, f64));
 
 /// How region A labels its x axis.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -155,32 +155,32 @@ pub struct FigureLayout {
     pub legend: Vec<(LegendItem, f64, f64)>,
 }
 
-pub const MARGIN: f64 = 16.0;
-pub const TITLE_SIZE: f64 = 18.0;
-pub const SUBTITLE_SIZE: f64 = 11.0;
+pub(crate) const MARGIN: f64 = 16.0;
+pub(crate) const TITLE_SIZE: f64 = 18.0;
+pub(crate) const SUBTITLE_SIZE: f64 = 11.0;
 /// Cell text, x labels and row labels of B and C.
-pub const LABEL_SIZE: f64 = 9.5;
+pub(crate) const LABEL_SIZE: f64 = 9.5;
 /// Labels of A.
-pub const SMALL_SIZE: f64 = 8.0;
+pub(crate) const SMALL_SIZE: f64 = 8.0;
 /// Region titles.
-pub const REGION_SIZE: f64 = 11.0;
-pub const B_CELL_H: f64 = 15.0;
-pub const XLABEL_H: f64 = 15.0;
+pub(crate) const REGION_SIZE: f64 = 11.0;
+pub(crate) const B_CELL_H: f64 = 15.0;
+pub(crate) const XLABEL_H: f64 = 15.0;
 /// Widest A cell.
-pub const A_CELL_W_MAX: f64 = 14.0;
+const A_CELL_W_MAX: f64 = 14.0;
 /// Rows shown in C's counts table.
-pub const COUNTS_SHOWN: usize = 6;
+pub(crate) const COUNTS_SHOWN: usize = 6;
 /// C's inner columns: row label, token, probability, bar.
-pub const C_PAD: f64 = 8.0;
-pub const C_BAR_W: f64 = 30.0;
+pub(crate) const C_PAD: f64 = 8.0;
+pub(crate) const C_BAR_W: f64 = 30.0;
 
 /// Width of a B cell: the widest label plus padding.
-pub fn b_cell_w() -> f64 {
+fn b_cell_w() -> f64 {
     (text_width(MAX_LABEL_CHARS, LABEL_SIZE) + 6.0).ceil()
 }
 
 /// Width of region C.
-pub fn c_width() -> f64 {
+fn c_width() -> f64 {
     let row_label = text_width(6, LABEL_SIZE);
     let token = text_width(MAX_LABEL_CHARS, LABEL_SIZE);
     let prob = text_width(4, LABEL_SIZE);
@@ -333,7 +333,7 @@ impl FigureLayout {
     }
     /// The two dashed lines joining A's window marker to B's frame:
     /// `[(from, to); 2]`, left then right. `None` when A is merged into B.
-    pub fn window_connectors(&self) -> Option<[Segment; 2]> {
+    pub(crate) fn window_connectors(&self) -> Option<[Segment; 2]> {
         let a = self.overview?;
         let b = &self.detail;
         let y1 = self.overview_bottom + 2.0;

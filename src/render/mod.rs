@@ -126,7 +126,7 @@ impl FigureOptions {
 }
 
 /// The default title.
-pub const DEFAULT_TITLE: &str = "Rehearsal at \"dummy tokens\"";
+pub(crate) const DEFAULT_TITLE: &str = "Rehearsal at \"dummy tokens\"";
 
 impl Default for FigureOptions {
     fn default() -> Self {
@@ -258,12 +258,12 @@ pub(crate) fn check_grid(grid: &LensGrid) -> Result<()> {
 }
 
 /// Positions up to which A and B are drawn as one grid.
-pub const MERGE_MAX_POSITIONS: usize = 40;
+const MERGE_MAX_POSITIONS: usize = 40;
 /// Widest default window.
-pub const MAX_DEFAULT_WINDOW: usize = 32;
+const MAX_DEFAULT_WINDOW: usize = 32;
 
 /// The window of region B: explicit, or the default (see [`FigureOptions::window`]).
-pub fn resolve_window(grid: &LensGrid, opts: &FigureOptions) -> Result<(usize, usize)> {
+pub(crate) fn resolve_window(grid: &LensGrid, opts: &FigureOptions) -> Result<(usize, usize)> {
     let n = grid.n_positions();
     if let Some((s, e)) = opts.window {
         if s >= e || e > n {

@@ -23,22 +23,22 @@ use crate::grid::{LensGrid, TokenKind};
 use crate::{Error, Result};
 
 /// Purple of the window marker (A) and B's frame.
-pub const WINDOW_COLOR: &str = "#7b2cbf";
+const WINDOW_COLOR: &str = "#7b2cbf";
 /// Green of the zoom column and region C.
-pub const ZOOM_COLOR: &str = "#1a9641";
+const ZOOM_COLOR: &str = "#1a9641";
 /// Blue of template and dummy markers.
-pub const KIND_COLOR: &str = "#1f5fbf";
+pub(crate) const KIND_COLOR: &str = "#1f5fbf";
 /// Template positions in the overview's kind strip.
-pub const TEMPLATE_STRIP_COLOR: &str = "#8fb3e8";
+pub(crate) const TEMPLATE_STRIP_COLOR: &str = "#8fb3e8";
 /// Fill of dummy boxes.
-pub const DUMMY_FILL: &str = "#dbe8fb";
+const DUMMY_FILL: &str = "#dbe8fb";
 const GREY: &str = "#555555";
 /// Fill of a cell with no value because its logits were not finite: diagonal
 /// lines on white, which no colour scale contains ([`HATCH_PATTERN`]).
-pub const HATCH_FILL: &str = "url(#hatch)";
+const HATCH_FILL: &str = "url(#hatch)";
 /// The diagonal-line pattern behind [`HATCH_FILL`], defined once per panel
 /// that has invalid cells.
-pub const HATCH_PATTERN: &str = r##"<defs><pattern id="hatch" width="5" height="5" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="5" height="5" fill="#ffffff"/><path d="M0 0V5" stroke="#333333" stroke-width="2"/></pattern></defs>"##;
+const HATCH_PATTERN: &str = r##"<defs><pattern id="hatch" width="5" height="5" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="5" height="5" fill="#ffffff"/><path d="M0 0V5" stroke="#333333" stroke-width="2"/></pattern></defs>"##;
 
 /// Format a coordinate: integers bare, else two decimals without trailing zeros.
 /// (Also the batch's rehearsal figure's.)

@@ -162,7 +162,7 @@ pub struct ViewLayout {
 }
 
 /// The interactive layout.
-pub const VIEW_LAYOUT: ViewLayout = ViewLayout {
+const VIEW_LAYOUT: ViewLayout = ViewLayout {
     cell_w: 58.0,
     cell_h: B_CELL_H,
     row_label_w: 48.0,
@@ -185,7 +185,7 @@ fn stat_name(stat: Stat) -> &'static str {
 
 /// How `stat` is drawn for this grid: the static figure's scale and the
 /// colour of every cell.
-pub fn stat_view(grid: &LensGrid, stat: Stat) -> StatView {
+fn stat_view(grid: &LensGrid, stat: Stat) -> StatView {
     let scale = StatScale::new(stat, grid);
     let cells = (0..grid.n_rows)
         .map(|row| {

@@ -21,7 +21,7 @@ use crate::render::{self, FigureOptions, Stat};
 use crate::run::{AnswerSpec, LensFlags, Session};
 
 /// What the handlers share.
-pub struct AppState {
+pub(crate) struct AppState {
     /// Configured models, in command-line order; looked up by `label` only.
     pub models: Vec<Arc<Session>>,
     pub pool: WorkerPool,
@@ -53,7 +53,7 @@ const CSP: &str =
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
                    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-pub fn router(state: Shared) -> Router {
+pub(crate) fn router(state: Shared) -> Router {
     let lens_limit = state.limits.max_body;
     let render_limit = state.limits.max_render_body;
     Router::new()

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 /// An error answer: status and one-line message.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub message: String,
     /// Seconds for `Retry-After` (503 only).
@@ -26,11 +26,11 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
@@ -40,7 +40,7 @@ impl ApiError {
     /// file's fault is the server's, not the client's: 500.
     /// `render_is_input`: whether a `Render` error means a malformed grid (it
     /// does on `/api/render`).
-    pub fn from_lensmap(err: crate::Error, render_is_input: bool) -> Self {
+    pub(crate) fn from_lensmap(err: crate::Error, render_is_input: bool) -> Self {
         use crate::error::ErrorKind;
         let status = match err.kind() {
             _ if render_is_input && matches!(err, crate::Error::Render(_)) => {

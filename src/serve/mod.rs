@@ -30,15 +30,15 @@ use crate::{Error, Result};
 pub use api::is_loopback_host;
 
 /// Longest prompt (tokens, template and dummies included) by default.
-pub const DEFAULT_MAX_TOKENS: usize = 1024;
+pub(crate) const DEFAULT_MAX_TOKENS: usize = 1024;
 /// Request body limit of `POST /api/lens` (bytes).
-pub const MAX_BODY: usize = 64 * 1024;
+const MAX_BODY: usize = 64 * 1024;
 /// Request body limit of `POST /api/render`, which receives a whole grid (bytes).
-pub const MAX_RENDER_BODY: usize = 32 * 1024 * 1024;
+const MAX_RENDER_BODY: usize = 32 * 1024 * 1024;
 /// Most dummy tokens a request may ask for.
-pub const MAX_DUMMY: usize = 256;
+const MAX_DUMMY: usize = 256;
 /// Most tokens a request may generate.
-pub const MAX_GENERATE: usize = 256;
+const MAX_GENERATE: usize = 256;
 
 /// Per-request limits.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +100,7 @@ impl ServeConfig {
 }
 
 /// The address to bind: an IP address, or `localhost`.
-pub fn parse_host(host: &str) -> Result<IpAddr> {
+pub(crate) fn parse_host(host: &str) -> Result<IpAddr> {
     if host.eq_ignore_ascii_case("localhost") {
         return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
@@ -254,12 +254,12 @@ pub fn start(config: ServeConfig) -> Result<Server> {
 }
 
 /// A client must send its request headers within this (slow-loris defence).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send its whole body within this once the headers are in.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a stop, requests still running get this long to finish; connections
 /// with half-sent requests are dropped at once (issue #13 item 6).
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Accept HTTP/1 connections until `stop`, then let running requests finish
 /// for at most [`SHUTDOWN_GRACE`]. Idle and half-sent connections do not hold

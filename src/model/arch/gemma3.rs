@@ -138,7 +138,7 @@ pub fn hf_name(part: Part) -> &'static str {
 }
 
 /// Write `cfg` as a transformers `gemma3_text` `config.json`.
-pub fn to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
+pub(crate) fn to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
     let rope = cfg
         .rope
         .as_ref()

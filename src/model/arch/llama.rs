@@ -181,7 +181,7 @@ pub fn hf_name(part: Part) -> &'static str {
 }
 
 /// Write `cfg` as a transformers `config.json` (the inverse of [`from_hf`]).
-pub fn to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
+pub(crate) fn to_hf(cfg: &ModelConfig) -> Result<serde_json::Value> {
     let spec = cfg.family.spec();
     let rope = cfg
         .rope

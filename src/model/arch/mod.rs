@@ -75,14 +75,14 @@ pub enum Part {
 
 impl Part {
     /// Parts that exist once per model.
-    pub const GLOBAL: [Part; 4] = [
+    const GLOBAL: [Part; 4] = [
         Part::TokenEmbd,
         Part::PositionEmbd,
         Part::OutputNorm,
         Part::Output,
     ];
     /// Parts that exist once per block.
-    pub const PER_LAYER: [Part; 15] = [
+    const PER_LAYER: [Part; 15] = [
         Part::AttnNorm,
         Part::AttnQ,
         Part::AttnK,
@@ -101,7 +101,7 @@ impl Part {
     ];
 
     /// Whether the tensor is a norm gain (Gemma's `1 + w` applies to these).
-    pub fn is_norm(self) -> bool {
+    pub(crate) fn is_norm(self) -> bool {
         matches!(
             self,
             Part::OutputNorm
@@ -117,7 +117,7 @@ impl Part {
 
 /// One tensor of a model: the part, its block (`None` for model-wide parts),
 /// and whether it is the bias.
-pub type PartKey = (Part, Option<usize>, bool);
+pub(crate) type PartKey = (Part, Option<usize>, bool);
 
 /// Maps logical parts to the names one checkpoint format uses.
 pub trait TensorNames: Send + Sync {
@@ -211,7 +211,7 @@ pub fn hf_names(family: Family, has: impl Fn(&str) -> bool) -> HfNames {
 }
 
 /// Which tensors of an HF checkpoint of `family` are stored `[in, out]`.
-pub fn hf_transpose_rule(family: Family) -> Option<TransposeRule> {
+pub(crate) fn hf_transpose_rule(family: Family) -> Option<TransposeRule> {
     family.spec().hf_transpose
 }
 
@@ -221,11 +221,11 @@ pub fn hf_transpose_rule(family: Family) -> Option<TransposeRule> {
 
 /// Reads a `config.json` of the family; `has_lm_head`: whether the
 /// checkpoint stores `lm_head.weight` (decides tying when the config is silent).
-pub type FromHf = fn(&HfConfig, Family, bool) -> Result<ModelConfig>;
+type FromHf = fn(&HfConfig, Family, bool) -> Result<ModelConfig>;
 /// Reads a GGUF file's metadata of the family.
-pub type FromGguf = fn(&GgufFile, Family) -> Result<ModelConfig>;
+type FromGguf = fn(&GgufFile, Family) -> Result<ModelConfig>;
 /// Writes a config as a transformers `config.json` (for `convert`).
-pub type ToHf = fn(&ModelConfig) -> Result<serde_json::Value>;
+type ToHf = fn(&ModelConfig) -> Result<serde_json::Value>;
 
 /// One family: everything lensmap dispatches on. See the module doc for how
 /// to add one.

@@ -43,7 +43,7 @@ pub enum Precision {
 
 impl Precision {
     /// Whether a tensor of this type stays quantised under this precision.
-    pub fn keep_quantized(self, dtype: GgmlDType) -> bool {
+    pub(crate) fn keep_quantized(self, dtype: GgmlDType) -> bool {
         match self {
             Precision::Auto | Precision::F32 | Precision::F64 | Precision::Rest => false,
             Precision::Quant => !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16),
@@ -51,7 +51,7 @@ impl Precision {
     }
 
     /// The dtype activations flow in.
-    pub fn activation_dtype(self) -> candle_core::DType {
+    pub(crate) fn activation_dtype(self) -> candle_core::DType {
         match self {
             Precision::F64 => candle_core::DType::F64,
             _ => candle_core::DType::F32,
@@ -217,7 +217,7 @@ impl StoredMatrix {
     }
 
     /// Bytes in the file.
-    pub fn stored_bytes(&self) -> usize {
+    pub(crate) fn stored_bytes(&self) -> usize {
         self.len
     }
 
@@ -225,7 +225,7 @@ impl StoredMatrix {
     /// `dequant.rs`'s SIMD block decoders: the same values candle's
     /// `QTensor::dequantize` gives, so at rest equals the f32 copies bit for
     /// bit per weight.
-    pub fn rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+    pub(crate) fn rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
         let cols = self.cols;
         debug_assert_eq!(out.len(), (r1 - r0) * cols);
         let map = match &self.backing {
@@ -255,7 +255,7 @@ impl StoredMatrix {
 
     /// Rows `ids` (in any order) in f32, `[ids.len(), cols]`: an embedding
     /// lookup that reads only the looked-up rows.
-    pub fn gather(&self, ids: &[u32]) -> Result<Tensor> {
+    pub(crate) fn gather(&self, ids: &[u32]) -> Result<Tensor> {
         let cols = self.cols;
         let mut out = vec![0f32; ids.len() * cols];
         out.par_chunks_mut(cols)
@@ -267,7 +267,7 @@ impl StoredMatrix {
     /// `x · Wᵀ`: `x` `[t, cols]` → `[t, rows]`, one panel of rows at a time.
     /// Each panel is dequantised into a per-thread f32 buffer and the f32
     /// gemm writes its product straight into the panel's output columns.
-    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (t, k) = x.dims2()?;
         if k != self.cols {
             return Err(Error::Config(format!(
@@ -331,7 +331,7 @@ impl StoredMatrix {
 
     /// Ask the kernel to read the matrix ahead (the next block while this
     /// one computes).
-    pub fn prefetch(&self) {
+    pub(crate) fn prefetch(&self) {
         if let Backing::Mapped(map) = &self.backing {
             let _ = map.advise_range(memmap2::Advice::WillNeed, self.start, self.len);
         }

@@ -20,6 +20,60 @@ use crate::model::hf::HfConfig;
 use crate::model::weights::WeightSource;
 use crate::{Error, Result};
 
+/// What a llama-like family changes, as data in its registry row
+/// ([`super::FamilySpec::kin`]). The translators below read nothing else
+/// about the family.
+#[derive(Debug, Clone, Copy)]
+pub struct Kin {
+    /// RoPE pair order in GGUF files: llama.cpp's converter permutes Llama
+    /// and Mistral q/k rows so that adjacent pairs rotate together
+    /// (interleaved); the others keep transformers' rotate-half order.
+    pub gguf_rope: RopeStyle,
+    /// Which layers have a sliding window.
+    pub window: Window,
+    /// Per-head RMSNorm on q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// q/k/v in one `qkv_proj` (in HF files) and gate/up in one
+    /// `gate_up_proj`, gate first (Phi-3).
+    pub fused: bool,
+    /// `rms_norm_eps` when `config.json` omits it.
+    pub hf_eps: f64,
+    /// `config.json`'s `attention_bias` (q, k, v and o) applies.
+    pub hf_attention_bias: bool,
+    /// `config.json`'s `mlp_bias` applies.
+    pub hf_mlp_bias: bool,
+    /// q, k and v always have biases (Qwen2).
+    pub qkv_bias: bool,
+}
+
+/// Where a llama-like family's sliding window applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Full attention in every layer.
+    None,
+    /// Every layer, when the config sets a window (Mistral, Phi-3; in GGUF
+    /// `{arch}.attention.sliding_window`).
+    EveryLayer,
+    /// Only with `use_sliding_window`, from `max_window_layers` on (Qwen2/3;
+    /// transformers' rule). GGUF files of these families carry no window.
+    OptIn,
+}
+
+impl Kin {
+    /// The plain llama-like block: rotate-half RoPE, full attention, no
+    /// biases, separate projections.
+    pub const PLAIN: Kin = Kin {
+        gguf_rope: RopeStyle::NeoX,
+        window: Window::None,
+        qk_norm: false,
+        fused: false,
+        hf_eps: 1e-6,
+        hf_attention_bias: false,
+        hf_mlp_bias: false,
+        qkv_bias: false,
+    };
+}
+
 /// What sets one llama-like checkpoint apart once its file is read.
 struct Variant {
     rope: RopeConfig,
@@ -31,8 +85,9 @@ struct Variant {
     tied: bool,
 }
 
-/// The config of a llama-like family; the family fixes q/k norm and MLP layout.
+/// The config of a llama-like family; its [`Kin`] fixes q/k norm and MLP layout.
 fn build(family: Family, h: Sizes, v: Variant) -> ModelConfig {
+    let kin = family.spec().kin;
     ModelConfig {
         rope: Some(v.rope),
         qkv_layout: if v.fused_qkv {
@@ -42,10 +97,10 @@ fn build(family: Family, h: Sizes, v: Variant) -> ModelConfig {
         },
         qkv_bias: v.qkv_bias,
         out_bias: v.out_bias,
-        qk_norm: family == Family::Qwen3,
+        qk_norm: kin.qk_norm,
         sliding_window: v.sliding_window,
         sliding_layers: v.sliding_layers,
-        mlp: if family == Family::Phi3 {
+        mlp: if kin.fused {
             MlpLayout::GatedFused
         } else {
             MlpLayout::Gated
@@ -69,25 +124,20 @@ pub fn from_gguf(file: &GgufFile, family: Family) -> Result<ModelConfig> {
         .meta_u64(&format!("{arch}.rope.dimension_count"))
         .map(|v| v as usize)
         .unwrap_or(h.head_dim);
-    // llama.cpp's converter permutes Llama/Mistral q and k rows so that
-    // adjacent pairs rotate together; the others keep rotate-half order.
-    let style = match family {
-        Family::Llama | Family::Mistral => RopeStyle::Interleaved,
-        _ => RopeStyle::NeoX,
-    };
-    let sliding_window = match family {
-        Family::Mistral | Family::Phi3 => file
+    let kin = family.spec().kin;
+    let sliding_window = match kin.window {
+        Window::EveryLayer => file
             .meta_u64(&format!("{arch}.attention.sliding_window"))
             .ok()
             .map(|w| w as usize),
-        _ => None,
+        Window::None | Window::OptIn => None,
     };
     let v = Variant {
         rope: RopeConfig {
             theta: gguf_rope_theta(file, arch),
             local_theta: None,
             dim: rope_dim,
-            style,
+            style: kin.gguf_rope,
             llama3: None,
             freq_factors: rope_freq_factors(file, rope_dim)?,
         },
@@ -103,8 +153,8 @@ pub fn from_gguf(file: &GgufFile, family: Family) -> Result<ModelConfig> {
 
 /// Read a llama-like `config.json`.
 pub fn from_hf(raw: &HfConfig, family: Family, has_lm_head: bool) -> Result<ModelConfig> {
-    let eps = if family == Family::Phi3 { 1e-5 } else { 1e-6 };
-    let h = raw.hyper(eps, None)?;
+    let kin = family.spec().kin;
+    let h = raw.hyper(kin.hf_eps, None)?;
     if raw.activation("silu")? != Activation::Silu {
         return Err(Error::Config(format!(
             "`{}` with a non-SiLU activation is not supported",
@@ -114,21 +164,20 @@ pub fn from_hf(raw: &HfConfig, family: Family, has_lm_head: bool) -> Result<Mode
     let (theta, llama3) = raw.rope(None, 10_000.0)?;
     let rope_dim = (h.head_dim as f64 * raw.partial_rotary_factor.unwrap_or(1.0)) as usize;
     // Which layers have a window, as transformers decides it.
-    let (sliding_window, first_sliding) = match family {
-        Family::Mistral | Family::Phi3 => (raw.sliding_window, 0),
-        Family::Qwen2 | Family::Qwen3 if raw.use_sliding_window.unwrap_or(false) => {
+    let (sliding_window, first_sliding) = match kin.window {
+        Window::EveryLayer => (raw.sliding_window, 0),
+        Window::OptIn if raw.use_sliding_window.unwrap_or(false) => {
             (raw.sliding_window, raw.max_window_layers.unwrap_or(28))
         }
-        _ => (None, 0),
+        Window::None | Window::OptIn => (None, 0),
     };
     let sliding_layers = raw.sliding_layers(h.n_layers, |i| {
         sliding_window.is_some() && i >= first_sliding
     })?;
     // Llama's `attention_bias` covers q, k, v and o; lensmap's `out_bias` puts
     // o and the MLP together, so only "all or none" fits.
-    let attn_bias =
-        raw.attention_bias.unwrap_or(false) && matches!(family, Family::Llama | Family::Qwen3);
-    let mlp_bias = raw.mlp_bias.unwrap_or(false) && family == Family::Llama;
+    let attn_bias = raw.attention_bias.unwrap_or(false) && kin.hf_attention_bias;
+    let mlp_bias = raw.mlp_bias.unwrap_or(false) && kin.hf_mlp_bias;
     if attn_bias != mlp_bias {
         return Err(Error::Config(format!(
             "`attention_bias` = {attn_bias} with `mlp_bias` = {mlp_bias} is not supported (both or neither)"
@@ -145,8 +194,8 @@ pub fn from_hf(raw: &HfConfig, family: Family, has_lm_head: bool) -> Result<Mode
         },
         sliding_window,
         sliding_layers,
-        fused_qkv: family == Family::Phi3,
-        qkv_bias: family == Family::Qwen2 || attn_bias,
+        fused_qkv: kin.fused,
+        qkv_bias: kin.qkv_bias || attn_bias,
         out_bias: attn_bias,
         tied: raw.tied(has_lm_head),
     };

@@ -20,15 +20,20 @@
 //! 2. one [`FamilySpec`] row in [`FAMILIES`]: its HF `model_type`s,
 //!    transformers class, the translators (`llama::from_hf`,
 //!    `llama::from_gguf` and `llama::to_hf` serve every llama-like family),
-//!    its tensor names and built-in chat template. With llama's names that is
-//!    one `llama_like(..)` line; overriding fields makes it about ten;
+//!    its tensor names, built-in chat template and [`Kin`]. With
+//!    llama's names that is one `llama_like(..)` entry; overriding fields
+//!    makes it about ten lines;
 //! 3. tensor names, only if they differ from llama's: a `fn(Part) -> &str`
 //!    table like [`gemma3::hf_name`] (one line per renamed part, the rest
 //!    falling through to [`llama::hf_name`]); GGUF names are llama.cpp's for
 //!    every family ([`GgufNames`]);
-//! 4. quirks the config expresses (a bias, q/k norm, a window) go into the
-//!    translator as data on [`ModelConfig`]; a quirk the forward pass cannot
-//!    express yet becomes an option in `layers.rs`, never a second forward;
+//! 4. what the family changes in the llama block goes in the row's
+//!    [`Kin`]: RoPE order in GGUF, where the sliding window
+//!    applies, q/k norm, fused projections, default epsilon, which biases
+//!    `config.json` may turn on (`Kin::PLAIN` when nothing changes). The
+//!    translators read these as data and never `match` on the family; a quirk
+//!    the forward pass cannot express yet becomes an option on
+//!    [`ModelConfig`] and in `layers.rs`, never a second forward;
 //! 5. a reference test: a tiny checkpoint and its transformers numbers in
 //!    `../shared/reference/`, compared in `tests/hf_loading.rs`.
 //!
@@ -41,11 +46,12 @@ pub mod gpt2;
 pub mod llama;
 
 pub use super::config::Sizes;
-use super::config::{Family, ModelConfig};
+use super::config::{Family, ModelConfig, RopeStyle};
 use super::gguf::GgufFile;
 use super::hf::HfConfig;
 use super::safetensors::TransposeRule;
 use crate::{Error, Result};
+use llama::{Kin, Window};
 
 /// A logical tensor of the model, independent of any file's naming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -253,6 +259,8 @@ pub struct FamilySpec {
     pub hf_transpose: Option<TransposeRule>,
     /// The built-in chat template (`crate::template`) for files that carry none.
     pub template: Option<&'static str>,
+    /// What a llama-like family changes (read by `llama.rs`'s translators).
+    pub kin: llama::Kin,
 }
 
 impl FamilySpec {
@@ -277,6 +285,7 @@ const fn llama_like(
     name: &'static str,
     hf_model_types: &'static [&'static str],
     hf_class: &'static str,
+    kin: llama::Kin,
 ) -> FamilySpec {
     FamilySpec {
         family,
@@ -291,21 +300,70 @@ const fn llama_like(
         hf_prefix: "model.",
         hf_transpose: None,
         template: None,
+        kin,
     }
 }
 
 /// Every family lensmap reads, in the order messages list them.
 pub const FAMILIES: [FamilySpec; 7] = [
-    llama_like(Family::Llama, "llama", &["llama"], "LlamaForCausalLM"),
+    llama_like(
+        Family::Llama,
+        "llama",
+        &["llama"],
+        "LlamaForCausalLM",
+        Kin {
+            gguf_rope: RopeStyle::Interleaved,
+            hf_attention_bias: true,
+            hf_mlp_bias: true,
+            ..Kin::PLAIN
+        },
+    ),
     llama_like(
         Family::Mistral,
         "mistral",
         &["mistral"],
         "MistralForCausalLM",
+        Kin {
+            gguf_rope: RopeStyle::Interleaved,
+            window: Window::EveryLayer,
+            ..Kin::PLAIN
+        },
     ),
-    llama_like(Family::Qwen2, "qwen2", &["qwen2"], "Qwen2ForCausalLM"),
-    llama_like(Family::Qwen3, "qwen3", &["qwen3"], "Qwen3ForCausalLM"),
-    llama_like(Family::Phi3, "phi3", &["phi3"], "Phi3ForCausalLM"),
+    llama_like(
+        Family::Qwen2,
+        "qwen2",
+        &["qwen2"],
+        "Qwen2ForCausalLM",
+        Kin {
+            window: Window::OptIn,
+            qkv_bias: true,
+            ..Kin::PLAIN
+        },
+    ),
+    llama_like(
+        Family::Qwen3,
+        "qwen3",
+        &["qwen3"],
+        "Qwen3ForCausalLM",
+        Kin {
+            window: Window::OptIn,
+            qk_norm: true,
+            hf_attention_bias: true,
+            ..Kin::PLAIN
+        },
+    ),
+    llama_like(
+        Family::Phi3,
+        "phi3",
+        &["phi3"],
+        "Phi3ForCausalLM",
+        Kin {
+            window: Window::EveryLayer,
+            fused: true,
+            hf_eps: 1e-5,
+            ..Kin::PLAIN
+        },
+    ),
     FamilySpec {
         family: Family::Gemma3,
         name: "gemma3",
@@ -317,7 +375,7 @@ pub const FAMILIES: [FamilySpec; 7] = [
         to_hf: Some(gemma3::to_hf),
         hf_name: gemma3::hf_name,
         template: Some("gemma3"),
-        ..llama_like(Family::Gemma3, "", &[], "")
+        ..llama_like(Family::Gemma3, "", &[], "", Kin::PLAIN)
     },
     FamilySpec {
         family: Family::Gpt2,
@@ -332,6 +390,7 @@ pub const FAMILIES: [FamilySpec; 7] = [
         hf_prefix: "transformer.",
         hf_transpose: Some(gpt2::is_conv1d),
         template: None,
+        kin: Kin::PLAIN,
     },
 ];
 
@@ -570,6 +629,7 @@ mod registry {
             "meta_llama",
             &["meta_llama"],
             "MetaLlamaForCausalLM",
+            Kin::PLAIN,
         )
     };
 

@@ -161,7 +161,12 @@ pub fn dequantize_blocks_with(
             out.len()
         )));
     }
-    if kernel != Kernel::Portable && !Kernel::available().contains(&kernel) {
+    // The detected kernel needs no check (and the at-rest matmul decodes a
+    // few blocks per call, where building `available()` would show).
+    if kernel != Kernel::Portable
+        && kernel != Kernel::detected()
+        && !Kernel::available().contains(&kernel)
+    {
         return Err(bad(format!(
             "this CPU cannot run the {} kernel",
             kernel.name()

@@ -379,10 +379,27 @@ impl StoredMatrix {
                             buf.resize(rows * kc, 0.0);
                             // k0 is a multiple of KC, itself a multiple of
                             // the block size, and so is k.
-                            let (b0, b1) = (
-                                k0 / self.dtype.block_size() * self.dtype.type_size(),
-                                (k0 + kc) / self.dtype.block_size() * self.dtype.type_size(),
-                            );
+                            let bytes_at =
+                                |c: usize| c / self.dtype.block_size() * self.dtype.type_size();
+                            let (b0, b1) = (bytes_at(k0), bytes_at(k0 + kc));
+                            // The chunk reads `rows` short runs of the file
+                            // (one per row), too short for the hardware
+                            // prefetcher: ask for this chunk's runs at the
+                            // panel's start, and for the next chunk's while
+                            // this one decodes and multiplies.
+                            let ahead = |c0: usize| {
+                                let c1 = (c0 + KC).min(k);
+                                for r in r0..r1 {
+                                    let at = self.start + r * row_bytes;
+                                    prefetch(&map[at + bytes_at(c0)..at + bytes_at(c1)]);
+                                }
+                            };
+                            if k0 == 0 {
+                                ahead(0);
+                            }
+                            if k0 + kc < k {
+                                ahead(k0 + kc);
+                            }
                             for (r, out) in (r0..r1).zip(buf.chunks_exact_mut(kc)) {
                                 let at = self.start + r * row_bytes;
                                 dequantize_blocks(self.dtype, &map[at + b0..at + b1], out)?;
@@ -496,6 +513,21 @@ const DOT_PANEL_ROWS: usize = 64;
 /// `gemm` crate.
 fn dot_isa(t: usize) -> Option<Isa> {
     Isa::detect().filter(|_| t <= DOT_MAX_ROWS)
+}
+
+/// Ask for `bytes` to be brought into L2 (x86-64; a no-op elsewhere).
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..bytes.len()).step_by(64) {
+        // SAFETY: a prefetch of an address inside `bytes`; it never faults.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                bytes.as_ptr().add(line).cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// One little-endian float of a float storage type.

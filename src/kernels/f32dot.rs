@@ -5,8 +5,8 @@
 //! at a time, and sums the lanes at the end of each `KC` chunk of `k`.
 //!
 //! Why not the `gemm` crate here: with `m = t` small (a prompt, ≤ a few
-//! hundred tokens) it packs both operands for every panel and reached about
-//! a third of this CPU's f32 rate (`examples/matmul_t_bench.rs`); this loop
+//! hundred tokens) it packs both operands for every panel and reached a
+//! quarter to a third of this CPU's f32 rate at 45 rows (`examples/matmul_t_bench.rs`); this loop
 //! reads the decoded rows where the decoder wrote them. Exact f32: every
 //! output is a sum of f32 products (fused multiply-add), only the summation
 //! order differs from a gemm. The order depends on `k` and the kernel alone,
@@ -17,8 +17,9 @@
 //! picked at run time; without either, [`Isa::detect`] says `None` and the
 //! caller keeps the `gemm` crate.
 
-/// Chunk of `k` a micro-tile sums before adding its result to `y`: four
-/// panel rows of it (16 KiB) stay in L1 while the `x` rows pass by.
+/// Chunk of `k` a micro-tile sums before adding its result to `y`: the
+/// tile's panel rows of it (at most 16 KiB) stay in L1 while the `x` rows
+/// pass by.
 /// A multiple of every quant block size (32 and 256).
 pub const KC: usize = 1024;
 /// Rows of `x` per pass over a panel's chunk (`MC × KC` floats stay in L2).

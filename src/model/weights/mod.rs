@@ -123,7 +123,8 @@ pub trait WeightSource: Send + Sync {
 /// A matrix `[rows, cols]` read through one panel routine: at rest in a
 /// memory-mapped file in its stored type (never copied out: readers
 /// dequantise the rows they need), or an f32 copy in memory. Both go through
-/// the same panel gemm, so the f32 copies and the weights at rest sum in the
+/// the same panel routine (`kernels::f32dot` or the `gemm` crate, chosen by
+/// the number of rows), so the f32 copies and the weights at rest sum in the
 /// same order and give the same numbers.
 #[derive(Clone)]
 pub struct StoredMatrix {

@@ -7,6 +7,7 @@
 //! [`bf16`] holds the bf16 lens's matrix product (`--lens-precision bf16`).
 
 pub mod bf16;
+pub mod f32dot;
 
 /// Run `$call` (an `#[inline(always)]` function call) compiled for the widest
 /// vector unit this CPU has.

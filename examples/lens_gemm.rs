@@ -5,6 +5,9 @@
 //! and GFLOP/s, one line each; `scripts/bench-lens` runs it.
 //!
 //! `cargo run --release --example lens_gemm -- [M K N] [REPS]`
+#[path = "util/timing.rs"]
+mod timing;
+
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -28,16 +31,7 @@ fn main() -> lensmap::Result<()> {
     let report = |name: &str, best: f64| {
         println!("{name:<22} {best:.4} s  {:.0} GFLOP/s", flop / best / 1e9)
     };
-    let time = |f: &mut dyn FnMut()| {
-        f(); // warm-up: page faults, thread pool
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
+    let time = |f: &mut dyn FnMut()| timing::best_of(reps, f);
 
     let at = Tensor::from_vec(a.clone(), (m, k), &Device::Cpu)?;
     let bt = Tensor::from_vec(b.clone(), (n, k), &Device::Cpu)?;

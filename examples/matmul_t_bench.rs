@@ -10,8 +10,10 @@
 //!
 //! Defaults: `blk.0.{attn_q,ffn_gate,ffn_down}` of
 //! /work/synth/llama-3.1-8b.Q4_K_M.gguf and /work/synth/llama-3.2-1b.Q8_0.gguf.
+#[path = "util/timing.rs"]
+mod timing;
+
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use lensmap::model::{GgufFile, StoredMatrix, WeightSource};
@@ -55,16 +57,7 @@ fn main() -> lensmap::Result<()> {
     );
     println!("| file | tensor | type | n × k | t | at rest | f32 copy (same loop) | candle f32 | rest / copy | decode G weights/s |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    let time = |f: &mut dyn FnMut()| {
-        f();
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
+    let time = |f: &mut dyn FnMut()| timing::best_of(reps, f);
     for spec in &specs {
         let (file, name) = spec.rsplit_once(':').expect("FILE:TENSOR");
         let g = GgufFile::open(Path::new(file))?;

@@ -76,28 +76,33 @@ impl Isa {
 /// i·ldx + kc` for `i < t`, `w` the same for `j < p` with `ldw`, and `y` is
 /// valid for reads and writes at every `i·ldy + j` above, untouched by other
 /// threads.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn chunk_matmul_t(
-    isa: Isa,
-    x: *const f32,
-    ldx: usize,
-    t: usize,
-    kc: usize,
-    w: *const f32,
-    ldw: usize,
-    p: usize,
-    y: *mut f32,
-    ldy: usize,
-    first: bool,
-) {
-    debug_assert!(kc <= KC);
+pub unsafe fn chunk_matmul_t(isa: Isa, c: Chunk) {
+    debug_assert!(c.kc <= KC);
     #[cfg(target_arch = "x86_64")]
     match isa {
-        Isa::Avx512 => avx512::chunk(x, ldx, t, kc, w, ldw, p, y, ldy, first),
-        Isa::Avx2 => avx2::chunk(x, ldx, t, kc, w, ldw, p, y, ldy, first),
+        Isa::Avx512 => avx512::chunk(c),
+        Isa::Avx2 => avx2::chunk(c),
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("no f32dot kernel off x86-64: {isa:?} {x:?} {ldx} {t} {kc} {w:?} {ldw} {p} {y:?} {ldy} {first}");
+    unreachable!("no f32dot kernel off x86-64: {isa:?} {c:?}");
+}
+
+/// The operands of one chunk (see [`chunk_matmul_t`]): `t` rows of `x` and
+/// `p` rows of `w`, `kc` floats each, and the `[t, p]` block of `y` they
+/// write, each with its row stride.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk {
+    pub x: *const f32,
+    pub ldx: usize,
+    pub t: usize,
+    pub w: *const f32,
+    pub ldw: usize,
+    pub p: usize,
+    pub kc: usize,
+    pub y: *mut f32,
+    pub ldy: usize,
+    /// Store (the first chunk of `k`) instead of adding.
+    pub first: bool,
 }
 
 /// The loop over micro-tiles and the micro-tile, for one vector unit.
@@ -112,37 +117,31 @@ macro_rules! isa_kernel {
 
         use super::MC;
 
-        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = $feature)]
-        pub(super) unsafe fn chunk(
-            x: *const f32,
-            ldx: usize,
-            t: usize,
-            kc: usize,
-            w: *const f32,
-            ldw: usize,
-            p: usize,
-            y: *mut f32,
-            ldy: usize,
-            first: bool,
-        ) {
+        pub(super) unsafe fn chunk(c: super::Chunk) {
             let mut i0 = 0;
-            while i0 < t {
-                let i1 = (i0 + MC).min(t);
+            while i0 < c.t {
+                let i1 = (i0 + MC).min(c.t);
                 let mut j = 0;
-                while j < p {
-                    let nr = ($nr as usize).min(p - j);
+                while j < c.p {
+                    let nr = ($nr as usize).min(c.p - j);
                     let mut i = i0;
                     while i < i1 {
                         let mr = ($mr as usize).min(i1 - i);
-                        let xs = x.add(i * ldx);
-                        let ws = w.add(j * ldw);
-                        let ys = y.add(i * ldy + j);
+                        // The tile's corner; `t` and `p` are the tile's size.
+                        let tc = super::Chunk {
+                            x: c.x.add(i * c.ldx),
+                            w: c.w.add(j * c.ldw),
+                            y: c.y.add(i * c.ldy + j),
+                            t: mr,
+                            p: nr,
+                            ..c
+                        };
                         match mr {
-                            4 => tile_m::<4>(nr, xs, ldx, ws, ldw, kc, ys, ldy, first),
-                            3 => tile_m::<3>(nr, xs, ldx, ws, ldw, kc, ys, ldy, first),
-                            2 => tile_m::<2>(nr, xs, ldx, ws, ldw, kc, ys, ldy, first),
-                            _ => tile_m::<1>(nr, xs, ldx, ws, ldw, kc, ys, ldy, first),
+                            4 => tile_m::<4>(tc),
+                            3 => tile_m::<3>(tc),
+                            2 => tile_m::<2>(tc),
+                            _ => tile_m::<1>(tc),
                         }
                         i += mr;
                     }
@@ -152,44 +151,34 @@ macro_rules! isa_kernel {
             }
         }
 
-        /// [`tile`] with `N = nr` (at most 4).
+        /// [`tile`] with `N = c.p` (at most 4).
         #[inline]
         #[target_feature(enable = $feature)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn tile_m<const M: usize>(
-            nr: usize,
-            x: *const f32,
-            ldx: usize,
-            w: *const f32,
-            ldw: usize,
-            kc: usize,
-            y: *mut f32,
-            ldy: usize,
-            first: bool,
-        ) {
-            match nr {
-                4 => tile::<M, 4>(x, ldx, w, ldw, kc, y, ldy, first),
-                3 => tile::<M, 3>(x, ldx, w, ldw, kc, y, ldy, first),
-                2 => tile::<M, 2>(x, ldx, w, ldw, kc, y, ldy, first),
-                _ => tile::<M, 1>(x, ldx, w, ldw, kc, y, ldy, first),
+        unsafe fn tile_m<const M: usize>(c: super::Chunk) {
+            match c.p {
+                4 => tile::<M, 4>(c),
+                3 => tile::<M, 3>(c),
+                2 => tile::<M, 2>(c),
+                _ => tile::<M, 1>(c),
             }
         }
 
-        /// `M × N` dot products of length `kc`, lanes summed and stored
-        /// (`first`) or added into `y`.
+        /// `M × N` dot products of length `kc` at the tile's corner `c`,
+        /// lanes summed and stored (`first`) or added into `y`.
         #[inline]
         #[target_feature(enable = $feature)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn tile<const M: usize, const N: usize>(
-            x: *const f32,
-            ldx: usize,
-            w: *const f32,
-            ldw: usize,
-            kc: usize,
-            y: *mut f32,
-            ldy: usize,
-            first: bool,
-        ) {
+        unsafe fn tile<const M: usize, const N: usize>(c: super::Chunk) {
+            let super::Chunk {
+                x,
+                ldx,
+                w,
+                ldw,
+                kc,
+                y,
+                ldy,
+                first,
+                ..
+            } = c;
             let zero: unsafe fn() -> $vec = $zero;
             let load: unsafe fn(*const f32) -> $vec = $load;
             let fma: unsafe fn($vec, $vec, $vec) -> $vec = $fma;
@@ -288,9 +277,19 @@ mod tests {
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
                 let (xs, ws) = (x[k0..].as_ptr(), w[k0..].as_ptr());
-                unsafe {
-                    chunk_matmul_t(isa, xs, k, t, kc, ws, k, p, y.as_mut_ptr(), ldy, k0 == 0)
+                let c = Chunk {
+                    x: xs,
+                    ldx: k,
+                    t,
+                    w: ws,
+                    ldw: k,
+                    p,
+                    kc,
+                    y: y.as_mut_ptr(),
+                    ldy,
+                    first: k0 == 0,
                 };
+                unsafe { chunk_matmul_t(isa, c) };
             }
             for i in 0..t {
                 for j in 0..p {

@@ -289,8 +289,6 @@ mod x86 {
             GgmlDType::Q4_0 => q4_0_avx512(s, o, n / 32),
             GgmlDType::Q4_1 => q4_1_avx512(s, o, n / 32),
             GgmlDType::Q8_0 => q8_0_avx512(s, o, n / 32),
-            GgmlDType::Q4K => q4k_avx512(s, o, n / 256),
-            GgmlDType::Q6K => q6k_avx512(s, o, n / 256),
             _ => return decode_avx2(dtype, src, out),
         }
         true
@@ -597,87 +595,6 @@ mod x86 {
                     let y = y.add(32 * k);
                     store16_mul(y, v0, s0);
                     store16_mul(y.add(16), v1, s1);
-                }
-            }
-        }
-    }
-
-    /// [`q4k_avx2`] converting and storing 16 weights per instruction: the
-    /// same products and differences per weight, so the same bits.
-    #[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
-    unsafe fn q4k_avx512(s: *const u8, o: *mut f32, nb: usize) {
-        let m4 = _mm256_set1_epi8(0x0F);
-        for b in 0..nb {
-            let (p, y) = (s.add(144 * b), o.add(256 * b));
-            let d = scale(p);
-            let dmin = scale(p.add(2));
-            let scales = std::ptr::read_unaligned(p.add(4).cast::<[u8; 12]>());
-            for j in 0..4 {
-                let q = _mm256_loadu_si256(p.add(16 + 32 * j).cast());
-                let lo = _mm256_and_si256(q, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                for (h, v) in [lo, hi].into_iter().enumerate() {
-                    let (sc, m) = scale_min_k4(2 * j + h, &scales);
-                    let ds = _mm512_set1_ps(d * sc as f32);
-                    let dm = _mm512_set1_ps(dmin * m as f32);
-                    let y = y.add(64 * j + 32 * h);
-                    for (k, w) in [_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)]
-                        .into_iter()
-                        .enumerate()
-                    {
-                        let x = _mm512_sub_ps(_mm512_mul_ps(ds, bytes16_ps512(w, false)), dm);
-                        _mm512_storeu_ps(y.add(16 * k), x);
-                    }
-                }
-            }
-        }
-    }
-
-    /// [`q6k_avx2`] converting and storing 16 weights per instruction.
-    #[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
-    unsafe fn q6k_avx512(s: *const u8, o: *mut f32, nb: usize) {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m2 = _mm256_set1_epi8(0x30);
-        let off = _mm256_set1_epi8(32);
-        for b in 0..nb {
-            let p = s.add(210 * b);
-            let d = scale(p.add(208));
-            let sc = std::ptr::read_unaligned(p.add(192).cast::<[i8; 16]>());
-            for half in 0..2 {
-                let ql = p.add(64 * half);
-                let qh = _mm256_loadu_si256(p.add(128 + 32 * half).cast());
-                let l0 = _mm256_loadu_si256(ql.cast());
-                let l1 = _mm256_loadu_si256(ql.add(32).cast());
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(l0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(l1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                        _mm256_and_si256(qh, m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
-                    ),
-                ];
-                let y = o.add(256 * b + 128 * half);
-                let sc = &sc[8 * half..];
-                for (k, v) in q.into_iter().enumerate() {
-                    let v = _mm256_sub_epi8(v, off);
-                    // Weights l in 0..16 use sc[2k], l in 16..32 use sc[2k + 1].
-                    let s0 = _mm512_set1_ps(d * sc[2 * k] as f32);
-                    let s1 = _mm512_set1_ps(d * sc[2 * k + 1] as f32);
-                    let y = y.add(32 * k);
-                    let v0 = bytes16_ps512(_mm256_castsi256_si128(v), true);
-                    let v1 = bytes16_ps512(_mm256_extracti128_si256(v, 1), true);
-                    _mm512_storeu_ps(y, _mm512_mul_ps(v0, s0));
-                    _mm512_storeu_ps(y.add(16), _mm512_mul_ps(v1, s1));
                 }
             }
         }

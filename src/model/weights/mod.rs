@@ -344,7 +344,7 @@ impl StoredMatrix {
     /// per-thread buffer (it stays in cache for the product), and the
     /// kernel reads the decoded rows and `x` as they lie.
     fn matmul_t_dot(&self, isa: Isa, x: &[f32], t: usize, y: &mut [f32]) -> Result<()> {
-        use crate::kernels::f32dot::{chunk_matmul_t, KC};
+        use crate::kernels::f32dot::{chunk_matmul_t, Chunk, KC};
 
         let (n, k) = (self.rows, self.cols);
         let p = DOT_PANEL_ROWS;
@@ -413,19 +413,19 @@ impl StoredMatrix {
                     // [t, k] and w holds `rows` rows of kc floats ldw apart;
                     // panels write disjoint columns r0..r1 of y ([t, n]).
                     unsafe {
-                        chunk_matmul_t(
-                            isa,
-                            x.as_ptr().add(k0),
-                            k,
+                        let c = Chunk {
+                            x: x.as_ptr().add(k0),
+                            ldx: k,
                             t,
-                            kc,
                             w,
                             ldw,
-                            rows,
-                            y_ptr.get().add(r0),
-                            n,
-                            k0 == 0,
-                        )
+                            p: rows,
+                            kc,
+                            y: y_ptr.get().add(r0),
+                            ldy: n,
+                            first: k0 == 0,
+                        };
+                        chunk_matmul_t(isa, c)
                     };
                 }
                 Ok(())

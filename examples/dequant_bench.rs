@@ -28,7 +28,7 @@ fn main() {
         panel / row_len
     );
     print!("| type | bytes/weight |");
-    for k in &kernels {
+    for k in kernels {
         print!(" {} G/s |", k.name());
     }
     println!(" best / candle |");
@@ -41,7 +41,7 @@ fn main() {
         let mut src = vec![0u8; n_panels * panel_bytes];
         fill_random_blocks(dtype, &mut src, 0.02, &mut rng);
         let mut rates = Vec::new();
-        for &kernel in &kernels {
+        for &kernel in kernels {
             let mut best = f64::INFINITY;
             for _ in 0..5 {
                 let t = Instant::now();

@@ -64,29 +64,30 @@ pub enum Kernel {
 impl Kernel {
     /// The fastest kernel this CPU runs.
     pub(crate) fn detected() -> Kernel {
-        static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            Kernel::available()
-                .into_iter()
-                .last()
-                .unwrap_or(Kernel::Portable)
-        })
+        *Kernel::available()
+            .last()
+            .expect("the portable kernel is always available")
     }
 
-    /// Every kernel this CPU runs, slowest first ([`Kernel::Portable`] always).
-    pub fn available() -> Vec<Kernel> {
-        #[allow(unused_mut)]
-        let mut kernels = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
-                kernels.push(Kernel::Avx2);
-                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-                    kernels.push(Kernel::Avx512);
+    /// Every kernel this CPU runs, slowest first ([`Kernel::Portable`]
+    /// always). Detected once: the at-rest matmul checks it for every 1024
+    /// decoded weights.
+    pub fn available() -> &'static [Kernel] {
+        static AVAILABLE: std::sync::OnceLock<Vec<Kernel>> = std::sync::OnceLock::new();
+        AVAILABLE.get_or_init(|| {
+            #[allow(unused_mut)]
+            let mut kernels = vec![Kernel::Portable];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+                    kernels.push(Kernel::Avx2);
+                    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                        kernels.push(Kernel::Avx512);
+                    }
                 }
             }
-        }
-        kernels
+            kernels
+        })
     }
 
     /// Short name for benchmark tables.
@@ -161,12 +162,7 @@ pub fn dequantize_blocks_with(
             out.len()
         )));
     }
-    // The detected kernel needs no check (and the at-rest matmul decodes a
-    // few blocks per call, where building `available()` would show).
-    if kernel != Kernel::Portable
-        && kernel != Kernel::detected()
-        && !Kernel::available().contains(&kernel)
-    {
+    if !Kernel::available().contains(&kernel) {
         return Err(bad(format!(
             "this CPU cannot run the {} kernel",
             kernel.name()
@@ -660,7 +656,7 @@ mod tests {
             // Also at an odd-even offset: a buffer shifted by 2 bytes.
             let mut shifted = vec![0u8; 2];
             shifted.extend_from_slice(&bytes);
-            for kernel in Kernel::available() {
+            for &kernel in Kernel::available() {
                 for src in [&bytes[..], &shifted[2..]] {
                     let mut out = vec![f32::NAN; n];
                     dequantize_blocks_with(kernel, dtype, src, &mut out).unwrap();
@@ -677,7 +673,7 @@ mod tests {
         let bytes: Vec<u8> = (0..=u16::MAX).flat_map(|v| v.to_le_bytes()).collect();
         for dtype in [GgmlDType::F16, GgmlDType::BF16] {
             let want = candle_reference(dtype, &bytes, 1 << 16);
-            for kernel in Kernel::available() {
+            for &kernel in Kernel::available() {
                 let mut out = vec![0.0; 1 << 16];
                 // 65536 - 3 values exercise the scalar tail too.
                 let n = (1 << 16) - 3;

@@ -223,6 +223,13 @@ impl StoredMatrix {
         self.len
     }
 
+    /// Bytes the first `cols` weights of a stored row take in the file: a
+    /// whole number of blocks when `cols` is (as [`StoredMatrix::new`]
+    /// checks for a row).
+    fn file_bytes(&self, cols: usize) -> usize {
+        cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
     /// Rows `r0..r1` in f32 into `out` (`(r1 - r0) * cols` values), with
     /// `dequant.rs`'s SIMD block decoders: the same values candle's
     /// `QTensor::dequantize` gives, so at rest equals the f32 copies bit for
@@ -250,7 +257,7 @@ impl StoredMatrix {
             }
             return Ok(());
         }
-        let row_bytes = cols / self.dtype.block_size() * self.dtype.type_size();
+        let row_bytes = self.file_bytes(cols);
         let src = &bytes[r0 * row_bytes..r1 * row_bytes];
         dequantize_blocks(self.dtype, src, out)
     }
@@ -356,7 +363,7 @@ impl StoredMatrix {
         let by_chunk = matches!(self.backing, Backing::Mapped(_))
             && !self.transposed
             && KC.is_multiple_of(self.dtype.block_size());
-        let row_bytes = k / self.dtype.block_size() * self.dtype.type_size();
+        let row_bytes = self.file_bytes(k);
         (0..panels).into_par_iter().try_for_each_init(
             Vec::new,
             |buf: &mut Vec<f32>, i| -> Result<()> {
@@ -380,9 +387,7 @@ impl StoredMatrix {
                             buf.resize(rows * kc, 0.0);
                             // k0 is a multiple of KC, itself a multiple of
                             // the block size, and so is k.
-                            let bytes_at =
-                                |c: usize| c / self.dtype.block_size() * self.dtype.type_size();
-                            let (b0, b1) = (bytes_at(k0), bytes_at(k0 + kc));
+                            let (b0, b1) = (self.file_bytes(k0), self.file_bytes(k0 + kc));
                             // The chunk reads `rows` short runs of the file
                             // (one per row), too short for the hardware
                             // prefetcher: ask for this chunk's runs at the
@@ -392,7 +397,9 @@ impl StoredMatrix {
                                 let c1 = (c0 + KC).min(k);
                                 for r in r0..r1 {
                                     let at = self.start + r * row_bytes;
-                                    prefetch(&map[at + bytes_at(c0)..at + bytes_at(c1)]);
+                                    prefetch_l2(
+                                        &map[at + self.file_bytes(c0)..at + self.file_bytes(c1)],
+                                    );
                                 }
                             };
                             if k0 == 0 {
@@ -516,8 +523,9 @@ fn dot_isa(t: usize) -> Option<Isa> {
     Isa::detect().filter(|_| t <= DOT_MAX_ROWS)
 }
 
-/// Ask for `bytes` to be brought into L2 (x86-64; a no-op elsewhere).
-fn prefetch(bytes: &[u8]) {
+/// Ask the CPU to bring `bytes` into L2 (x86-64; a no-op elsewhere). Not
+/// [`StoredMatrix::prefetch`], which asks the OS for pages.
+fn prefetch_l2(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     for line in (0..bytes.len()).step_by(64) {
         // SAFETY: a prefetch of an address inside `bytes`; it never faults.

@@ -184,28 +184,28 @@ macro_rules! isa_kernel {
             let fma: unsafe fn($vec, $vec, $vec) -> $vec = $fma;
             let mut acc = [[zero(); N]; M];
             let full = kc / $lanes * $lanes;
-            let mut c = 0;
-            while c < full {
+            let mut at = 0;
+            while at < full {
                 let mut wv = [zero(); N];
                 for (j, v) in wv.iter_mut().enumerate() {
-                    *v = load(w.add(j * ldw + c));
+                    *v = load(w.add(j * ldw + at));
                 }
                 for (i, row) in acc.iter_mut().enumerate() {
-                    let xv = load(x.add(i * ldx + c));
+                    let xv = load(x.add(i * ldx + at));
                     for (a, &v) in row.iter_mut().zip(&wv) {
                         *a = fma(xv, v, *a);
                     }
                 }
-                c += $lanes;
+                at += $lanes;
             }
-            if c < kc {
+            if at < kc {
                 let tail: unsafe fn(*const f32, usize) -> $vec = $tail;
                 let mut wv = [zero(); N];
                 for (j, v) in wv.iter_mut().enumerate() {
-                    *v = tail(w.add(j * ldw + c), kc - c);
+                    *v = tail(w.add(j * ldw + at), kc - at);
                 }
                 for (i, row) in acc.iter_mut().enumerate() {
-                    let xv = tail(x.add(i * ldx + c), kc - c);
+                    let xv = tail(x.add(i * ldx + at), kc - at);
                     for (a, &v) in row.iter_mut().zip(&wv) {
                         *a = fma(xv, v, *a);
                     }

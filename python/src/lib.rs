@@ -168,11 +168,13 @@ struct Keywords<'py> {
 }
 
 impl<'py> Keywords<'py> {
-    fn new(func: &'static str, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Self> {
-        Ok(Self {
+    /// `kwargs` is the dict PyO3 builds for `**kwargs` on each call (never
+    /// the caller's own), so keywords are taken out of it in place.
+    fn new(func: &'static str, kwargs: Option<&Bound<'py, PyDict>>) -> Self {
+        Self {
             func,
-            rest: kwargs.map(|d| d.copy()).transpose()?,
-        })
+            rest: kwargs.cloned(),
+        }
     }
 
     /// The keyword `name`, or `None` when it is absent or `None`.
@@ -209,7 +211,6 @@ impl<'py> Keywords<'py> {
 
 /// Keyword options of `Model.batch` and `Model.batch_cells` (the stub's
 /// `BatchOptions`), as CLI flags.
-#[derive(Default)]
 struct BatchFlags {
     system: Option<String>,
     dummy: Option<usize>,
@@ -453,7 +454,7 @@ impl Model {
         csv: bool,
         options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let flags = BatchFlags::take(Keywords::new("batch", options)?)?;
+        let flags = BatchFlags::take(Keywords::new("batch", options))?;
         let input = prompts_file(prompts, &out.join("input"))?;
         let mut extra = vec!["--quiet".to_string()];
         if let Some(s) = shard.as_ref() {
@@ -485,7 +486,7 @@ impl Model {
         items: &Bound<'py, PyAny>,
         options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let flags = BatchFlags::take(Keywords::new("batch_cells", options)?)?;
+        let flags = BatchFlags::take(Keywords::new("batch_cells", options))?;
         // The paths are not used: only the per-prompt settings are.
         let args = self.batch_args(Path::new("-"), Path::new("-"), &flags, &[])?;
         let job = args.job().map_err(py_err)?;
@@ -771,7 +772,7 @@ impl LensResult {
     /// The static figure as SVG text (the CLI's `--format svg`).
     #[pyo3(signature = (**view))]
     fn svg(&self, py: Python<'_>, view: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
-        let o = self.with_options(Keywords::new("svg", view)?)?;
+        let o = self.with_options(Keywords::new("svg", view))?;
         py.detach(|| render::render_svg(&self.grid, &o))
             .map_err(py_err)
     }
@@ -779,7 +780,7 @@ impl LensResult {
     /// The interactive page (the CLI's `--format html`): one self-contained file.
     #[pyo3(signature = (**view))]
     fn html(&self, view: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
-        let o = self.with_options(Keywords::new("html", view)?)?;
+        let o = self.with_options(Keywords::new("html", view))?;
         render::render_html(&self.grid, &o).map_err(py_err)
     }
 
@@ -793,7 +794,7 @@ impl LensResult {
         formats: Option<Vec<String>>,
         view: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Vec<PathBuf>> {
-        let o = self.with_options(Keywords::new("save", view)?)?;
+        let o = self.with_options(Keywords::new("save", view))?;
         let formats = formats
             .unwrap_or_else(|| ["json", "svg", "png", "html"].map(String::from).to_vec())
             .iter()

@@ -116,6 +116,8 @@ def test_load_of_cli_json_equals_in_process(seed, tmp_path):
     seed.save(tmp_path / "py", formats=["json", "svg"])
     assert (tmp_path / "py.svg").read_text() == seed.svg()
     assert seed.svg(stat="kl", zoom=20) != seed.svg()
+    view = {"stat": "kl", "zoom": 20}
+    assert seed.svg(**view) == seed.svg(stat="kl", zoom=20) and view == {"stat": "kl", "zoom": 20}
     with pytest.raises(TypeError, match="svg\\(\\) got an unexpected keyword argument 'zom'"):
         seed.svg(zom=20)
     # (`--json` leaves out the final newline that `--out` writes.)

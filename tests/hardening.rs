@@ -347,6 +347,17 @@ fn gguf_offsets_overflowing_misaligned_or_odd_alignment() {
 
 // --- item 7: messages ---------------------------------------------------------------
 
+/// The error `GgufFile::open` gives for a `gguf_header` fuzz corpus seed.
+fn gguf_seed_error(seed: &str) -> String {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus/gguf_header")
+        .join(seed);
+    lensmap::model::GgufFile::open(&input)
+        .err()
+        .expect("refused")
+        .to_string()
+}
+
 /// Found by the `gguf_header` fuzz campaign: a tensor with dimensions
 /// `[2, 0, 2^63, 2^63]` has 0 elements, so the old check passed it, but
 /// candle multiplies the dimensions in reverse and overflowed (a panic with
@@ -354,12 +365,7 @@ fn gguf_offsets_overflowing_misaligned_or_odd_alignment() {
 /// corpus seed.
 #[test]
 fn gguf_zero_sized_tensor_with_huge_dims_is_refused() {
-    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus/gguf_header/regression-zero-dim-overflow");
-    let err = lensmap::model::GgufFile::open(&input)
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = gguf_seed_error("regression-zero-dim-overflow");
     assert!(
         err.contains("tensor `llama.attention.head_count`: element count overflows"),
         "{err}"
@@ -372,12 +378,7 @@ fn gguf_zero_sized_tensor_with_huge_dims_is_refused() {
 /// corpus seed.
 #[test]
 fn gguf_tensor_with_a_zero_dimension_is_refused() {
-    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus/gguf_header/regression-zero-dimension");
-    let err = lensmap::model::GgufFile::open(&input)
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = gguf_seed_error("regression-zero-dimension");
     assert!(
         err.contains("tensor `rope_freqs.weight` has a dimension of 0"),
         "{err}"

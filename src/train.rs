@@ -677,7 +677,7 @@ struct Budget {
 const CHECKPOINT: &str = "checkpoint.safetensors";
 /// The checkpoint is written at most this often, and always after the last
 /// step and before `--stop-after`: one write is the translators and both
-/// optimiser moments (120 MB for SmolLM2, ~0.1 s), 4 % of a fast-recipe step.
+/// optimiser moments (120 MB for SmolLM2, ~0.1 s), about 3 % of a fast-recipe step.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a checkpoint must match to be resumed.

@@ -32,13 +32,13 @@ const MIN_CELLS_PER_MATMUL: usize = 256;
 const FINAL_BUDGET: usize = 8 << 20;
 
 /// Bytes the lens allocates at once for a vocabulary of `vocab`: one block of
-/// logits (and the copy the soft-cap or a non-contiguous result makes), the
+/// logits (reused by every matmul; the soft-cap works in place), the
 /// final-row distributions, and per-cell scratch. The memory preflight
 /// counts it beside the model.
 pub(crate) fn working_bytes(vocab: usize) -> u64 {
     let cells = (LOGIT_BUDGET / vocab.max(1)).max(MIN_CELLS_PER_MATMUL);
     let logits = (cells * vocab * 4) as u64;
-    2 * logits + (FINAL_BUDGET * 4) as u64 + (16 << 20)
+    logits + (FINAL_BUDGET * 4) as u64 + (16 << 20)
 }
 
 /// Which lens reads the residual rows before the model's own unembedding.
@@ -287,6 +287,8 @@ pub fn apply_lens(
             row
         })
         .collect();
+    // One block of logits, reused by every matmul.
+    let mut logits = Vec::new();
     for p0 in span.clone().step_by(chunk) {
         let c = chunk.min(span.end - p0);
         let next_ids: Vec<Option<u32>> = (p0..p0 + c).map(|p| ids.get(p + 1).copied()).collect();
@@ -304,19 +306,22 @@ pub fn apply_lens(
         }
 
         // The final row first: its distributions are the KL reference.
-        let logits = unembed(model, &trace.rows[last].narrow(0, p0, c)?, q.precision)?;
-        let (finals, stats): (Vec<FinalDist>, Vec<CellStats>) =
-            logits.with_rows(vocab, |rows| {
-                rows.par_chunks(vocab)
-                    .enumerate()
-                    .map(|(i, z)| {
-                        (
-                            FinalDist::of(z),
-                            cell_stats(z, &query(q, next_ids[i], None)),
-                        )
-                    })
-                    .unzip()
-            })?;
+        unembed(
+            model,
+            &trace.rows[last].narrow(0, p0, c)?,
+            q.precision,
+            &mut logits,
+        )?;
+        let (finals, stats): (Vec<FinalDist>, Vec<CellStats>) = logits
+            .par_chunks(vocab)
+            .enumerate()
+            .map(|(i, z)| {
+                (
+                    FinalDist::of(z),
+                    cell_stats(z, &query(q, next_ids[i], None)),
+                )
+            })
+            .unzip();
         grid[last].extend(stats);
 
         // The other rows, several per matmul.
@@ -328,16 +333,15 @@ pub fn apply_lens(
             let h: Vec<Tensor> = (r0..r1)
                 .map(|r| q.lens.prepare(r, trace.rows[r].narrow(0, p0, c)?))
                 .collect::<Result<_>>()?;
-            let logits = unembed(model, &Tensor::cat(&h, 0)?, q.precision)?;
-            let stats: Vec<CellStats> = logits.with_rows(vocab, |rows| {
-                rows.par_chunks(vocab)
-                    .enumerate()
-                    .map(|(i, z)| {
-                        let pos = i % c;
-                        cell_stats(z, &query(q, next_ids[pos], Some(&finals[pos])))
-                    })
-                    .collect()
-            })?;
+            unembed(model, &Tensor::cat(&h, 0)?, q.precision, &mut logits)?;
+            let stats: Vec<CellStats> = logits
+                .par_chunks(vocab)
+                .enumerate()
+                .map(|(i, z)| {
+                    let pos = i % c;
+                    cell_stats(z, &query(q, next_ids[pos], Some(&finals[pos])))
+                })
+                .collect();
             for (i, s) in stats.into_iter().enumerate() {
                 grid[r0 + i / c].push(s);
             }
@@ -362,37 +366,27 @@ pub fn apply_lens(
     Ok(grid)
 }
 
-/// One block of logits, `[M, vocab]`: candle's (f32) or the bf16 kernel's.
-enum Logits {
-    Tensor(Tensor),
-    Vec(Vec<f32>),
-}
-
-impl Logits {
-    /// Borrow the logits as one row-major slice.
-    fn with_rows<T>(&self, vocab: usize, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-        match self {
-            Logits::Tensor(t) => with_rows(t, vocab, f),
-            Logits::Vec(v) => Ok(f(v)),
-        }
-    }
-}
-
-/// The final-logit path at the query's precision: [`Model::unembed`] in
-/// f32; in bf16 the same norm and soft-cap around the bf16 product.
-fn unembed(model: &Model, h: &Tensor, precision: LensPrecision) -> Result<Logits> {
+/// The final-logit path at the query's precision into `logits` (`[M, vocab]`,
+/// reused from block to block): [`Model::unembed_into`] in f32; in bf16 the
+/// same norm and soft-cap around the bf16 product.
+fn unembed(
+    model: &Model,
+    h: &Tensor,
+    precision: LensPrecision,
+    logits: &mut Vec<f32>,
+) -> Result<()> {
     let Some(kernel) = precision.kernel() else {
-        return Ok(Logits::Tensor(model.unembed(h)?));
+        return model.unembed_into(h, logits);
     };
     let head = model.head_bf16()?;
     let normed = model.final_normed(h)?;
     let m = normed.dim(0)?;
-    let mut out = vec![0f32; m * head.rows()];
+    logits.resize(m * head.rows(), 0.0);
     with_rows(&normed, model.cfg.sizes.d_model, |a| {
-        head.matmul(a, m, &mut out, kernel)
+        head.matmul(a, m, logits, kernel)
     })?;
-    model.softcap_in_place(&mut out);
-    Ok(Logits::Vec(out))
+    model.softcap_in_place(logits);
+    Ok(())
 }
 
 /// Borrow a contiguous f32 CPU tensor's data without copying it.

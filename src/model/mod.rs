@@ -324,11 +324,25 @@ impl Model {
     /// soft-cap. `h`: `[M, d]` → logits `[M, vocab]`. The lens calls this
     /// for every row, so lens row `n_layers` is exactly the model's output.
     pub fn unembed(&self, h: &Tensor) -> Result<Tensor> {
-        let logits = self.head.matmul_t(&self.final_normed(h)?)?;
-        Ok(match self.cfg.final_softcap {
-            Some(c) => ((logits / c)?.tanh()? * c)?,
-            None => logits,
-        })
+        let mut logits = Vec::new();
+        self.unembed_into(h, &mut logits)?;
+        let m = h.dim(0)?;
+        Ok(Tensor::from_vec(
+            logits,
+            (m, self.cfg.sizes.vocab_size),
+            &candle_core::Device::Cpu,
+        )?)
+    }
+
+    /// [`Model::unembed`] into `logits` (resized to `[M, vocab]`, row-major),
+    /// so the lens reuses one buffer for all its blocks of rows.
+    pub(crate) fn unembed_into(&self, h: &Tensor, logits: &mut Vec<f32>) -> Result<()> {
+        let normed = self.final_normed(h)?;
+        let m = normed.dim(0)?;
+        let x = normed.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        self.head.matmul_t_into(&x, m, logits)?;
+        self.softcap_in_place(logits);
+        Ok(())
     }
 
     /// The first step of [`Model::unembed`]: the final norm, in f32 (the head
@@ -340,10 +354,10 @@ impl Model {
             .to_dtype(candle_core::DType::F32)?)
     }
 
-    /// The last step of [`Model::unembed`] on logits already in a slice:
-    /// Gemma's soft-cap `c · tanh(z / c)`, nothing for other models. Same
-    /// f32 operations as candle's `(z / c).tanh() * c` in `unembed`: a
-    /// multiply by `1/c`, then `tanh`, then a multiply by `c`.
+    /// The last step of [`Model::unembed`]: Gemma's soft-cap
+    /// `c · tanh(z / c)`, nothing for other models. The f32 operations of
+    /// candle's `(z / c).tanh() * c`, which this replaced without moving a
+    /// bit: a multiply by `1/c`, then `tanh`, then a multiply by `c`.
     pub(crate) fn softcap_in_place(&self, logits: &mut [f32]) {
         if let Some(c) = self.cfg.final_softcap {
             let (inv, c) = ((1.0 / c) as f32, c as f32);

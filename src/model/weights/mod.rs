@@ -281,23 +281,34 @@ impl StoredMatrix {
     /// product straight into the panel's output columns. The choice depends
     /// on `t` alone, so at rest and f32 copies still sum in the same order.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        let (t, k) = x.dims2()?;
-        if k != self.cols {
-            return Err(Error::Config(format!(
-                "matmul of `[{t}, {k}]` by a `[{}, {}]` weight",
-                self.rows, self.cols
-            )));
-        }
+        let (t, _) = x.dims2()?;
         let x = x
             .to_dtype(candle_core::DType::F32)?
             .contiguous()?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let n = self.rows;
-        let mut y = vec![0f32; t * n];
+        let mut y = Vec::new();
+        self.matmul_t_into(&x, t, &mut y)?;
+        Ok(Tensor::from_vec(y, (t, self.rows), &Device::Cpu)?)
+    }
+
+    /// [`Self::matmul_t`] on a row-major `[t, cols]` slice into `y`, resized
+    /// to `[t, rows]`. A caller that multiplies many times (the lens) passes
+    /// the same `y` back: a fresh 60 MB of logits per call cost as much in
+    /// page faults as the statistics that read them.
+    pub fn matmul_t_into(&self, x: &[f32], t: usize, y: &mut Vec<f32>) -> Result<()> {
+        let (n, k) = (self.rows, self.cols);
+        if x.len() != t * k {
+            return Err(Error::Config(format!(
+                "matmul of `[{t}, {}]` by a `[{n}, {k}]` weight",
+                x.len() / t.max(1)
+            )));
+        }
+        // Every element is written below (the gemm ignores what was there).
+        y.resize(t * n, 0.0);
+        let y = y.as_mut_slice();
         if let Some(isa) = dot_isa(t) {
-            self.matmul_t_dot(isa, &x, t, &mut y)?;
-            return Ok(Tensor::from_vec(y, (t, n), &Device::Cpu)?);
+            return self.matmul_t_dot(isa, x, t, y);
         }
         let p = panel_rows(k);
         let panels = n.div_ceil(p);
@@ -342,8 +353,7 @@ impl StoredMatrix {
                     )
                 };
                 Ok(())
-            })?;
-        Ok(Tensor::from_vec(y, (t, n), &Device::Cpu)?)
+            })
     }
 
     /// [`Self::matmul_t`] for few rows `t` through `kernels::f32dot`: each

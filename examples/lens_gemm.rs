@@ -1,10 +1,12 @@
 //! Time the lens's unembedding product alone at the seed shape
 //! `[1395 × 576] @ [576 × 49152]` (31 rows × 45 positions through
-//! SmolLM2's head), on random data, for the f32 path (candle → `gemm`, as
-//! `Model::unembed` calls it) and the bf16 kernel. Prints best-of-N seconds
-//! and GFLOP/s, one line each; `scripts/bench-lens` runs it.
+//! SmolLM2's head), on random data, for the f32 path and the bf16 kernel.
+//! The f32 path is the lens's own: an f32 head (`StoredMatrix`, as
+//! `--precision f32` holds it) multiplied by `StoredMatrix::matmul_t_into`
+//! in the blocks `lens::block_shape` cuts, into one reused buffer. Prints
+//! best-of-N seconds and GFLOP/s, one line each; `scripts/bench-lens` runs it.
 //!
-//! `cargo run --release --example lens_gemm -- [M K N] [REPS]`
+//! `cargo run --release --example lens_gemm -- [ROWS POSITIONS K N] [REPS]`
 #[path = "util/timing.rs"]
 mod timing;
 
@@ -12,6 +14,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use lensmap::kernels::bf16::{Bf16Head, Bf16Kernel};
+use lensmap::model::StoredMatrix;
 
 fn main() -> lensmap::Result<()> {
     lensmap::tune_allocator();
@@ -19,11 +22,12 @@ fn main() -> lensmap::Result<()> {
         .skip(1)
         .map(|s| s.parse().expect("numbers"))
         .collect();
-    let (m, k, n) = match args[..] {
-        [m, k, n, ..] => (m, k, n),
-        _ => (1395, 576, 49152),
+    let (rows, t, k, n) = match args[..] {
+        [rows, t, k, n, ..] => (rows, t, k, n),
+        _ => (31, 45, 576, 49152),
     };
-    let reps = args.get(3).copied().unwrap_or(5);
+    let m = rows * t;
+    let reps = args.get(4).copied().unwrap_or(5);
     let flop = 2.0 * (m * k * n) as f64;
     let noise = |i: usize| ((i.wrapping_mul(2_654_435_761) % 1000) as f32 - 500.0) * 1e-3;
     let a: Vec<f32> = (0..m * k).map(noise).collect();
@@ -33,13 +37,30 @@ fn main() -> lensmap::Result<()> {
     };
     let time = |f: &mut dyn FnMut()| timing::best_of(reps, f);
 
-    let at = Tensor::from_vec(a.clone(), (m, k), &Device::Cpu)?;
-    let bt = Tensor::from_vec(b.clone(), (n, k), &Device::Cpu)?;
+    // The lens's blocks: per chunk of positions, the final row alone (its
+    // distributions are the KL reference), then `per_block` rows at a time.
+    let (chunk, per_block) = lensmap::lens::block_shape(n, t);
+    let mut blocks = Vec::new();
+    for p0 in (0..t).step_by(chunk) {
+        let c = chunk.min(t - p0);
+        blocks.push(c);
+        for r0 in (0..rows - 1).step_by(per_block) {
+            blocks.push(per_block.min(rows - 1 - r0) * c);
+        }
+    }
+    let head = StoredMatrix::copied(&Tensor::from_vec(b.clone(), (n, k), &Device::Cpu)?)?;
+    let mut logits = Vec::new();
     let f32_best = time(&mut || {
-        let c = at.matmul(&bt.t().unwrap()).unwrap();
-        std::hint::black_box(c);
+        let mut at = 0;
+        for &rows in &blocks {
+            head.matmul_t_into(&a[at * k..(at + rows) * k], rows, &mut logits)
+                .unwrap();
+            at += rows;
+        }
+        std::hint::black_box(&logits);
     });
     report("lensmap f32", f32_best);
+    println!("f32 blocks, rows per matmul as the lens cuts them: {blocks:?}");
 
     let t = Instant::now();
     let head = Bf16Head::pack(&b, n, k);

@@ -41,6 +41,16 @@ pub(crate) fn working_bytes(vocab: usize) -> u64 {
     logits + (FINAL_BUDGET * 4) as u64 + (16 << 20)
 }
 
+/// How [`apply_lens`] cuts a trace of `t` positions into matmuls:
+/// `(chunk, rows)`, positions per chunk and lens rows per block of a chunk,
+/// so one matmul multiplies `rows × chunk` residuals by the head. The
+/// product's benchmark (`examples/lens_gemm.rs`) times the same blocks.
+pub fn block_shape(vocab: usize, t: usize) -> (usize, usize) {
+    let chunk = (FINAL_BUDGET / vocab.max(1)).clamp(1, t.max(1));
+    let cells_per_matmul = (LOGIT_BUDGET / vocab.max(1)).max(MIN_CELLS_PER_MATMUL);
+    (chunk, (cells_per_matmul / chunk).max(1))
+}
+
 /// Which lens reads the residual rows before the model's own unembedding.
 #[derive(Debug, Clone, Default)]
 pub enum Lens {
@@ -265,9 +275,7 @@ pub fn apply_lens(
     let n_rows = trace.rows.len();
     let t = ids.len();
     let last = n_rows - 1;
-    let chunk = (FINAL_BUDGET / vocab).clamp(1, t.max(1));
-    let cells_per_matmul = (LOGIT_BUDGET / vocab).max(MIN_CELLS_PER_MATMUL);
-    let rows_per_block = (cells_per_matmul / chunk).max(1);
+    let (chunk, rows_per_block) = block_shape(vocab, t);
 
     let span = q.positions.clone().unwrap_or(0..t);
     if span.start >= span.end || span.end > t {

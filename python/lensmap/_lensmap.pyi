@@ -40,7 +40,7 @@ class Model:
     """A model loaded once, answering lens requests.
 
     path: anything ``lensmap run --model`` takes (a ``.gguf`` file, an HF
-    directory, ``org/name`` in the HF cache). precision: ``auto``, ``f32``,
+    directory, ``org/name`` in the HF cache). precision: ``auto``, ``f32``, ``rest``,
     ``f64`` or ``quant``. chat_template: a Jinja file to use instead of the
     model's own.
     """

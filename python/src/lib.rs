@@ -58,7 +58,7 @@ fn option_err(message: impl Into<String>) -> PyErr {
 ///
 /// `Model(path, precision="auto", chat_template=None)`: `path` is anything
 /// `lensmap run --model` takes (a `.gguf` file, an HF directory, `org/name`
-/// in the HF cache); `precision` is `auto`, `f32`, `f64` or `quant`;
+/// in the HF cache); `precision` is `auto`, `f32`, `rest`, `f64` or `quant`;
 /// `chat_template` a Jinja file to use instead of the model's own.
 #[pyclass(module = "lensmap", frozen)]
 pub struct Model {

@@ -66,12 +66,13 @@ pub struct ModelArgs {
 /// How to hold a model's weights (`run`, `batch`, `serve`).
 #[derive(Debug, Clone, Args)]
 pub struct HoldArgs {
-    /// `auto` (f32 copies while they fit the memory budget, else `rest`), `f32`,
-    /// `rest` (weights stay in the mapped file, exact), `f64`, or `quant`
+    /// `auto` (`rest` on a CPU with AVX2 or AVX-512, else f32 copies while they
+    /// fit the memory budget), `f32`, `rest` (weights stay in the mapped
+    /// file; the same numbers), `f64`, or `quant`
     #[arg(long, default_value = "auto", help_heading = "Model")]
     pub precision: Precision,
     /// Memory the model may hold, e.g. `6G` or `512M` (default: what is
-    /// available; `auto` keeps f32 copies only within half of it)
+    /// available; where `auto` picks f32 copies, only within half of it)
     #[arg(long, value_name = "SIZE", value_parser = crate::model::budget::parse_max_memory, help_heading = "Model")]
     pub max_memory: Option<u64>,
     /// Carry NaN or infinity in a weight or residual through, marking the cells it spoils invalid

@@ -3,10 +3,12 @@
 //! the cgroup limit, `RLIMIT_AS`, `--max-memory`). A model that does not fit
 //! is refused with one line before any weight is read, never by an
 //! allocator abort or a silent OOM kill. `--precision auto` is resolved
-//! here: f32 copies while they fit the budget, else weights at rest.
+//! here: weights at rest where the f32 dot kernel runs, else f32 copies
+//! while they fit the budget, else at rest.
 
 use super::arch::{all_names, Part, TensorNames};
 use super::weights::{Precision, WeightSource};
+use crate::kernels::f32dot::Isa;
 use crate::{Error, OptionName, Result};
 
 /// Scratch the model needs next to its weights: per-thread dequantisation
@@ -125,8 +127,9 @@ pub struct MemoryRequest {
 }
 
 /// Resolve `precision` against the memory available and check it fits.
-/// `Auto` keeps f32 copies while they fit the budget (`max_memory`, else half
-/// of what is available), else works at rest.
+/// `Auto` works at rest on a CPU with the f32 dot kernel (AVX2 or AVX-512);
+/// elsewhere it keeps f32 copies while they fit the budget (`max_memory`,
+/// else half of what is available), else works at rest.
 /// `label` names the model in the refusal.
 pub fn plan(
     need: MemoryNeed,
@@ -138,6 +141,10 @@ pub fn plan(
     let room = limit.bytes.saturating_sub(req.run_bytes);
     let budget = req.max_memory.unwrap_or(limit.bytes / 2).min(room);
     let precision = match precision {
+        // Same numbers either way (one panel routine, one summation order);
+        // with the f32 dot kernel at rest also loads about ten times faster
+        // and runs as fast, so copies only pay without it.
+        Precision::Auto if Isa::detect().is_some() => Precision::Rest,
         Precision::Auto if need.f32_bytes <= budget => Precision::F32,
         Precision::Auto => Precision::Rest,
         p => p,

@@ -138,7 +138,7 @@ impl Loader<'_> {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear { name, weight, bias })
     }
 
     /// A norm over `dim` features.
@@ -170,6 +170,8 @@ impl Loader<'_> {
 /// `y = x Wᵀ + b`, with W dense f32, quantised, or at rest.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// The weight's tensor name, for messages.
+    name: String,
     /// Dense: `[in, out]` (transposed at load); quantised and at rest: `[out, in]`.
     weight: MatWeight,
     /// `[out]`.
@@ -610,8 +612,8 @@ impl Block {
         })
     }
 
-    /// The block's weights at rest.
-    fn stored(&self) -> Vec<&StoredMatrix> {
+    /// The block's projections.
+    fn linears(&self) -> Vec<&Linear> {
         let a = &self.attn;
         let m = &self.mlp;
         let qkv: Vec<&Linear> = match &a.qkv {
@@ -621,8 +623,33 @@ impl Block {
         qkv.into_iter()
             .chain([&a.o, &m.down])
             .chain(m.projections())
+            .collect()
+    }
+
+    /// The block's weights at rest.
+    fn stored(&self) -> Vec<&StoredMatrix> {
+        self.linears()
+            .into_iter()
             .filter_map(Linear::stored)
             .collect()
+    }
+
+    /// The first weight at rest in this block holding NaN or infinity, by
+    /// tensor name, and the value. Weights at rest are not scanned at load
+    /// (that would read the whole file); a non-finite residual after this
+    /// block is traced back to its weight instead.
+    pub(crate) fn nonfinite_weight(&self) -> Result<Option<(&str, f64)>> {
+        for l in self.linears() {
+            if let Some(v) = l
+                .stored()
+                .map(StoredMatrix::first_nonfinite)
+                .transpose()?
+                .flatten()
+            {
+                return Ok(Some((&l.name, v)));
+            }
+        }
+        Ok(None)
     }
 
     /// For weights at rest: prefetch the block's pages (`release` false:

@@ -233,7 +233,14 @@ impl Model {
                 *x = block
                     .forward(h, start, &mut seq.cache.layers[i])
                     .and_then(|y| {
-                        self.check_finite(&y, || format!("the residual after block {i}"))?;
+                        self.check_finite(&y, || format!("the residual after block {i}"))
+                            .map_err(|e| match block.nonfinite_weight() {
+                                Ok(Some((name, value))) => Error::NonFinite {
+                                    what: format!("tensor `{name}`"),
+                                    value,
+                                },
+                                _ => e,
+                            })?;
                         if let Some(r) = seq.recorder.as_deref_mut() {
                             r.record(i + 1, &y)?;
                         }

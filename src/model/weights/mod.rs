@@ -16,9 +16,10 @@ use crate::{Error, Result};
 /// How matmul weights are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// f32 copies of every weight while they fit the memory budget (half
-    /// of what is available, or `--max-memory`), else [`Precision::Rest`].
-    /// Both are exact; the copies are a little faster. Resolved at load
+    /// [`Precision::Rest`] on a CPU with AVX2 or AVX-512 (the f32 dot
+    /// kernel); elsewhere f32 copies of every weight while they fit the
+    /// memory budget (half of what is available, or `--max-memory`), else
+    /// at rest. Both give the same numbers. Resolved at load
     /// ([`super::budget`]), so a loaded model never reports `Auto`.
     #[default]
     Auto,
@@ -260,6 +261,22 @@ impl StoredMatrix {
         let row_bytes = self.file_bytes(cols);
         let src = &bytes[r0 * row_bytes..r1 * row_bytes];
         dequantize_blocks(self.dtype, src, out)
+    }
+
+    /// The first NaN or infinity among the weights, if any, decoding a
+    /// panel of rows at a time.
+    pub(crate) fn first_nonfinite(&self) -> Result<Option<f64>> {
+        let p = panel_rows(self.cols);
+        let mut buf = vec![0f32; p * self.cols];
+        for r0 in (0..self.rows).step_by(p) {
+            let r1 = (r0 + p).min(self.rows);
+            let out = &mut buf[..(r1 - r0) * self.cols];
+            self.rows_f32(r0, r1, out)?;
+            if let Some(v) = out.iter().find(|v| !v.is_finite()) {
+                return Ok(Some(*v as f64));
+            }
+        }
+        Ok(None)
     }
 
     /// Rows `ids` (in any order) in f32, `[ids.len(), cols]`: an embedding

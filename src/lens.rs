@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use candle_core::{Storage, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use std::sync::Arc;
@@ -314,10 +314,9 @@ pub fn apply_lens(
         }
 
         // The final row first: its distributions are the KL reference.
-        unembed(
-            model,
+        model.unembed_into(
             &trace.rows[last].narrow(0, p0, c)?,
-            q.precision,
+            q.precision.kernel(),
             &mut logits,
         )?;
         let (finals, stats): (Vec<FinalDist>, Vec<CellStats>) = logits
@@ -341,7 +340,7 @@ pub fn apply_lens(
             let h: Vec<Tensor> = (r0..r1)
                 .map(|r| q.lens.prepare(r, trace.rows[r].narrow(0, p0, c)?))
                 .collect::<Result<_>>()?;
-            unembed(model, &Tensor::cat(&h, 0)?, q.precision, &mut logits)?;
+            model.unembed_into(&Tensor::cat(&h, 0)?, q.precision.kernel(), &mut logits)?;
             let stats: Vec<CellStats> = logits
                 .par_chunks(vocab)
                 .enumerate()
@@ -372,48 +371,4 @@ pub fn apply_lens(
         }
     }
     Ok(grid)
-}
-
-/// The final-logit path at the query's precision into `logits` (`[M, vocab]`,
-/// reused from block to block): [`Model::unembed_into`] in f32; in bf16 the
-/// same norm and soft-cap around the bf16 product.
-fn unembed(
-    model: &Model,
-    h: &Tensor,
-    precision: LensPrecision,
-    logits: &mut Vec<f32>,
-) -> Result<()> {
-    let Some(kernel) = precision.kernel() else {
-        return model.unembed_into(h, logits);
-    };
-    let head = model.head_bf16()?;
-    let normed = model.final_normed(h)?;
-    let m = normed.dim(0)?;
-    logits.resize(m * head.rows(), 0.0);
-    with_rows(&normed, model.cfg.sizes.d_model, |a| {
-        head.matmul(a, m, logits, kernel)
-    })?;
-    model.softcap_in_place(logits);
-    Ok(())
-}
-
-/// Borrow a contiguous f32 CPU tensor's data without copying it.
-fn with_rows<T>(t: &Tensor, vocab: usize, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => {
-            let data: &[f32] = cpu.as_slice()?;
-            let n = layout.shape().elem_count();
-            let start = layout.start_offset();
-            debug_assert_eq!(n % vocab, 0);
-            Ok(f(&data[start..start + n]))
-        }
-        #[allow(unreachable_patterns)]
-        _ => {
-            drop(storage);
-            let v = t.flatten_all()?.to_vec1::<f32>()?;
-            Ok(f(&v))
-        }
-    }
 }

@@ -640,8 +640,10 @@ impl Block {
     /// block is traced back to its weight instead.
     pub(crate) fn nonfinite_weight(&self) -> Result<Option<(&str, f64)>> {
         for l in self.linears() {
+            // f32 copies were scanned at load.
             if let Some(v) = l
                 .stored()
+                .filter(|m| m.is_mapped())
                 .map(StoredMatrix::first_nonfinite)
                 .transpose()?
                 .flatten()

@@ -36,6 +36,7 @@ pub use checkpoint::Checkpoint;
 pub use config::{Family, ModelConfig, Sizes};
 pub use gguf::GgufFile;
 use layers::{Block, LayerCache, Loader, Norm, Rope};
+use weights::with_f32_slice;
 pub use weights::{Precision, StoredMatrix, WeightSource};
 
 use crate::{Error, Result};
@@ -332,7 +333,7 @@ impl Model {
     /// for every row, so lens row `n_layers` is exactly the model's output.
     pub fn unembed(&self, h: &Tensor) -> Result<Tensor> {
         let mut logits = Vec::new();
-        self.unembed_into(h, &mut logits)?;
+        self.unembed_into(h, None, &mut logits)?;
         let m = h.dim(0)?;
         Ok(Tensor::from_vec(
             logits,
@@ -342,12 +343,26 @@ impl Model {
     }
 
     /// [`Model::unembed`] into `logits` (resized to `[M, vocab]`, row-major),
-    /// so the lens reuses one buffer for all its blocks of rows.
-    pub(crate) fn unembed_into(&self, h: &Tensor, logits: &mut Vec<f32>) -> Result<()> {
+    /// so the lens reuses one buffer for all its blocks of rows. With a
+    /// `bf16` kernel (`--lens-precision bf16`) the product runs on the packed
+    /// bf16 head instead; the norm and soft-cap are the same.
+    pub(crate) fn unembed_into(
+        &self,
+        h: &Tensor,
+        bf16: Option<crate::kernels::bf16::Bf16Kernel>,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let normed = self.final_normed(h)?;
         let m = normed.dim(0)?;
-        let x = normed.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        self.head.matmul_t_into(&x, m, logits)?;
+        with_f32_slice(&normed, |x| match bf16 {
+            None => self.head.matmul_t_into(x, m, logits),
+            Some(kernel) => {
+                let head = self.head_bf16()?;
+                logits.resize(m * head.rows(), 0.0);
+                head.matmul(x, m, logits, kernel);
+                Ok(())
+            }
+        })??;
         self.softcap_in_place(logits);
         Ok(())
     }
@@ -365,7 +380,7 @@ impl Model {
     /// `c · tanh(z / c)`, nothing for other models. The f32 operations of
     /// candle's `(z / c).tanh() * c`, which this replaced without moving a
     /// bit: a multiply by `1/c`, then `tanh`, then a multiply by `c`.
-    pub(crate) fn softcap_in_place(&self, logits: &mut [f32]) {
+    fn softcap_in_place(&self, logits: &mut [f32]) {
         if let Some(c) = self.cfg.final_softcap {
             let (inv, c) = ((1.0 / c) as f32, c as f32);
             logits.iter_mut().for_each(|z| *z = (*z * inv).tanh() * c);
@@ -375,7 +390,7 @@ impl Model {
     /// The unembedding rounded to bf16 and packed for the bf16 lens; packed
     /// on the first call from [`Model::head_rows`] a panel at a time (about
     /// 0.1 s for SmolLM2), kept for the model's life.
-    pub(crate) fn head_bf16(&self) -> Result<&crate::kernels::bf16::Bf16Head> {
+    fn head_bf16(&self) -> Result<&crate::kernels::bf16::Bf16Head> {
         if let Some(h) = self.head_bf16.get() {
             return Ok(h);
         }

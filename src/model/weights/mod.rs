@@ -299,13 +299,10 @@ impl StoredMatrix {
     /// on `t` alone, so at rest and f32 copies still sum in the same order.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (t, _) = x.dims2()?;
-        let x = x
-            .to_dtype(candle_core::DType::F32)?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
         let mut y = Vec::new();
-        self.matmul_t_into(&x, t, &mut y)?;
+        with_f32_slice(&x.to_dtype(candle_core::DType::F32)?, |x| {
+            self.matmul_t_into(x, t, &mut y)
+        })??;
         Ok(Tensor::from_vec(y, (t, self.rows), &Device::Cpu)?)
     }
 
@@ -523,6 +520,27 @@ unsafe impl Sync for SendPtr {}
 impl SendPtr {
     fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// Call `f` on an f32 CPU tensor's values, row-major, borrowed in place
+/// when the tensor is contiguous (copied otherwise).
+pub(crate) fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    use candle_core::Storage;
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => {
+            let data: &[f32] = cpu.as_slice()?;
+            let start = layout.start_offset();
+            Ok(f(&data[start..start + layout.shape().elem_count()]))
+        }
+        #[allow(unreachable_patterns)]
+        _ => {
+            drop(storage);
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            Ok(f(&v))
+        }
     }
 }
 

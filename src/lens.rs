@@ -41,7 +41,7 @@ pub(crate) fn working_bytes(vocab: usize) -> u64 {
     logits + (FINAL_BUDGET * 4) as u64 + (16 << 20)
 }
 
-/// How [`apply_lens`] cuts a trace of `t` positions into matmuls:
+/// How [`apply_lens`] cuts `t` computed positions into matmuls:
 /// `(chunk, rows)`, positions per chunk and lens rows per block of a chunk,
 /// so one matmul multiplies `rows × chunk` residuals by the head. The
 /// product's benchmark (`examples/lens_gemm.rs`) times the same blocks.
@@ -275,8 +275,6 @@ pub fn apply_lens(
     let n_rows = trace.rows.len();
     let t = ids.len();
     let last = n_rows - 1;
-    let (chunk, rows_per_block) = block_shape(vocab, t);
-
     let span = q.positions.clone().unwrap_or(0..t);
     if span.start >= span.end || span.end > t {
         return Err(Error::option(
@@ -287,6 +285,9 @@ pub fn apply_lens(
             ),
         ));
     }
+    // Cut by the positions computed, not the prompt's: `--positions tail`
+    // then fills each matmul with more rows instead of re-reading the head.
+    let (chunk, rows_per_block) = block_shape(vocab, span.len());
     let absent = CellStats::absent(q.tracked.len());
     let mut grid: CellGrid = (0..n_rows)
         .map(|_| {
@@ -295,8 +296,9 @@ pub fn apply_lens(
             row
         })
         .collect();
-    // One block of logits, reused by every matmul.
-    let mut logits = Vec::new();
+    // One block of logits, reused by every matmul and kept by the model.
+    let mut scratch = model.logit_buffer();
+    let logits = &mut scratch.buf;
     for p0 in span.clone().step_by(chunk) {
         let c = chunk.min(span.end - p0);
         let next_ids: Vec<Option<u32>> = (p0..p0 + c).map(|p| ids.get(p + 1).copied()).collect();
@@ -317,7 +319,7 @@ pub fn apply_lens(
         model.unembed_into(
             &trace.rows[last].narrow(0, p0, c)?,
             q.precision.kernel(),
-            &mut logits,
+            logits,
         )?;
         let (finals, stats): (Vec<FinalDist>, Vec<CellStats>) = logits
             .par_chunks(vocab)
@@ -340,7 +342,7 @@ pub fn apply_lens(
             let h: Vec<Tensor> = (r0..r1)
                 .map(|r| q.lens.prepare(r, trace.rows[r].narrow(0, p0, c)?))
                 .collect::<Result<_>>()?;
-            model.unembed_into(&Tensor::cat(&h, 0)?, q.precision.kernel(), &mut logits)?;
+            model.unembed_into(&Tensor::cat(&h, 0)?, q.precision.kernel(), logits)?;
             let stats: Vec<CellStats> = logits
                 .par_chunks(vocab)
                 .enumerate()

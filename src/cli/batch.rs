@@ -57,14 +57,14 @@ pub struct BatchArgs {
     /// `--shard` to write the combined tables; that run computes nothing new.
     #[arg(long, value_name = "I/N", help_heading = "Output")]
     pub shard: Option<Shard>,
-    /// Prompts per block-major chunk (default: 8 when the model is streamed
-    /// from disk, else 1)
+    /// Prompts per block-major chunk (default: 8)
     ///
     /// Every prompt of a chunk goes through block i before block i+1 is
     /// read, so a model larger than memory is read from disk once per chunk
-    /// instead of once per prompt. The numbers are the same for any N. A
-    /// chunk holds N residual traces at once, and a kill loses at most the
-    /// chunk in flight.
+    /// instead of once per prompt, and the chunk's rows share each
+    /// projection call. The numbers are the same for any N. A chunk holds N
+    /// residual traces at once, and a kill loses at most the chunk in
+    /// flight.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize), help_heading = "Model")]
     pub chunk: Option<usize>,
     /// Also write `cells.csv`

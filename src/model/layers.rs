@@ -3,7 +3,10 @@
 //! `ModelConfig` they build and the tensor names they map; a model that seems
 //! to need its own forward gets an option here instead.
 //!
-//! Every activation is `[T, d]` for one sequence of T positions (no batch).
+//! Every activation is `[T, d]` for one sequence of T positions (no batch),
+//! or several sequences' rows stacked (`[ΣT, d]`, [`Block::forward_stacked`]):
+//! everything but attention works row by row, and attention is split back
+//! into its sequences.
 
 use candle_core::{DType, Device, Module, Tensor, D};
 
@@ -180,6 +183,16 @@ pub struct Linear {
 
 impl Linear {
     /// The weight at rest, if it is.
+    /// Up to how many rows this projection gives each row the numbers it
+    /// gives that row alone; `None` when not known (candle's quantized and
+    /// f64 matmuls), so its sequences go one at a time.
+    pub(crate) fn row_independent(&self) -> Option<usize> {
+        match self.weight {
+            MatWeight::Stored(_) => super::weights::row_independent_rows(),
+            _ => None,
+        }
+    }
+
     fn stored(&self) -> Option<&StoredMatrix> {
         match &self.weight {
             MatWeight::Stored(m) => Some(m),
@@ -340,6 +353,16 @@ impl Rope {
     }
 }
 
+/// One sequence's rows in a stacked block call ([`Block::forward_stacked`]).
+pub(crate) struct StackedSeq<'a> {
+    /// Rows (positions) of this sequence in the stack.
+    pub len: usize,
+    /// Position of its first row.
+    pub start: usize,
+    /// Its cache for this block.
+    pub cache: &'a mut LayerCache,
+}
+
 /// Keys and values seen so far by one layer, for generation.
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {
@@ -417,9 +440,10 @@ impl Attention {
         })
     }
 
-    /// `x`: `[T, d]` at positions `start..start+T` → `[T, d]`. Appends to `cache`.
-    pub fn forward(&self, x: &Tensor, start: usize, cache: &mut LayerCache) -> Result<Tensor> {
-        let (t, _) = x.dims2()?;
+    /// `x`: the stacked rows `[ΣT, d]` of `seqs`, each at its positions
+    /// `start..start+T` → `[ΣT, d]`. The projections take all rows at once;
+    /// attention runs per sequence and appends to its cache.
+    fn forward_stacked(&self, x: &Tensor, seqs: &mut [StackedSeq<'_>]) -> Result<Tensor> {
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let (q, k, v) = match &self.qkv {
             QkvProj::Fused(qkv) => {
@@ -432,6 +456,40 @@ impl Attention {
             }
             QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
         };
+        let mut ys = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for seq in seqs.iter_mut() {
+            let t = seq.len;
+            ys.push(self.attend_seq(
+                q.narrow(0, at, t)?,
+                k.narrow(0, at, t)?,
+                v.narrow(0, at, t)?,
+                seq.start,
+                seq.cache,
+            )?);
+            at += t;
+        }
+        let y = if ys.len() == 1 {
+            ys.pop().expect("one sequence")
+        } else {
+            Tensor::cat(&ys, 0)?
+        };
+        self.o.forward(&y)
+    }
+
+    /// One sequence's projected `q`, `k`, `v` (`[T, heads·hd]`) at positions
+    /// `start..start+T` → the attention output `[T, heads·hd]`, before the
+    /// output projection. Appends to `cache`.
+    fn attend_seq(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        start: usize,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let t = q.dim(0)?;
         // [T, heads*hd] -> [T, heads, hd]; q/k norm is per head, before RoPE.
         let mut q = q.reshape((t, h, hd))?;
         let mut k = k.reshape((t, kvh, hd))?;
@@ -463,11 +521,9 @@ impl Attention {
             out.push(self.attend(&q.narrow(2, a, b - a)?, &k, &v, start + a)?);
         }
         let y = Tensor::cat(&out, 2)?; // [kvh, group, T, hd]
-        let y = y
-            .reshape((h, t, hd))?
+        Ok(y.reshape((h, t, hd))?
             .transpose(0, 1)?
-            .reshape((t, h * hd))?;
-        self.o.forward(&y)
+            .reshape((t, h * hd))?)
     }
 
     /// Queries `[kvh, group, n, hd]` at positions `p0..p0+n` against all keys.
@@ -626,6 +682,15 @@ impl Block {
             .collect()
     }
 
+    /// Most stacked rows [`Block::forward_stacked`] takes while keeping each
+    /// sequence's numbers its own; `None`: one sequence at a time.
+    pub(crate) fn stack_rows(&self) -> Option<usize> {
+        self.linears()
+            .into_iter()
+            .map(Linear::row_independent)
+            .try_fold(usize::MAX, |m, r| r.map(|r| m.min(r)))
+    }
+
     /// The block's weights at rest.
     fn stored(&self) -> Vec<&StoredMatrix> {
         self.linears()
@@ -666,11 +731,34 @@ impl Block {
         }
     }
 
-    /// `x`: the residual stream `[T, d]` → the residual stream after this block.
+    /// `x`: the residual stream `[T, d]` at positions `start..start+T` → the
+    /// residual stream after this block. Appends to `cache`.
     pub fn forward(&self, x: &Tensor, start: usize, cache: &mut LayerCache) -> Result<Tensor> {
+        let t = x.dim(0)?;
+        self.forward_stacked(
+            x,
+            &mut [StackedSeq {
+                len: t,
+                start,
+                cache,
+            }],
+        )
+    }
+
+    /// Several sequences' residual rows stacked, `[ΣT, d]` in the order of
+    /// `seqs` → the stacked rows after this block. The norms, projections and
+    /// MLP take all rows in one call each, attention takes each sequence
+    /// alone. Each sequence gets the numbers [`Block::forward`] gives it
+    /// alone as long as every projection is row-independent
+    /// ([`Linear::row_independent`]) at the stacked row count.
+    pub(crate) fn forward_stacked(
+        &self,
+        x: &Tensor,
+        seqs: &mut [StackedSeq<'_>],
+    ) -> Result<Tensor> {
         let mut h = self
             .attn
-            .forward(&self.attn_norm.forward(x)?, start, cache)?;
+            .forward_stacked(&self.attn_norm.forward(x)?, seqs)?;
         if let Some(n) = &self.post_attn_norm {
             h = n.forward(&h)?;
         }

@@ -35,7 +35,7 @@ pub use budget::MemoryPlan;
 pub use checkpoint::Checkpoint;
 pub use config::{Family, ModelConfig, Sizes};
 pub use gguf::GgufFile;
-use layers::{Block, LayerCache, Loader, Norm, Rope};
+use layers::{Block, LayerCache, Loader, Norm, Rope, StackedSeq};
 use weights::with_f32_slice;
 pub use weights::{Precision, StoredMatrix, WeightSource};
 
@@ -93,6 +93,22 @@ pub(crate) struct Sequence<'a> {
     pub recorder: Option<&'a mut dyn Recorder>,
 }
 
+/// The lens's logits block, lent by [`Model::logit_buffer`].
+pub(crate) struct LogitBuffer<'a> {
+    model: &'a Model,
+    pub buf: Vec<f32>,
+}
+
+impl Drop for LogitBuffer<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut kept) = self.model.logit_scratch.try_lock() {
+            if kept.capacity() < self.buf.capacity() {
+                *kept = std::mem::take(&mut self.buf);
+            }
+        }
+    }
+}
+
 /// A loaded model: config and weights, ready to run.
 pub struct Model {
     pub cfg: ModelConfig,
@@ -120,6 +136,8 @@ pub struct Model {
     /// The head rounded to bf16 and packed for `--lens-precision bf16`, built
     /// on first use from [`Model::head_rows`] (once per loaded model).
     head_bf16: std::sync::OnceLock<crate::kernels::bf16::Bf16Head>,
+    /// The lens's block of logits, kept between calls ([`Model::logit_buffer`]).
+    logit_scratch: std::sync::Mutex<Vec<f32>>,
 }
 
 impl Model {
@@ -189,6 +207,7 @@ impl Model {
             final_norm,
             head,
             head_bf16: Default::default(),
+            logit_scratch: Default::default(),
             cfg: cfg.clone(),
         })
     }
@@ -212,11 +231,14 @@ impl Model {
     }
 
     /// Block-major forward pass over several sequences (a `batch` chunk):
-    /// every sequence goes through block `i`, each on its own (different
-    /// lengths, no padding), before block `i + 1` is touched. A model at rest
-    /// then reads each block's weights once per call, not once per sequence.
-    /// Each sequence gets exactly the numbers [`Model::forward`] gives it
-    /// alone: the same block calls on the same inputs.
+    /// every sequence goes through block `i` before block `i + 1` is
+    /// touched, so a model at rest reads each block's weights once per call,
+    /// not once per sequence. Within a block the sequences' rows are stacked
+    /// ([`Block::forward_stacked`]; attention stays per sequence, no
+    /// padding), so each projection is one call for the stack. Each sequence
+    /// gets exactly the numbers [`Model::forward`] gives it alone: the
+    /// projections keep rows apart up to [`Block::stack_rows`] rows, and
+    /// every other step is row-wise or per sequence.
     ///
     /// The outer error ends every sequence (cancellation); an inner one only
     /// its own (too long, a non-finite residual), and the others carry on.
@@ -228,12 +250,43 @@ impl Model {
             if let Some(next) = self.blocks.get(i + 1) {
                 next.advise(false);
             }
-            for (seq, x) in seqs.iter_mut().zip(xs.iter_mut()) {
-                let Ok(h) = x.as_ref() else { continue };
-                let start = seq.cache.len;
-                *x = block
-                    .forward(h, start, &mut seq.cache.layers[i])
-                    .and_then(|y| {
+            for group in stacks(seqs, &xs, block.stack_rows()) {
+                let rows: Vec<&Tensor> =
+                    group.iter().filter_map(|&j| xs[j].as_ref().ok()).collect();
+                let x = match rows[..] {
+                    [one] => one.clone(),
+                    _ => Tensor::cat(&rows, 0)?,
+                };
+                let mut members: Vec<StackedSeq> = seqs
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(j, _)| group.contains(j))
+                    .map(|(_, s)| StackedSeq {
+                        len: s.ids.len(),
+                        start: s.cache.len,
+                        cache: &mut s.cache.layers[i],
+                    })
+                    .collect();
+                let y = block.forward_stacked(&x, &mut members);
+                drop(members);
+                let y = match y {
+                    Ok(y) => y,
+                    // Not a sequence's own fault: the first gets the error,
+                    // the others its message.
+                    Err(e) => {
+                        let msg = format!("block {i}: {e}");
+                        let mut e = Some(e);
+                        for &j in &group {
+                            xs[j] = Err(e.take().unwrap_or_else(|| Error::Config(msg.clone())));
+                        }
+                        continue;
+                    }
+                };
+                let mut at = 0;
+                for &j in &group {
+                    let len = seqs[j].ids.len();
+                    let seq = &mut seqs[j];
+                    xs[j] = y.narrow(0, at, len).map_err(Error::from).and_then(|y| {
                         self.check_finite(&y, || format!("the residual after block {i}"))
                             .map_err(|e| match block.nonfinite_weight() {
                                 Ok(Some((name, value))) => Error::NonFinite {
@@ -247,6 +300,8 @@ impl Model {
                         }
                         Ok(y)
                     });
+                    at += len;
+                }
                 cancel::check()?;
             }
             if self.streaming {
@@ -260,7 +315,31 @@ impl Model {
         }
         Ok(xs)
     }
+}
 
+/// The live sequences (`xs[j]` is `Ok`) of a block-major step cut into stacks
+/// for [`Block::forward_stacked`], in order: each stack holds at most `limit`
+/// rows, a longer sequence goes alone, and `None` puts every sequence alone.
+fn stacks(seqs: &[Sequence<'_>], xs: &[Result<Tensor>], limit: Option<usize>) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut rows = 0;
+    for j in (0..seqs.len()).filter(|&j| xs[j].is_ok()) {
+        let len = seqs[j].ids.len();
+        match (limit, out.last_mut()) {
+            (Some(l), Some(last)) if rows + len <= l && !last.is_empty() => {
+                last.push(j);
+                rows += len;
+            }
+            _ => {
+                out.push(vec![j]);
+                rows = len;
+            }
+        }
+    }
+    out
+}
+
+impl Model {
     /// Row 0 of one sequence: its checks, the embedding output (scaled for
     /// Gemma, with positions for GPT-2), recorded.
     fn embed_seq(&self, seq: &mut Sequence<'_>) -> Result<Tensor> {
@@ -365,6 +444,20 @@ impl Model {
         })??;
         self.softcap_in_place(logits);
         Ok(())
+    }
+
+    /// A buffer for one block of the lens's logits, handed back to the model
+    /// when dropped. The block (64 MiB) is past glibc's mmap threshold, so a
+    /// fresh one per lens call was mapped and page-faulted anew each time:
+    /// 30-40 ms of a 0.13 s `batch` prompt. A concurrent call (`serve`) gets
+    /// its own.
+    pub(crate) fn logit_buffer(&self) -> LogitBuffer<'_> {
+        let buf = self
+            .logit_scratch
+            .try_lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        LogitBuffer { model: self, buf }
     }
 
     /// The first step of [`Model::unembed`]: the final norm, in f32 (the head

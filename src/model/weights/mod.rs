@@ -564,6 +564,14 @@ const DOT_PANEL_ROWS: usize = 64;
 
 /// The kernel [`StoredMatrix::matmul_t`] uses for `t` rows, `None` for the
 /// `gemm` crate.
+/// Most rows for which [`StoredMatrix::matmul_t`] gives each row the same
+/// result whatever rows sit beside it: the `f32dot` kernel's range. `None`
+/// where the `gemm` crate does every product (no AVX2), whose blocking is
+/// not known to keep rows apart.
+pub(crate) fn row_independent_rows() -> Option<usize> {
+    Isa::detect().map(|_| DOT_MAX_ROWS)
+}
+
 fn dot_isa(t: usize) -> Option<Isa> {
     Isa::detect().filter(|_| t <= DOT_MAX_ROWS)
 }

@@ -37,15 +37,14 @@ fn main() -> lensmap::Result<()> {
     };
     let time = |f: &mut dyn FnMut()| timing::best_of(reps, f);
 
-    // The lens's blocks: per chunk of positions, the final row alone (its
-    // distributions are the KL reference), then `per_block` rows at a time.
-    let (chunk, per_block) = lensmap::lens::block_shape(n, t);
+    // The lens's blocks: per chunk of positions, the rows in even blocks
+    // (final row first: its distributions are the KL reference).
+    let (chunk, n_blocks) = lensmap::lens::block_shape(n, t, rows);
     let mut blocks = Vec::new();
     for p0 in (0..t).step_by(chunk) {
         let c = chunk.min(t - p0);
-        blocks.push(c);
-        for r0 in (0..rows - 1).step_by(per_block) {
-            blocks.push(per_block.min(rows - 1 - r0) * c);
+        for b in 0..n_blocks {
+            blocks.push(lensmap::lens::row_block(rows, n_blocks, b).len() * c);
         }
     }
     let head = StoredMatrix::copied(&Tensor::from_vec(b.clone(), (n, k), &Device::Cpu)?)?;

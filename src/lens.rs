@@ -41,14 +41,31 @@ pub(crate) fn working_bytes(vocab: usize) -> u64 {
     logits + (FINAL_BUDGET * 4) as u64 + (16 << 20)
 }
 
-/// How [`apply_lens`] cuts `t` computed positions into matmuls:
-/// `(chunk, rows)`, positions per chunk and lens rows per block of a chunk,
-/// so one matmul multiplies `rows × chunk` residuals by the head. The
-/// product's benchmark (`examples/lens_gemm.rs`) times the same blocks.
-pub fn block_shape(vocab: usize, t: usize) -> (usize, usize) {
-    let chunk = (FINAL_BUDGET / vocab.max(1)).clamp(1, t.max(1));
-    let cells_per_matmul = (LOGIT_BUDGET / vocab.max(1)).max(MIN_CELLS_PER_MATMUL);
-    (chunk, (cells_per_matmul / chunk).max(1))
+/// How [`apply_lens`] cuts `t` computed positions of `n_rows` lens rows into
+/// matmuls: `(chunk, blocks)`, positions per chunk and blocks of rows per
+/// chunk; block `b` of a chunk holds rows `b·n_rows/blocks ..
+/// (b+1)·n_rows/blocks` of the lens order ([`row_block`]), so one matmul
+/// multiplies about `n_rows / blocks × chunk` residuals by the head. The
+/// blocks are even (6 or 7 rows, not four of 7 and one of 3: a thin block
+/// streams the whole head for little work) and stay within the rows the
+/// kernels keep apart (with AVX2 or AVX-512), so no number depends on the
+/// cut. The product's benchmark (`examples/lens_gemm.rs`) times the same
+/// blocks.
+pub fn block_shape(vocab: usize, t: usize, n_rows: usize) -> (usize, usize) {
+    let cells_per_matmul = (LOGIT_BUDGET / vocab.max(1))
+        .max(MIN_CELLS_PER_MATMUL)
+        .min(crate::model::weights::row_independent_rows().unwrap_or(usize::MAX));
+    let chunk = (FINAL_BUDGET / vocab.max(1))
+        .clamp(1, t.max(1))
+        .min(cells_per_matmul);
+    let most = (cells_per_matmul / chunk).max(1);
+    (chunk, n_rows.max(1).div_ceil(most))
+}
+
+/// Block `b` of `blocks` over `n_rows` rows: the range of the lens order
+/// it holds.
+pub fn row_block(n_rows: usize, blocks: usize, b: usize) -> Range<usize> {
+    b * n_rows / blocks..(b + 1) * n_rows / blocks
 }
 
 /// Which lens reads the residual rows before the model's own unembedding.
@@ -287,7 +304,7 @@ pub fn apply_lens(
     }
     // Cut by the positions computed, not the prompt's: `--positions tail`
     // then fills each matmul with more rows instead of re-reading the head.
-    let (chunk, rows_per_block) = block_shape(vocab, span.len());
+    let (chunk, blocks) = block_shape(vocab, span.len(), n_rows);
     let absent = CellStats::absent(q.tracked.len());
     let mut grid: CellGrid = (0..n_rows)
         .map(|_| {
@@ -315,35 +332,49 @@ pub fn apply_lens(
             }
         }
 
-        // The final row first: its distributions are the KL reference.
-        model.unembed_into(
-            &trace.rows[last].narrow(0, p0, c)?,
-            q.precision.kernel(),
-            logits,
-        )?;
-        let (finals, stats): (Vec<FinalDist>, Vec<CellStats>) = logits
-            .par_chunks(vocab)
-            .enumerate()
-            .map(|(i, z)| {
-                (
-                    FinalDist::of(z),
-                    cell_stats(z, &query(q, next_ids[i], None)),
-                )
-            })
-            .unzip();
-        grid[last].extend(stats);
-
-        // The other rows, several per matmul.
-        for r0 in (0..last).step_by(rows_per_block) {
+        // The final row leads the first block: its distributions are the KL
+        // reference of every other row. Each matmul keeps rows apart, so
+        // which rows share a block changes no number.
+        let order: Vec<usize> = std::iter::once(last).chain(0..last).collect();
+        let mut finals: Vec<FinalDist> = Vec::with_capacity(c);
+        for b in 0..blocks {
+            let rows = &order[row_block(n_rows, blocks, b)];
             // A long lens, or one whose `serve` client left, stops between
             // blocks of rows as a forward pass does.
             crate::model::cancel::check()?;
-            let r1 = (r0 + rows_per_block).min(last);
-            let h: Vec<Tensor> = (r0..r1)
-                .map(|r| q.lens.prepare(r, trace.rows[r].narrow(0, p0, c)?))
+            let h: Vec<Tensor> = rows
+                .iter()
+                .map(|&r| {
+                    let h = trace.rows[r].narrow(0, p0, c)?;
+                    if r == last {
+                        Ok(h)
+                    } else {
+                        q.lens.prepare(r, h)
+                    }
+                })
                 .collect::<Result<_>>()?;
-            model.unembed_into(&Tensor::cat(&h, 0)?, q.precision.kernel(), logits)?;
-            let stats: Vec<CellStats> = logits
+            let h = match &h[..] {
+                [one] => one.clone(),
+                _ => Tensor::cat(&h, 0)?,
+            };
+            model.unembed_into(&h, q.precision.kernel(), logits)?;
+            let leads = rows[0] == last;
+            if leads {
+                let (f, stats): (Vec<FinalDist>, Vec<CellStats>) = logits[..c * vocab]
+                    .par_chunks(vocab)
+                    .enumerate()
+                    .map(|(i, z)| {
+                        (
+                            FinalDist::of(z),
+                            cell_stats(z, &query(q, next_ids[i], None)),
+                        )
+                    })
+                    .unzip();
+                finals = f;
+                grid[last].extend(stats);
+            }
+            let others = &rows[usize::from(leads)..];
+            let stats: Vec<CellStats> = logits[(rows.len() - others.len()) * c * vocab..]
                 .par_chunks(vocab)
                 .enumerate()
                 .map(|(i, z)| {
@@ -352,7 +383,7 @@ pub fn apply_lens(
                 })
                 .collect();
             for (i, s) in stats.into_iter().enumerate() {
-                grid[r0 + i / c].push(s);
+                grid[others[i / c]].push(s);
             }
         }
     }

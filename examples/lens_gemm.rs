@@ -17,7 +17,7 @@ use lensmap::kernels::bf16::{Bf16Head, Bf16Kernel};
 use lensmap::model::StoredMatrix;
 
 fn main() -> lensmap::Result<()> {
-    lensmap::tune_allocator();
+    lensmap::tune_process();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|s| s.parse().expect("numbers"))

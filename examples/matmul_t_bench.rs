@@ -20,7 +20,7 @@ use lensmap::model::{GgufFile, StoredMatrix, WeightSource};
 use rayon::prelude::*;
 
 fn main() -> lensmap::Result<()> {
-    lensmap::tune_allocator();
+    lensmap::tune_process();
     let mut specs = Vec::new();
     let mut ts = vec![45usize, 256];
     let mut reps = 5usize;

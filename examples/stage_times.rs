@@ -6,7 +6,7 @@ use lensmap::lens::{apply_lens, LensQuery};
 use lensmap::model::{Checkpoint, KvCache, Model, Precision, ResidualTrace};
 
 fn main() -> lensmap::Result<()> {
-    lensmap::tune_allocator();
+    lensmap::tune_process();
     let args: Vec<String> = std::env::args().collect();
     let path = args
         .get(1)

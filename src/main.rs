@@ -9,7 +9,7 @@ use clap::Parser;
 use lensmap::cli;
 
 fn main() -> ExitCode {
-    lensmap::tune_allocator();
+    lensmap::tune_process();
     let args = cli::Cli::parse();
     match cli::dispatch(args) {
         Ok(()) => ExitCode::SUCCESS,

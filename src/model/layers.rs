@@ -4,7 +4,7 @@
 //! to need its own forward gets an option here instead.
 //!
 //! Every activation is `[T, d]` for one sequence of T positions (no batch),
-//! or several sequences' rows stacked (`[ΣT, d]`, [`Block::forward_stacked`]):
+//! or several sequences' rows stacked (`[ΣT, d]`, `Block::forward_stacked`):
 //! everything but attention works row by row, and attention is split back
 //! into its sequences.
 

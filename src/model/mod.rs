@@ -615,3 +615,111 @@ impl Model {
         Ok(outs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value of a tensor as bits, for exact comparison.
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    }
+
+    /// A stacked block-major pass ([`Model::forward_many`]) gives every
+    /// sequence the bits [`Model::forward`] gives it alone: on every tiny
+    /// architecture, at rest and with f32 copies, for three prompts of
+    /// different lengths (every residual row and the output), then one more
+    /// token each through the caches, as lockstep generation runs it.
+    #[test]
+    fn stacked_sequences_equal_each_alone() {
+        let tiny =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/tiny");
+        let names = [
+            "llama",
+            "llama3_rope",
+            "mistral",
+            "gemma3",
+            "gpt2",
+            "qwen2",
+            "qwen3",
+            "phi3",
+        ];
+        for name in names {
+            for precision in [Precision::Rest, Precision::F32] {
+                let model = Checkpoint::open(&tiny.join(name))
+                    .and_then(|c| c.load(precision))
+                    .unwrap();
+                // The test would pass vacuously if nothing were stacked.
+                assert_eq!(
+                    model.blocks[0].stack_rows().is_some(),
+                    crate::kernels::f32dot::Isa::detect().is_some(),
+                    "{name}"
+                );
+                let vocab = model.cfg.sizes.vocab_size as u32;
+                let prompts: Vec<Vec<u32>> = [11u32, 4, 17]
+                    .iter()
+                    .enumerate()
+                    .map(|(s, &n)| {
+                        (0..n)
+                            .map(|i| (i * 7 + s as u32 * 13 + 1) % vocab)
+                            .collect()
+                    })
+                    .collect();
+
+                let mut alone = Vec::new();
+                for ids in &prompts {
+                    let (mut cache, mut trace) = (KvCache::default(), ResidualTrace::default());
+                    let out = model.forward(ids, &mut cache, Some(&mut trace)).unwrap();
+                    let step = model.forward(&ids[..1], &mut cache, None).unwrap();
+                    alone.push((trace, out, step));
+                }
+
+                let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::default()).collect();
+                let mut traces: Vec<ResidualTrace> =
+                    prompts.iter().map(|_| ResidualTrace::default()).collect();
+                let mut seqs: Vec<Sequence> = prompts
+                    .iter()
+                    .zip(caches.iter_mut().zip(traces.iter_mut()))
+                    .map(|(ids, (cache, trace))| Sequence {
+                        ids,
+                        cache,
+                        recorder: Some(trace),
+                    })
+                    .collect();
+                let outs = model.forward_many(&mut seqs).unwrap();
+                drop(seqs);
+                let mut step_seqs: Vec<Sequence> = prompts
+                    .iter()
+                    .zip(caches.iter_mut())
+                    .map(|(ids, cache)| Sequence {
+                        ids: &ids[..1],
+                        cache,
+                        recorder: None,
+                    })
+                    .collect();
+                let steps = model.forward_many(&mut step_seqs).unwrap();
+
+                for (k, (trace, out, step)) in alone.iter().enumerate() {
+                    let what = format!("{name} {precision:?} prompt {k}");
+                    assert_eq!(trace.rows.len(), traces[k].rows.len(), "{what}");
+                    for (r, (a, b)) in trace.rows.iter().zip(&traces[k].rows).enumerate() {
+                        assert!(bits(a) == bits(b), "{what}: row {r} differs");
+                    }
+                    assert!(
+                        bits(out) == bits(outs[k].as_ref().unwrap()),
+                        "{what}: output"
+                    );
+                    assert!(
+                        bits(step) == bits(steps[k].as_ref().unwrap()),
+                        "{what}: next step"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -651,7 +651,7 @@ mod tests {
         ];
         for name in names {
             for precision in [Precision::Rest, Precision::F32] {
-                let model = Checkpoint::open(&tiny.join(name))
+                let model = Checkpoint::open(tiny.join(name))
                     .and_then(|c| c.load(precision))
                     .unwrap();
                 // The test would pass vacuously if nothing were stacked.

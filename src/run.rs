@@ -284,12 +284,22 @@ impl Session {
         allow_nonfinite: bool,
     ) -> Result<Self> {
         let ckpt = Checkpoint::open(spec)?;
-        let tokenizer = TextTokenizer::from_checkpoint(&ckpt)?;
         let req = MemoryRequest {
             max_memory,
             run_bytes: crate::lens::working_bytes(ckpt.cfg.sizes.vocab_size),
         };
-        let model = ckpt.load_within(precision, req, allow_nonfinite)?;
+        // The tokenizer is built while the model loads: for Gemma 3's 262k
+        // pieces it takes most of the load time. A tokenizer error is still
+        // the one reported first.
+        let (tokenizer, model) = std::thread::scope(|s| {
+            let tokenizer = s.spawn(|| TextTokenizer::from_checkpoint(&ckpt));
+            let model = ckpt.load_within(precision, req, allow_nonfinite);
+            let tokenizer = tokenizer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (tokenizer, model)
+        });
+        let (tokenizer, model) = (tokenizer?, model?);
         let location = ckpt.location;
         let template = match chat_template {
             Some(p) => Some(ChatTemplate::from_file(p)?),

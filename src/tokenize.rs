@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
+use rayon::prelude::*;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
@@ -472,29 +473,35 @@ fn build_sentencepiece_bpe(
     // Only normal pieces are produced by merging: SentencePiece never forms
     // control, byte or unused pieces from text, and user-defined ones are
     // matched as added tokens before BPE runs.
-    let mut candidates: Vec<(f32, u32, u32, u32)> = Vec::new(); // (score, piece, left, right)
-    for (id, piece) in tokens.iter().enumerate() {
-        if types[id] != TYPE_NORMAL {
-            continue;
-        }
-        for (split, _) in piece.char_indices().skip(1) {
-            let (l, r) = piece.split_at(split);
-            if let (Some(&lid), Some(&rid)) = (vocab.get(l), vocab.get(r)) {
-                candidates.push((scores[id], id as u32, lid, rid));
-            }
-        }
-    }
-    // Highest score first; for one piece, splits in order of (left id, right id),
-    // as HF's SentencePieceExtractor sorts them. The sort is stable, so equal
-    // scores keep vocabulary order.
-    candidates.sort_by(|a, b| {
+    // (score, piece, left, right), in vocabulary order. In parallel: Gemma
+    // 3's 262k pieces give 514k candidates, the larger part of its load time.
+    let mut candidates: Vec<(f32, u32, u32, u32)> = tokens
+        .par_iter()
+        .enumerate()
+        .filter(|&(id, _)| types[id] == TYPE_NORMAL)
+        .flat_map_iter(|(id, piece)| {
+            let vocab = &vocab;
+            piece.char_indices().skip(1).filter_map(move |(split, _)| {
+                let (l, r) = piece.split_at(split);
+                match (vocab.get(l), vocab.get(r)) {
+                    (Some(&lid), Some(&rid)) => Some((scores[id], id as u32, lid, rid)),
+                    _ => None,
+                }
+            })
+        })
+        .collect();
+    // Highest score first; for one piece, splits in order of (left id, right
+    // id), as HF's SentencePieceExtractor sorts them; equal scores keep
+    // vocabulary order. No two candidates share (piece, left, right), so
+    // the order is total and an unstable sort gives the one result.
+    candidates.par_sort_unstable_by(|a, b| {
         b.0.total_cmp(&a.0)
             .then(a.1.cmp(&b.1))
             .then(a.2.cmp(&b.2))
             .then(a.3.cmp(&b.3))
     });
     let merges: Vec<(String, String)> = candidates
-        .iter()
+        .par_iter()
         .map(|&(_, _, l, r)| {
             (
                 tokens[l as usize].to_string(),

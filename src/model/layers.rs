@@ -182,7 +182,6 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// The weight at rest, if it is.
     /// Up to how many rows this projection gives each row the numbers it
     /// gives that row alone; `None` when not known (candle's quantized and
     /// f64 matmuls), so its sequences go one at a time.
@@ -193,6 +192,7 @@ impl Linear {
         }
     }
 
+    /// The weight at rest, if it is.
     fn stored(&self) -> Option<&StoredMatrix> {
         match &self.weight {
             MatWeight::Stored(m) => Some(m),

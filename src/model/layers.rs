@@ -15,8 +15,10 @@ use super::config::{
     Activation, MlpLayout, ModelConfig, NormKind, QkvLayout, RopeConfig, RopeStyle,
 };
 use super::weights::{MatWeight, Precision, StoredMatrix, WeightSource};
+use crate::kernels::f32dot::{chunk_matmul_t as dot_product, Chunk, Isa, KC};
 use crate::kernels::masked_softmax;
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 /// Queries per attention block: bounds the score matrix to
 /// `[heads, QUERY_BLOCK, T]` so a 4096-token prompt does not need a
@@ -529,26 +531,108 @@ impl Attention {
     /// Queries `[kvh, group, n, hd]` at positions `p0..p0+n` against all keys.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, p0: usize) -> Result<Tensor> {
         let (kvh, group, n, hd) = q.dims4()?;
+        let dot = match q.dtype() {
+            DType::F32 => Isa::detect(),
+            _ => None,
+        };
         // Keys beyond the last query are masked anyway, and keys before the
-        // first query's window too: narrow them away instead of computing them.
+        // first query's window too: narrow them away instead of computing
+        // them. With the dot kernel the start is rounded down to a multiple
+        // of its chunk `KC`, so a key's lane and chunk depend on its position
+        // alone: a query then sums the same terms in the same order however
+        // the sequence was cut into calls (a prompt whole, or a shared
+        // prefix and then the rest), and the masked keys add exact zeros.
         let k_end = p0 + n;
         let k_start = match self.window {
             Some(w) => (p0 + 1).saturating_sub(w),
             None => 0,
         };
+        let k_start = if dot.is_some() {
+            k_start / KC * KC
+        } else {
+            k_start
+        };
         let nk = k_end - k_start;
         let k = k.narrow(1, k_start, nk)?;
         let v = v.narrow(1, k_start, nk)?;
         let q = q.contiguous()?.reshape((kvh, group * n, hd))?;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?; // [kvh, group*n, nk]
-                                                         // Softmax over each query's visible keys only: causal (key ≤ query)
-                                                         // and inside the window (key > query − W); no mask tensor is built.
+        // Softmax over each query's visible keys only: causal (key ≤ query)
+        // and inside the window (key > query − W); no mask tensor is built.
         let window = self.window;
         let visible = move |row: usize| {
             let p = p0 + row % n; // rows are (head, query) pairs
             let lo = window.map_or(0, |w| (p + 1).saturating_sub(w).max(k_start) - k_start);
             (lo, p + 1 - k_start)
         };
+        if let Some(isa) = dot {
+            let rows = group * n;
+            let (q, k) = (
+                q.flatten_all()?.to_vec1::<f32>()?,
+                k.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
+            );
+            // [kvh, hd, nk]: each value dimension's row along the keys.
+            let vt = v
+                .transpose(1, 2)?
+                .contiguous()?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let mut scores = vec![0f32; kvh * rows * nk];
+            scores
+                .par_chunks_mut(rows * nk)
+                .enumerate()
+                .for_each(|(h, y)| {
+                    // SAFETY: `isa` was detected; head h's q is `[rows, hd]`, its
+                    // k `[nk, hd]`, and `y` its `[rows, nk]` block, all in bounds
+                    // and owned by this task; hd ≤ KC (a head is at most 256 wide).
+                    unsafe {
+                        dot_product(
+                            isa,
+                            Chunk {
+                                x: q[h * rows * hd..].as_ptr(),
+                                ldx: hd,
+                                t: rows,
+                                w: k[h * nk * hd..].as_ptr(),
+                                ldw: hd,
+                                p: nk,
+                                kc: hd,
+                                y: y.as_mut_ptr(),
+                                ldy: nk,
+                                first: true,
+                            },
+                        )
+                    };
+                    y.iter_mut().for_each(|s| *s *= self.scale as f32);
+                });
+            masked_softmax(&mut scores, nk, visible);
+            let mut out = vec![0f32; kvh * rows * hd];
+            out.par_chunks_mut(rows * hd)
+                .enumerate()
+                .for_each(|(h, y)| {
+                    for k0 in (0..nk).step_by(KC) {
+                        // SAFETY: as above; head h's probabilities `[rows, nk]`
+                        // and vᵀ `[hd, nk]` from column k0, `kc` ≤ KC columns.
+                        unsafe {
+                            dot_product(
+                                isa,
+                                Chunk {
+                                    x: scores[h * rows * nk + k0..].as_ptr(),
+                                    ldx: nk,
+                                    t: rows,
+                                    w: vt[h * hd * nk + k0..].as_ptr(),
+                                    ldw: nk,
+                                    p: hd,
+                                    kc: KC.min(nk - k0),
+                                    y: y.as_mut_ptr(),
+                                    ldy: hd,
+                                    first: k0 == 0,
+                                },
+                            )
+                        };
+                    }
+                });
+            return Ok(Tensor::from_vec(out, (kvh, group, n, hd), &Device::Cpu)?);
+        }
+        let scores = (q.matmul(&k.t()?)? * self.scale)?; // [kvh, group*n, nk]
         let probs = match scores.dtype() {
             DType::F64 => {
                 let mut x = scores.flatten_all()?.to_vec1::<f64>()?;

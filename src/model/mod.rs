@@ -66,8 +66,26 @@ impl Recorder for ResidualTrace {
     }
 }
 
+/// A sequence's recorder behind a shared prefix
+/// ([`Model::forward_sharing_prefix`]): each row it records gets the
+/// prefix's row of the same index in front.
+struct AfterPrefix<'a> {
+    prefix: &'a [Tensor],
+    inner: &'a mut dyn Recorder,
+}
+
+impl Recorder for AfterPrefix<'_> {
+    fn record(&mut self, row: usize, residual: &Tensor) -> Result<()> {
+        let head = self
+            .prefix
+            .get(row)
+            .ok_or_else(|| Error::Config(format!("the shared prefix has no row {row}")))?;
+        self.inner.record(row, &Tensor::cat(&[head, residual], 0)?)
+    }
+}
+
 /// Per-layer key/value caches for incremental decoding.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
     len: usize,
@@ -240,9 +258,101 @@ impl Model {
     /// projections keep rows apart up to [`Block::stack_rows`] rows, and
     /// every other step is row-wise or per sequence.
     ///
+    /// Fresh sequences that start with the same tokens (a chat template's
+    /// system prompt and the shared start of a question) run those tokens
+    /// once ([`Model::forward_sharing_prefix`]).
+    ///
     /// The outer error ends every sequence (cancellation); an inner one only
     /// its own (too long, a non-finite residual), and the others carry on.
     pub(crate) fn forward_many(&self, seqs: &mut [Sequence<'_>]) -> Result<Vec<Result<Tensor>>> {
+        match self.shared_prefix(seqs) {
+            Some(n) => self.forward_sharing_prefix(seqs, n),
+            None => self.forward_block_major(seqs),
+        }
+    }
+
+    /// How many leading tokens every sequence shares, when running them once
+    /// gives each sequence its own numbers bit for bit and saves work: two
+    /// or more fresh sequences, at least `MIN_SHARED` tokens, each sequence
+    /// longer than the prefix, and every block on the row-independent dot
+    /// kernel, whose attention sums depend on positions alone (see
+    /// `tests/forward_consistency.rs`). Not for a streamed model, whose file
+    /// would then be read twice.
+    fn shared_prefix(&self, seqs: &[Sequence<'_>]) -> Option<usize> {
+        const MIN_SHARED: usize = 4;
+        let first = seqs.first()?.ids;
+        let n = seqs[1..].iter().fold(first.len(), |n, s| {
+            n.min(first.iter().zip(s.ids).take_while(|(a, b)| a == b).count())
+        });
+        let fits = seqs.len() > 1
+            && n >= MIN_SHARED
+            && seqs.iter().all(|s| s.cache.len == 0 && s.ids.len() > n)
+            && !self.streaming
+            && self.blocks.iter().all(|b| b.stack_rows().is_some());
+        fits.then_some(n)
+    }
+
+    /// [`Model::forward_many`] with the first `n` tokens, which every
+    /// sequence shares, run once: each sequence then continues from a copy of
+    /// that cache, and its recorder gets the prefix's rows in front of its
+    /// own. If the prefix fails, every sequence runs whole, so each reports
+    /// its own error.
+    fn forward_sharing_prefix(
+        &self,
+        seqs: &mut [Sequence<'_>],
+        n: usize,
+    ) -> Result<Vec<Result<Tensor>>> {
+        let mut cache = KvCache::default();
+        let mut trace = ResidualTrace::default();
+        let ids = &seqs[0].ids[..n];
+        let recording = seqs.iter().any(|s| s.recorder.is_some());
+        let mut prefix = [Sequence {
+            ids,
+            cache: &mut cache,
+            recorder: recording.then_some(&mut trace as &mut dyn Recorder),
+        }];
+        let head = match self.forward_block_major(&mut prefix)?.pop() {
+            Some(Ok(head)) => head,
+            _ => return self.forward_block_major(seqs),
+        };
+        let mut parts: Vec<(&[u32], &mut KvCache, Option<AfterPrefix>)> = seqs
+            .iter_mut()
+            .map(|s| {
+                let after = s.recorder.as_deref_mut().map(|inner| AfterPrefix {
+                    prefix: &trace.rows,
+                    inner,
+                });
+                (&s.ids[n..], &mut *s.cache, after)
+            })
+            .collect();
+        let mut rest: Vec<Sequence> = parts
+            .iter_mut()
+            .map(|(ids, seq_cache, after)| {
+                **seq_cache = cache.clone();
+                Sequence {
+                    ids,
+                    cache: seq_cache,
+                    recorder: after.as_mut().map(|r| r as &mut dyn Recorder),
+                }
+            })
+            .collect();
+        let outs = self.forward_block_major(&mut rest)?;
+        drop(rest);
+        drop(parts);
+        for (s, out) in seqs.iter_mut().zip(&outs) {
+            if out.is_err() {
+                // As if the sequence had failed whole: nothing of it kept.
+                *s.cache = KvCache::default();
+            }
+        }
+        Ok(outs
+            .into_iter()
+            .map(|out| out.and_then(|y| Ok(Tensor::cat(&[&head, &y], 0)?)))
+            .collect())
+    }
+
+    /// The block-major pass itself, every sequence from its own first token.
+    fn forward_block_major(&self, seqs: &mut [Sequence<'_>]) -> Result<Vec<Result<Tensor>>> {
         let mut xs: Vec<Result<Tensor>> = seqs.iter_mut().map(|s| self.embed_seq(s)).collect();
         for (i, block) in self.blocks.iter().enumerate() {
             // At rest, ask for the next block's pages while this one computes;
@@ -633,8 +743,9 @@ mod tests {
     /// A stacked block-major pass ([`Model::forward_many`]) gives every
     /// sequence the bits [`Model::forward`] gives it alone: on every tiny
     /// architecture, at rest and with f32 copies, for three prompts of
-    /// different lengths (every residual row and the output), then one more
-    /// token each through the caches, as lockstep generation runs it.
+    /// different lengths (every residual row and the output), without and
+    /// with a shared start (then run once), and for one more token each
+    /// through the caches, as lockstep generation runs it.
     #[test]
     fn stacked_sequences_equal_each_alone() {
         let tiny =
@@ -649,77 +760,79 @@ mod tests {
             "qwen3",
             "phi3",
         ];
+        let dot = crate::kernels::f32dot::Isa::detect().is_some();
         for name in names {
             for precision in [Precision::Rest, Precision::F32] {
                 let model = Checkpoint::open(tiny.join(name))
                     .and_then(|c| c.load(precision))
                     .unwrap();
                 // The test would pass vacuously if nothing were stacked.
-                assert_eq!(
-                    model.blocks[0].stack_rows().is_some(),
-                    crate::kernels::f32dot::Isa::detect().is_some(),
-                    "{name}"
-                );
+                assert_eq!(model.blocks[0].stack_rows().is_some(), dot, "{name}");
                 let vocab = model.cfg.sizes.vocab_size as u32;
-                let prompts: Vec<Vec<u32>> = [11u32, 4, 17]
-                    .iter()
-                    .enumerate()
-                    .map(|(s, &n)| {
-                        (0..n)
-                            .map(|i| (i * 7 + s as u32 * 13 + 1) % vocab)
-                            .collect()
-                    })
-                    .collect();
-
-                let mut alone = Vec::new();
-                for ids in &prompts {
-                    let (mut cache, mut trace) = (KvCache::default(), ResidualTrace::default());
-                    let out = model.forward(ids, &mut cache, Some(&mut trace)).unwrap();
-                    let step = model.forward(&ids[..1], &mut cache, None).unwrap();
-                    alone.push((trace, out, step));
-                }
-
-                let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::default()).collect();
-                let mut traces: Vec<ResidualTrace> =
-                    prompts.iter().map(|_| ResidualTrace::default()).collect();
-                let mut seqs: Vec<Sequence> = prompts
-                    .iter()
-                    .zip(caches.iter_mut().zip(traces.iter_mut()))
-                    .map(|(ids, (cache, trace))| Sequence {
-                        ids,
-                        cache,
-                        recorder: Some(trace),
-                    })
-                    .collect();
-                let outs = model.forward_many(&mut seqs).unwrap();
-                drop(seqs);
-                let mut step_seqs: Vec<Sequence> = prompts
-                    .iter()
-                    .zip(caches.iter_mut())
-                    .map(|(ids, cache)| Sequence {
-                        ids: &ids[..1],
-                        cache,
-                        recorder: None,
-                    })
-                    .collect();
-                let steps = model.forward_many(&mut step_seqs).unwrap();
-
-                for (k, (trace, out, step)) in alone.iter().enumerate() {
-                    let what = format!("{name} {precision:?} prompt {k}");
-                    assert_eq!(trace.rows.len(), traces[k].rows.len(), "{what}");
-                    for (r, (a, b)) in trace.rows.iter().zip(&traces[k].rows).enumerate() {
-                        assert!(bits(a) == bits(b), "{what}: row {r} differs");
-                    }
-                    assert!(
-                        bits(out) == bits(outs[k].as_ref().unwrap()),
-                        "{what}: output"
-                    );
-                    assert!(
-                        bits(step) == bits(steps[k].as_ref().unwrap()),
-                        "{what}: next step"
-                    );
+                for shared in [0u32, 6] {
+                    let prompts: Vec<Vec<u32>> = [11u32, 8, 17]
+                        .iter()
+                        .enumerate()
+                        .map(|(s, &n)| {
+                            let s = s as u32;
+                            (0..n)
+                                .map(|i| (i * 7 + if i < shared { 0 } else { s * 13 } + 1) % vocab)
+                                .collect()
+                        })
+                        .collect();
+                    let what = format!("{name} {precision:?} shared {shared}");
+                    let sharing = (shared > 0 && dot).then_some(shared as usize);
+                    check_stacked(&model, &prompts, sharing, &what);
                 }
             }
+        }
+    }
+
+    /// `prompts` through `forward_many` against each through `forward`,
+    /// bit for bit; `sharing`: the prefix `forward_many` must share.
+    fn check_stacked(model: &Model, prompts: &[Vec<u32>], sharing: Option<usize>, what: &str) {
+        let mut alone = Vec::new();
+        for ids in prompts {
+            let (mut cache, mut trace) = (KvCache::default(), ResidualTrace::default());
+            let out = model.forward(ids, &mut cache, Some(&mut trace)).unwrap();
+            let step = model.forward(&ids[..1], &mut cache, None).unwrap();
+            alone.push((trace, out, step));
+        }
+
+        let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::default()).collect();
+        let mut traces: Vec<ResidualTrace> =
+            prompts.iter().map(|_| ResidualTrace::default()).collect();
+        let mut seqs: Vec<Sequence> = prompts
+            .iter()
+            .zip(caches.iter_mut().zip(traces.iter_mut()))
+            .map(|(ids, (cache, trace))| Sequence {
+                ids,
+                cache,
+                recorder: Some(trace),
+            })
+            .collect();
+        assert_eq!(model.shared_prefix(&seqs), sharing, "{what}");
+        let outs = model.forward_many(&mut seqs).unwrap();
+        drop(seqs);
+        let mut step_seqs: Vec<Sequence> = prompts
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(ids, cache)| Sequence {
+                ids: &ids[..1],
+                cache,
+                recorder: None,
+            })
+            .collect();
+        let steps = model.forward_many(&mut step_seqs).unwrap();
+
+        for (k, (trace, out, step)) in alone.iter().enumerate() {
+            assert_eq!(trace.rows.len(), traces[k].rows.len(), "{what} prompt {k}");
+            for (r, (a, b)) in trace.rows.iter().zip(&traces[k].rows).enumerate() {
+                assert!(bits(a) == bits(b), "{what} prompt {k}: row {r} differs");
+            }
+            let (got_out, got_step) = (outs[k].as_ref().unwrap(), steps[k].as_ref().unwrap());
+            assert!(bits(out) == bits(got_out), "{what} prompt {k}: output");
+            assert!(bits(step) == bits(got_step), "{what} prompt {k}: next step");
         }
     }
 }

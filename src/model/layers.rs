@@ -14,7 +14,7 @@ use super::arch::{Part, TensorNames};
 use super::config::{
     Activation, MlpLayout, ModelConfig, NormKind, QkvLayout, RopeConfig, RopeStyle,
 };
-use super::weights::{MatWeight, Precision, StoredMatrix, WeightSource};
+use super::weights::{with_f32_slice, MatWeight, Precision, StoredMatrix, WeightSource};
 use crate::kernels::f32dot::{chunk_matmul_t as dot_product, Chunk, Isa, KC};
 use crate::kernels::masked_softmax;
 use crate::{Error, Result};
@@ -565,71 +565,22 @@ impl Attention {
             (lo, p + 1 - k_start)
         };
         if let Some(isa) = dot {
-            let rows = group * n;
-            let (q, k) = (
-                q.flatten_all()?.to_vec1::<f32>()?,
-                k.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
-            );
-            // [kvh, hd, nk]: each value dimension's row along the keys.
-            let vt = v
-                .transpose(1, 2)?
-                .contiguous()?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let mut scores = vec![0f32; kvh * rows * nk];
-            scores
-                .par_chunks_mut(rows * nk)
-                .enumerate()
-                .for_each(|(h, y)| {
-                    // SAFETY: `isa` was detected; head h's q is `[rows, hd]`, its
-                    // k `[nk, hd]`, and `y` its `[rows, nk]` block, all in bounds
-                    // and owned by this task; hd ≤ KC (a head is at most 256 wide).
-                    unsafe {
-                        dot_product(
-                            isa,
-                            Chunk {
-                                x: q[h * rows * hd..].as_ptr(),
-                                ldx: hd,
-                                t: rows,
-                                w: k[h * nk * hd..].as_ptr(),
-                                ldw: hd,
-                                p: nk,
-                                kc: hd,
-                                y: y.as_mut_ptr(),
-                                ldy: nk,
-                                first: true,
-                            },
-                        )
-                    };
-                    y.iter_mut().for_each(|s| *s *= self.scale as f32);
-                });
-            masked_softmax(&mut scores, nk, visible);
-            let mut out = vec![0f32; kvh * rows * hd];
-            out.par_chunks_mut(rows * hd)
-                .enumerate()
-                .for_each(|(h, y)| {
-                    for k0 in (0..nk).step_by(KC) {
-                        // SAFETY: as above; head h's probabilities `[rows, nk]`
-                        // and vᵀ `[hd, nk]` from column k0, `kc` ≤ KC columns.
-                        unsafe {
-                            dot_product(
-                                isa,
-                                Chunk {
-                                    x: scores[h * rows * nk + k0..].as_ptr(),
-                                    ldx: nk,
-                                    t: rows,
-                                    w: vt[h * hd * nk + k0..].as_ptr(),
-                                    ldw: nk,
-                                    p: hd,
-                                    kc: KC.min(nk - k0),
-                                    y: y.as_mut_ptr(),
-                                    ldy: hd,
-                                    first: k0 == 0,
-                                },
-                            )
-                        };
-                    }
-                });
+            // Borrowed in place (`q` and the two copies made contiguous here),
+            // not copied once more into vectors.
+            let (k, vt) = (k.contiguous()?, v.transpose(1, 2)?.contiguous()?);
+            let shape = HeadShape {
+                kvh,
+                rows: group * n,
+                nk,
+                hd,
+            };
+            let out = with_f32_slice(&q, |q| {
+                with_f32_slice(&k, |k| {
+                    with_f32_slice(&vt, |vt| {
+                        dot_attention(isa, [q, k, vt], shape, self.scale as f32, visible)
+                    })
+                })
+            })???;
             return Ok(Tensor::from_vec(out, (kvh, group, n, hd), &Device::Cpu)?);
         }
         let scores = (q.matmul(&k.t()?)? * self.scale)?; // [kvh, group*n, nk]
@@ -649,6 +600,86 @@ impl Attention {
             .matmul(&v.contiguous()?)?
             .reshape((kvh, group, n, hd))?)
     }
+}
+
+/// The sizes of one attention call on the dot kernel: kv heads, query rows
+/// per kv head (group × queries), keys, head width.
+#[derive(Clone, Copy)]
+struct HeadShape {
+    kvh: usize,
+    rows: usize,
+    nk: usize,
+    hd: usize,
+}
+
+/// Attention on the f32 dot kernel, per kv head: scores `q · kᵀ` (over the
+/// head width) times `scale`, the masked softmax over the `visible` keys,
+/// then probabilities · values (over the keys, through `vt`'s rows).
+/// `q` is `[kvh, rows, hd]`, `k` `[kvh, nk, hd]`, `vt` `[kvh, hd, nk]`;
+/// returns `[kvh, rows, hd]`.
+fn dot_attention(
+    isa: Isa,
+    [q, k, vt]: [&[f32]; 3],
+    shape: HeadShape,
+    scale: f32,
+    visible: impl Fn(usize) -> (usize, usize) + Sync,
+) -> Vec<f32> {
+    let HeadShape { kvh, rows, nk, hd } = shape;
+    let mut scores = vec![0f32; kvh * rows * nk];
+    scores
+        .par_chunks_mut(rows * nk)
+        .enumerate()
+        .for_each(|(h, y)| {
+            // SAFETY: `isa` was detected; head h's q is `[rows, hd]`, its
+            // k `[nk, hd]`, and `y` its `[rows, nk]` block, all in bounds
+            // and owned by this task; hd ≤ KC (a head is at most 256 wide).
+            unsafe {
+                dot_product(
+                    isa,
+                    Chunk {
+                        x: q[h * rows * hd..].as_ptr(),
+                        ldx: hd,
+                        t: rows,
+                        w: k[h * nk * hd..].as_ptr(),
+                        ldw: hd,
+                        p: nk,
+                        kc: hd,
+                        y: y.as_mut_ptr(),
+                        ldy: nk,
+                        first: true,
+                    },
+                )
+            };
+            y.iter_mut().for_each(|s| *s *= scale);
+        });
+    masked_softmax(&mut scores, nk, visible);
+    let mut out = vec![0f32; kvh * rows * hd];
+    out.par_chunks_mut(rows * hd)
+        .enumerate()
+        .for_each(|(h, y)| {
+            for k0 in (0..nk).step_by(KC) {
+                // SAFETY: as above; head h's probabilities `[rows, nk]`
+                // and vᵀ `[hd, nk]` from column k0, `kc` ≤ KC columns.
+                unsafe {
+                    dot_product(
+                        isa,
+                        Chunk {
+                            x: scores[h * rows * nk + k0..].as_ptr(),
+                            ldx: nk,
+                            t: rows,
+                            w: vt[h * hd * nk + k0..].as_ptr(),
+                            ldw: nk,
+                            p: hd,
+                            kc: KC.min(nk - k0),
+                            y: y.as_mut_ptr(),
+                            ldy: hd,
+                            first: k0 == 0,
+                        },
+                    )
+                };
+            }
+        });
+    out
 }
 
 /// The MLP's input projections as stored.

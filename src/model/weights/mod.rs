@@ -562,8 +562,6 @@ const DOT_MAX_ROWS: usize = 512;
 /// less often. 32 to 128 measured the same.
 const DOT_PANEL_ROWS: usize = 64;
 
-/// The kernel [`StoredMatrix::matmul_t`] uses for `t` rows, `None` for the
-/// `gemm` crate.
 /// Most rows for which [`StoredMatrix::matmul_t`] gives each row the same
 /// result whatever rows sit beside it: the `f32dot` kernel's range. `None`
 /// where the `gemm` crate does every product (no AVX2), whose blocking is
@@ -572,6 +570,8 @@ pub(crate) fn row_independent_rows() -> Option<usize> {
     Isa::detect().map(|_| DOT_MAX_ROWS)
 }
 
+/// The kernel [`StoredMatrix::matmul_t`] uses for `t` rows, `None` for the
+/// `gemm` crate.
 fn dot_isa(t: usize) -> Option<Isa> {
     Isa::detect().filter(|_| t <= DOT_MAX_ROWS)
 }

@@ -425,31 +425,7 @@ impl Model {
         }
         Ok(xs)
     }
-}
 
-/// The live sequences (`xs[j]` is `Ok`) of a block-major step cut into stacks
-/// for [`Block::forward_stacked`], in order: each stack holds at most `limit`
-/// rows, a longer sequence goes alone, and `None` puts every sequence alone.
-fn stacks(seqs: &[Sequence<'_>], xs: &[Result<Tensor>], limit: Option<usize>) -> Vec<Vec<usize>> {
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    let mut rows = 0;
-    for j in (0..seqs.len()).filter(|&j| xs[j].is_ok()) {
-        let len = seqs[j].ids.len();
-        match (limit, out.last_mut()) {
-            (Some(l), Some(last)) if rows + len <= l && !last.is_empty() => {
-                last.push(j);
-                rows += len;
-            }
-            _ => {
-                out.push(vec![j]);
-                rows = len;
-            }
-        }
-    }
-    out
-}
-
-impl Model {
     /// Row 0 of one sequence: its checks, the embedding output (scaled for
     /// Gemma, with positions for GPT-2), recorded.
     fn embed_seq(&self, seq: &mut Sequence<'_>) -> Result<Tensor> {
@@ -724,6 +700,28 @@ impl Model {
         }
         Ok(outs)
     }
+}
+
+/// The live sequences (`xs[j]` is `Ok`) of a block-major step cut into stacks
+/// for [`Block::forward_stacked`], in order: each stack holds at most `limit`
+/// rows, a longer sequence goes alone, and `None` puts every sequence alone.
+fn stacks(seqs: &[Sequence<'_>], xs: &[Result<Tensor>], limit: Option<usize>) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut rows = 0;
+    for j in (0..seqs.len()).filter(|&j| xs[j].is_ok()) {
+        let len = seqs[j].ids.len();
+        match (limit, out.last_mut()) {
+            (Some(l), Some(last)) if rows + len <= l => {
+                last.push(j);
+                rows += len;
+            }
+            _ => {
+                out.push(vec![j]);
+                rows = len;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 pub mod bf16;
 pub mod f32dot;
+pub mod f32outer;
 
 /// Run `$call` (an `#[inline(always)]` function call) compiled for the widest
 /// vector unit this CPU has.

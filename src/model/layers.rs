@@ -15,7 +15,8 @@ use super::config::{
     Activation, MlpLayout, ModelConfig, NormKind, QkvLayout, RopeConfig, RopeStyle,
 };
 use super::weights::{with_f32_slice, MatWeight, Precision, StoredMatrix, WeightSource};
-use crate::kernels::f32dot::{chunk_matmul_t as dot_product, Chunk, Isa, KC};
+use crate::kernels::f32dot::Isa;
+use crate::kernels::f32outer::{self, OuterChunk};
 use crate::kernels::masked_softmax;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -537,20 +538,15 @@ impl Attention {
         };
         // Keys beyond the last query are masked anyway, and keys before the
         // first query's window too: narrow them away instead of computing
-        // them. With the dot kernel the start is rounded down to a multiple
-        // of its chunk `KC`, so a key's lane and chunk depend on its position
-        // alone: a query then sums the same terms in the same order however
-        // the sequence was cut into calls (a prompt whole, or a shared
-        // prefix and then the rest), and the masked keys add exact zeros.
+        // them. On the outer-product kernel the output sums over the keys
+        // in position order from here, and the keys before a query's own
+        // window add exact zeros, so a query sums the same terms in the same
+        // order however the sequence was cut into calls (a prompt whole, or
+        // a shared prefix and then the rest).
         let k_end = p0 + n;
         let k_start = match self.window {
             Some(w) => (p0 + 1).saturating_sub(w),
             None => 0,
-        };
-        let k_start = if dot.is_some() {
-            k_start / KC * KC
-        } else {
-            k_start
         };
         let nk = k_end - k_start;
         let k = k.narrow(1, k_start, nk)?;
@@ -567,7 +563,7 @@ impl Attention {
         if let Some(isa) = dot {
             // Borrowed in place (`q` and the two copies made contiguous here),
             // not copied once more into vectors.
-            let (k, vt) = (k.contiguous()?, v.transpose(1, 2)?.contiguous()?);
+            let (k, v) = (k.contiguous()?, v.contiguous()?);
             let shape = HeadShape {
                 kvh,
                 rows: group * n,
@@ -576,8 +572,8 @@ impl Attention {
             };
             let out = with_f32_slice(&q, |q| {
                 with_f32_slice(&k, |k| {
-                    with_f32_slice(&vt, |vt| {
-                        dot_attention(isa, [q, k, vt], shape, self.scale as f32, visible)
+                    with_f32_slice(&v, |v| {
+                        outer_attention(isa, [q, k, v], shape, self.scale as f32, visible)
                     })
                 })
             })???;
@@ -602,8 +598,8 @@ impl Attention {
     }
 }
 
-/// The sizes of one attention call on the dot kernel: kv heads, query rows
-/// per kv head (group × queries), keys, head width.
+/// The sizes of one attention call on the outer-product kernel: kv heads,
+/// query rows per kv head (group × queries), keys, head width.
 #[derive(Clone, Copy)]
 struct HeadShape {
     kvh: usize,
@@ -612,73 +608,104 @@ struct HeadShape {
     hd: usize,
 }
 
-/// Attention on the f32 dot kernel, per kv head: scores `q · kᵀ` (over the
-/// head width) times `scale`, the masked softmax over the `visible` keys,
-/// then probabilities · values (over the keys, through `vt`'s rows).
-/// `q` is `[kvh, rows, hd]`, `k` `[kvh, nk, hd]`, `vt` `[kvh, hd, nk]`;
-/// returns `[kvh, rows, hd]`.
-fn dot_attention(
+/// Query rows per task of [`outer_attention`]: a few kv heads would leave
+/// one of two cores idle if each head were one task.
+const ROWS_PER_TASK: usize = 32;
+
+/// Attention on `kernels::f32outer`, per kv head: scores `q · kᵀ` (lanes
+/// over keys, summed over the head width) times `scale`, the softmax over
+/// each row's `visible` keys (the rest exactly 0), then probabilities ·
+/// values (lanes over the head width, summed over the keys in order).
+/// `q` is `[kvh, rows, hd]`, `k` and `v` `[kvh, nk, hd]`; returns
+/// `[kvh, rows, hd]`.
+fn outer_attention(
     isa: Isa,
-    [q, k, vt]: [&[f32]; 3],
+    [q, k, v]: [&[f32]; 3],
     shape: HeadShape,
     scale: f32,
     visible: impl Fn(usize) -> (usize, usize) + Sync,
 ) -> Vec<f32> {
     let HeadShape { kvh, rows, nk, hd } = shape;
-    let mut scores = vec![0f32; kvh * rows * nk];
-    scores
-        .par_chunks_mut(rows * nk)
-        .enumerate()
-        .for_each(|(h, y)| {
-            // SAFETY: `isa` was detected; head h's q is `[rows, hd]`, its
-            // k `[nk, hd]`, and `y` its `[rows, nk]` block, all in bounds
-            // and owned by this task; hd ≤ KC (a head is at most 256 wide).
-            unsafe {
-                dot_product(
-                    isa,
-                    Chunk {
-                        x: q[h * rows * hd..].as_ptr(),
-                        ldx: hd,
-                        t: rows,
-                        w: k[h * nk * hd..].as_ptr(),
-                        ldw: hd,
-                        p: nk,
-                        kc: hd,
-                        y: y.as_mut_ptr(),
-                        ldy: nk,
-                        first: true,
-                    },
-                )
-            };
-            y.iter_mut().for_each(|s| *s *= scale);
-        });
-    masked_softmax(&mut scores, nk, visible);
+    let l = f32outer::lanes(isa);
+    // Keys packed in groups of lanes ([hd][l] each), values by columns
+    // ([nk][l] per group of l columns), one head at a time.
+    let (kg, vg) = (nk.div_ceil(l), hd.div_ceil(l));
+    let packed: Vec<(Vec<f32>, Vec<f32>)> = (0..kvh)
+        .into_par_iter()
+        .map(|h| {
+            let (mut kp, mut vp) = (Vec::new(), Vec::new());
+            f32outer::pack_rows(isa, &k[h * nk * hd..][..nk * hd], nk, hd, &mut kp);
+            f32outer::pack_cols(isa, &v[h * nk * hd..][..nk * hd], nk, hd, &mut vp);
+            (kp, vp)
+        })
+        .collect();
+    let (lds, ldo) = (kg * l, vg * l);
     let mut out = vec![0f32; kvh * rows * hd];
     out.par_chunks_mut(rows * hd)
         .enumerate()
-        .for_each(|(h, y)| {
-            for k0 in (0..nk).step_by(KC) {
-                // SAFETY: as above; head h's probabilities `[rows, nk]`
-                // and vᵀ `[hd, nk]` from column k0, `kc` ≤ KC columns.
+        .flat_map(|(h, head)| {
+            head.par_chunks_mut(ROWS_PER_TASK * hd)
+                .enumerate()
+                .map(move |(b, o)| (h, b * ROWS_PER_TASK, o))
+        })
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scores, yt): &mut (Vec<f32>, Vec<f32>), (h, r0, o)| {
+                let nr = o.len() / hd;
+                let (kp, vp) = &packed[h];
+                scores.resize(nr * lds, 0.0);
+                yt.resize(nr * ldo, 0.0);
+                // SAFETY: `isa` was detected; kp holds kg groups of hd
+                // columns, q's rows r0.. of head h are nr rows of hd floats,
+                // and `scores` is this task's [nr, lds].
                 unsafe {
-                    dot_product(
+                    f32outer::chunk_matmul_t(
                         isa,
-                        Chunk {
-                            x: scores[h * rows * nk + k0..].as_ptr(),
-                            ldx: nk,
-                            t: rows,
-                            w: vt[h * hd * nk + k0..].as_ptr(),
-                            ldw: nk,
-                            p: hd,
-                            kc: KC.min(nk - k0),
-                            y: y.as_mut_ptr(),
-                            ldy: hd,
-                            first: k0 == 0,
+                        OuterChunk {
+                            xp: kp.as_ptr(),
+                            xstride: hd * l,
+                            groups: kg,
+                            w: q[(h * rows + r0) * hd..].as_ptr(),
+                            ldw: hd,
+                            p: nr,
+                            kc: hd,
+                            yt: scores.as_mut_ptr(),
+                            ldt: lds,
+                            first: true,
                         },
                     )
                 };
-            }
-        });
+                for (i, row) in scores.chunks_exact_mut(lds).enumerate() {
+                    let (lo, hi) = visible(r0 + i);
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
+                    row[lo..hi].iter_mut().for_each(|s| *s *= scale);
+                    crate::kernels::SoftmaxElem::softmax(&mut row[lo..hi]);
+                }
+                // SAFETY: as above; vp holds vg groups of nk rows, and the
+                // probabilities are nr rows of nk (≤ lds) floats.
+                unsafe {
+                    f32outer::chunk_matmul_t(
+                        isa,
+                        OuterChunk {
+                            xp: vp.as_ptr(),
+                            xstride: nk * l,
+                            groups: vg,
+                            w: scores.as_ptr(),
+                            ldw: lds,
+                            p: nr,
+                            kc: nk,
+                            yt: yt.as_mut_ptr(),
+                            ldt: ldo,
+                            first: true,
+                        },
+                    )
+                };
+                for (dst, src) in o.chunks_exact_mut(hd).zip(yt.chunks_exact(ldo)) {
+                    dst.copy_from_slice(&src[..hd]);
+                }
+            },
+        );
     out
 }
 

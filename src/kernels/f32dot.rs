@@ -13,10 +13,8 @@
 //! not on `t`, the panel or the thread count, so a row's result does not
 //! depend on the rows beside it.
 //!
-//! Attention's two products run on it too (`model::layers`): with the key
-//! range starting at a multiple of [`KC`], a query's sums then depend on
-//! key positions alone, so a sequence fed in pieces through the KV cache
-//! gives the bits it gives fed whole.
+//! Attention's products run on `f32outer` instead: with a reduction of
+//! only the head width, this kernel's lane sums cost more than its products.
 //!
 //! AVX-512 (16 lanes, 4 × 4 tiles) or AVX2 + FMA (8 lanes, 4 × 3 tiles),
 //! picked at run time; without either, [`Isa::detect`] says `None` and the

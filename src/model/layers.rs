@@ -532,7 +532,7 @@ impl Attention {
     /// Queries `[kvh, group, n, hd]` at positions `p0..p0+n` against all keys.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, p0: usize) -> Result<Tensor> {
         let (kvh, group, n, hd) = q.dims4()?;
-        let dot = match q.dtype() {
+        let outer = match q.dtype() {
             DType::F32 => Isa::detect(),
             _ => None,
         };
@@ -560,7 +560,7 @@ impl Attention {
             let lo = window.map_or(0, |w| (p + 1).saturating_sub(w).max(k_start) - k_start);
             (lo, p + 1 - k_start)
         };
-        if let Some(isa) = dot {
+        if let Some(isa) = outer {
             // Borrowed in place (`q` and the two copies made contiguous here),
             // not copied once more into vectors.
             let (k, v) = (k.contiguous()?, v.contiguous()?);

@@ -274,8 +274,9 @@ impl Model {
     /// How many leading tokens every sequence shares, when running them once
     /// gives each sequence its own numbers bit for bit and saves work: two
     /// or more fresh sequences, at least `MIN_SHARED` tokens, each sequence
-    /// longer than the prefix, and every block on the row-independent dot
-    /// kernel, whose attention sums depend on positions alone (see
+    /// longer than the prefix, and every block on the row-independent
+    /// kernels (`f32dot` for projections, `f32outer` for attention, whose
+    /// sums depend on positions alone; see
     /// `tests/forward_consistency.rs`). Not for a streamed model, whose file
     /// would then be read twice.
     fn shared_prefix(&self, seqs: &[Sequence<'_>]) -> Option<usize> {

@@ -1,7 +1,7 @@
 //! Attention's two f32 products as outer products: one operand packed into
-//! groups of `LANES` rows laid out `[k][LANES]`, and a micro-tile of `MR`
-//! rows of the other by up to three groups, broadcasting one value at a
-//! time against a vector. No lane is ever summed with another, so every
+//! groups of as many rows as a vector has lanes, laid out `[k][lanes]`, and
+//! a micro-tile of `MR` rows of the other by up to three groups,
+//! broadcasting one value at a time against a vector. No lane is ever summed with another, so every
 //! output is one chain of fused multiply-adds over `c = 0, 1, …, k−1` from
 //! zero, exactly [`reference_dot`]. That order depends on `k` alone: not on
 //! how many rows there are, which rows sit beside a row, or the threads.
@@ -25,7 +25,7 @@ use super::f32dot::Isa;
 
 /// Rows of the broadcast operand per micro-tile (each broadcast feeds up
 /// to three vectors).
-pub const MR: usize = 8;
+const MR: usize = 8;
 /// Groups of rows per micro-tile at most.
 const MAX_GROUPS: usize = 3;
 

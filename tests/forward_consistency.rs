@@ -49,9 +49,10 @@ fn incremental_decoding_matches_full_forward() {
         let d = max_abs(&full, &stepped);
         eprintln!("{name}: {} positions, max |Δ hidden| {d:.2e}", ids.len());
         if lensmap::kernels::f32dot::Isa::detect().is_some() {
-            // With the dot kernel every sum (projections and attention)
-            // runs in an order that depends on positions alone, so the two
-            // ways of feeding the sequence agree bit for bit.
+            // With the f32 kernels (`f32dot` for projections, `f32outer`
+            // for attention) every sum runs in an order that depends on
+            // positions alone, so the two ways of feeding the sequence
+            // agree bit for bit.
             assert_eq!(d, 0.0, "{name}: incremental decoding differs by {d}");
         } else {
             // gemm's order depends on the shapes: rounding, not a wrong

@@ -153,12 +153,16 @@ pub fn assert_same_lens(name: &str, f32: &CellGrid, rest: &CellGrid, reference: 
 /// _reference:: -- --nocapture --test-threads 1`). A regression of a
 /// few times the float noise fails.
 ///
-/// SmolLM2, f32 (and at rest): measured 4.6e-5 (row 10 pos 0) and 3.9e-4.
-pub const SMOLLM2_F32_TOL: (f64, f64) = (1e-4, 8e-4);
+/// SmolLM2, f32 (and at rest): measured 2.4e-5 (`hf_loading`, row 29 pos
+/// 9) and 2.0e-4 (row 0), since attention moved to `f32outer` (4.6e-5 and
+/// 3.9e-4 when first set).
+pub const SMOLLM2_F32_TOL: (f64, f64) = (5e-5, 4e-4);
 /// SmolLM2, f64 forward: measured 2.0e-5 and 2.0e-4 (the reference's own f32 noise).
 pub const SMOLLM2_F64_TOL: (f64, f64) = (4e-5, 4e-4);
-/// Gemma 3, f32 (and at rest): measured 2.6e-5 and 7.8e-4 (row 0, where KL is largest).
-pub const GEMMA3_F32_TOL: (f64, f64) = (5e-5, 1.6e-3);
+/// Gemma 3, f32 (and at rest): measured 3.6e-5 (row 17 pos 7) and 6.1e-4
+/// (row 0, where KL is largest), since attention moved to `f32outer`
+/// (2.6e-5 and 7.8e-4 before).
+pub const GEMMA3_F32_TOL: (f64, f64) = (7e-5, 1.2e-3);
 
 /// The lens of every cell as [`compare_cells`] reads it, `[row][pos]`.
 pub struct LensCells {

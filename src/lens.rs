@@ -344,14 +344,8 @@ pub fn apply_lens(
             crate::model::cancel::check()?;
             let h: Vec<Tensor> = rows
                 .iter()
-                .map(|&r| {
-                    let h = trace.rows[r].narrow(0, p0, c)?;
-                    if r == last {
-                        Ok(h)
-                    } else {
-                        q.lens.prepare(r, h)
-                    }
-                })
+                // The final row has no translator: `prepare` returns it as is.
+                .map(|&r| q.lens.prepare(r, trace.rows[r].narrow(0, p0, c)?))
                 .collect::<Result<_>>()?;
             let h = match &h[..] {
                 [one] => one.clone(),

@@ -77,12 +77,16 @@ pub fn masked_softmax<T: SoftmaxElem>(
     visible: impl Fn(usize) -> (usize, usize) + Sync,
 ) {
     use rayon::prelude::*;
-    x.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-        let (lo, hi) = visible(r);
-        row[..lo].fill(T::zero());
-        row[hi..].fill(T::zero());
-        T::softmax(&mut row[lo..hi]);
-    });
+    x.par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(r, row)| masked_softmax_row(row, visible(r)));
+}
+
+/// One row of [`masked_softmax`]: softmax over `row[lo..hi]`, the rest 0.
+pub fn masked_softmax_row<T: SoftmaxElem>(row: &mut [T], (lo, hi): (usize, usize)) {
+    row[..lo].fill(T::zero());
+    row[hi..].fill(T::zero());
+    T::softmax(&mut row[lo..hi]);
 }
 
 /// Element types `masked_softmax` works on: f32 through the vectorised exp,

@@ -17,7 +17,7 @@ use super::config::{
 use super::weights::{with_f32_slice, MatWeight, Precision, StoredMatrix, WeightSource};
 use crate::kernels::f32dot::Isa;
 use crate::kernels::f32outer::{self, OuterChunk};
-use crate::kernels::masked_softmax;
+use crate::kernels::{masked_softmax, masked_softmax_row};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -677,10 +677,8 @@ fn outer_attention(
                 };
                 for (i, row) in scores.chunks_exact_mut(lds).enumerate() {
                     let (lo, hi) = visible(r0 + i);
-                    row[..lo].fill(0.0);
-                    row[hi..].fill(0.0);
                     row[lo..hi].iter_mut().for_each(|s| *s *= scale);
-                    crate::kernels::SoftmaxElem::softmax(&mut row[lo..hi]);
+                    masked_softmax_row(row, (lo, hi));
                 }
                 // SAFETY: as above; vp holds vg groups of nk rows, and the
                 // probabilities are nr rows of nk (≤ lds) floats.

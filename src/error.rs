@@ -258,7 +258,7 @@ impl Error {
             Error::Template(_) => Some(
                 "use another chat template file, or the raw prompt without a template".into(),
             ),
-            Error::OutOfMemory { precision, .. } if *precision == "rest" => Some(
+            Error::OutOfMemory { precision, .. } if matches!(*precision, "rest" | "quant") => Some(
                 "allow more memory or raise the process limit, or free memory: at rest only the small tensors and one block's weights need to be resident".into(),
             ),
             Error::OutOfMemory { .. } => Some(

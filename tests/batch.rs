@@ -623,6 +623,13 @@ fn block_major_chunks_equal_prompt_major_at_rest() {
         4
     );
     assert_same_outputs(&prompt_major.out, &block_major.out);
+    // `--precision quant`'s 8-bit products keep rows apart too: its
+    // prompts stack in one chunk and give what they give alone.
+    let (alone, stacked) = (new_dirs(), new_dirs());
+    let a = batch(&alone, &["--precision", "quant", "--chunk", "1"]);
+    let b = batch(&stacked, &["--precision", "quant"]);
+    assert_eq!(a.status.code(), b.status.code(), "{}", stderr(&b));
+    assert_same_outputs(&alone.out, &stacked.out);
     let c = batch(&block_major, &["--precision", "rest", "--chunk", "0"]);
     let err = stderr(&c);
     assert!(

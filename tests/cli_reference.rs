@@ -207,15 +207,8 @@ fn smollm2_default_precision_within_tolerance() {
     agreement(&got, &reference).assert_within("default precision", max_h, max_kl);
 }
 
-/// `--precision quant` multiplies with candle's quantised kernels, which
-/// round activations to 8 bits as llama.cpp does. Measured against the f32
-/// reference: median |Δentropy| 0.018, max 0.47 nats, top-1 agreement 97.1%.
-/// These bounds guard against regressions in that path.
-#[test]
-fn smollm2_quant_precision_within_measured_bounds() {
-    let reference = reference("smollm2_filler.json");
-    let got = run_json(SMOLLM2, &["--dummy", "8", "--precision", "quant"]);
-    assert_eq!(got["model"]["precision"], "quant");
+/// Sorted |Δentropy| of every cell of `got` against `reference`.
+fn entropy_gaps(got: &serde_json::Value, reference: &serde_json::Value) -> Vec<f64> {
     let (h, ref_h) = (grid_f64(&got["entropy"]), grid_f64(&reference["entropy"]));
     let mut d: Vec<f64> = h
         .iter()
@@ -223,21 +216,48 @@ fn smollm2_quant_precision_within_measured_bounds() {
         .zip(ref_h.iter().flatten())
         .map(|(a, b)| (a - b).abs())
         .collect();
+    assert_eq!(d.len(), ref_h.iter().flatten().count());
     d.sort_by(f64::total_cmp);
-    let a = agreement(&got, &reference);
-    eprintln!(
-        "quant: median |Δentropy| {:.3}, max {:.3}, top-1 {:.3}",
-        d[d.len() / 2],
-        a.max_entropy,
-        a.top1_rate()
-    );
-    assert!(
-        d[d.len() / 2] <= 0.03,
-        "median |Δentropy| {}",
-        d[d.len() / 2]
-    );
-    assert!(a.max_entropy <= 0.6, "max |Δentropy| {}", a.max_entropy);
-    assert!(a.top1_rate() >= 0.95, "top-1 agreement {}", a.top1_rate());
+    d
+}
+
+/// `--precision quant` rounds each projection's input to 8 bits per block
+/// of 32 and multiplies integers, as llama.cpp does (`kernels::i8dot`), so
+/// the entropies move. Bounds about 1.5–2x what was measured against the
+/// f32 reference (HF transformers), per model: (median, 90th percentile,
+/// max |Δentropy|, min top-1 agreement).
+#[test]
+fn quant_precision_within_measured_bounds() {
+    // SmolLM2 (Q4_1) measured: 0.018, 0.081, 0.91, 0.974. Gemma 3 (Q4_K_M,
+    // its Q6_K tensors in f32) measured: 0.024, 0.123, 0.41, 0.974.
+    for (model, file, (median, p90, max, top1)) in [
+        (SMOLLM2, "smollm2_filler.json", (0.03, 0.12, 1.4, 0.95)),
+        (GEMMA3, "gemma3_filler.json", (0.04, 0.2, 0.7, 0.95)),
+    ] {
+        let reference = reference(file);
+        let got = run_json(model, &["--dummy", "8", "--precision", "quant"]);
+        assert_eq!(got["model"]["precision"], "quant");
+        let d = entropy_gaps(&got, &reference);
+        let a = agreement(&got, &reference);
+        let (m, p) = (d[d.len() / 2], d[d.len() * 9 / 10]);
+        eprintln!(
+            "{model} quant: median |Δentropy| {m:.3}, p90 {p:.3}, max {:.3}, top-1 {:.3}",
+            a.max_entropy,
+            a.top1_rate()
+        );
+        assert!(m <= median, "{model}: median |Δentropy| {m}");
+        assert!(p <= p90, "{model}: p90 |Δentropy| {p}");
+        assert!(
+            a.max_entropy <= max,
+            "{model}: max |Δentropy| {}",
+            a.max_entropy
+        );
+        assert!(
+            a.top1_rate() >= top1,
+            "{model}: top-1 agreement {}",
+            a.top1_rate()
+        );
+    }
 }
 
 /// The JSON carries every field `docs/json-format.md` promises, with

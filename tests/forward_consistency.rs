@@ -62,3 +62,34 @@ fn incremental_decoding_matches_full_forward() {
         }
     }
 }
+
+/// The same at `--precision quant` on SmolLM2's GGUF (Q4_1 projections in
+/// 8-bit integers): each output's arithmetic is fixed by the weights'
+/// blocks alone, so a prefix, chunks and single tokens give the whole
+/// pass's bits, with any vector unit.
+#[test]
+fn incremental_decoding_matches_full_forward_quant() {
+    let model = Checkpoint::open(crate::common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .and_then(|c| c.load(Precision::Quant))
+        .unwrap();
+    assert_eq!(model.precision, Precision::Quant);
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 7919 + 13) % 49_152).collect();
+    let full = model.forward(&ids, &mut KvCache::default(), None).unwrap();
+    let mut cache = KvCache::default();
+    let mut rows = Vec::new();
+    let mut at = 0;
+    for size in [5, 7, 9].into_iter().chain(std::iter::repeat(1)) {
+        if at == ids.len() {
+            break;
+        }
+        let end = (at + size).min(ids.len());
+        rows.push(model.forward(&ids[at..end], &mut cache, None).unwrap());
+        at = end;
+    }
+    let d = max_abs(&full, &Tensor::cat(&rows, 0).unwrap());
+    if lensmap::kernels::f32dot::Isa::detect().is_some() {
+        assert_eq!(d, 0.0, "quant: incremental decoding differs by {d}");
+    } else {
+        assert!(d < 1e-3, "quant: incremental decoding differs by {d}");
+    }
+}

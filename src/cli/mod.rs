@@ -485,7 +485,7 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
         E::Template(_) => {
             "pass `--chat-template FILE` to use another template, or `--raw` to skip it"
         }
-        E::OutOfMemory { precision, .. } if *precision == "rest" => {
+        E::OutOfMemory { precision, .. } if matches!(*precision, "rest" | "quant") => {
             "raise `--max-memory` or the process limit, or free memory: at rest only the small \
              tensors and one block's weights need to be resident"
         }

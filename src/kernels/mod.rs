@@ -4,11 +4,14 @@
 //! cannot vectorise; it was a third of the lens time and 7% of a long forward
 //! pass, which is why these are hand-written rather than taken from candle.
 //!
-//! [`bf16`] holds the bf16 lens's matrix product (`--lens-precision bf16`).
+//! [`bf16`] holds the bf16 lens's matrix product (`--lens-precision bf16`);
+//! [`f32dot`] the projections' exact product and [`f32outer`] attention's;
+//! [`i8dot`] the 8-bit integer product of `--precision quant`.
 
 pub mod bf16;
 pub mod f32dot;
 pub mod f32outer;
+pub mod i8dot;
 
 /// Run `$call` (an `#[inline(always)]` function call) compiled for the widest
 /// vector unit this CPU has.

@@ -150,10 +150,8 @@ pub fn plan(
         p => p,
     };
     let needed = match precision {
-        Precision::Rest => need.rest_bytes,
+        Precision::Rest | Precision::Quant => need.rest_bytes,
         Precision::F64 => 2 * need.f32_bytes,
-        // candle's quantised weights are copied out of the map, the
-        // embedding and head dequantised: the f32 estimate bounds it.
         _ => need.f32_bytes,
     };
     let refuse = |needed: u64, available: u64, limit: &'static str| Error::OutOfMemory {
@@ -172,7 +170,7 @@ pub fn plan(
     // Streamed when the file's pages would not fit beside the rest: in the
     // memory available, or in the memory limit if that is smaller.
     let hold = req.max_memory.map_or(room, |m| m.min(room));
-    let streaming = precision == Precision::Rest && need.stored_bytes + needed > hold;
+    let streaming = precision.at_rest() && need.stored_bytes + needed > hold;
     Ok(MemoryPlan {
         precision,
         need,

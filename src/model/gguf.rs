@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
 use super::locate::{file_name, first_line};
-use super::weights::{MatWeight, Precision, StoredMatrix, WeightSource};
+use super::weights::{StoredMatrix, WeightSource};
 use crate::{Error, Result};
 
 /// Quant types candle can read, for error messages.
@@ -172,15 +172,6 @@ impl WeightSource for GgufFile {
             cols,
             false,
         ))
-    }
-
-    fn mat(&self, name: &str, precision: Precision) -> Result<MatWeight> {
-        let q = self.qtensor(name)?;
-        if precision.keep_quantized(q.dtype()) {
-            Ok(MatWeight::Quant(QMatMul::from_qtensor(q)?))
-        } else {
-            Ok(MatWeight::Dense(q.dequantize(&Device::Cpu)?))
-        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! everything but attention works row by row, and attention is split back
 //! into its sequences.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 use super::arch::{Part, TensorNames};
 use super::config::{
@@ -114,29 +114,32 @@ impl Loader<'_> {
     ) -> Result<Linear> {
         let name = self.name(part, Some(layer), false);
         self.check_shape(&name, &[out, inp])?;
-        let at_rest = match self.precision {
-            Precision::Rest => self.stored(part, Some(layer), &[out, inp])?,
-            _ => None,
+        let at_rest = if self.precision.at_rest() {
+            self.stored(part, Some(layer), &[out, inp])?
+        } else {
+            None
         };
         // Dense f64 weights are stored transposed, `[in, out]` row-major: gemm
         // then reads them without re-packing on every call, which cost more
         // than the multiply itself at prompt-sized M.
         let dtype = self.precision.activation_dtype();
         let weight = match at_rest {
+            Some(m) if self.precision == Precision::Quant && m.has_int8_form() => {
+                MatWeight::Int8(m)
+            }
             Some(m) => MatWeight::Stored(m),
-            None => match self.src.mat(&name, self.precision)? {
-                // f32 copies go through the same panel routine as weights at
-                // rest, so the two precisions sum in the same order.
-                MatWeight::Dense(w) if dtype == DType::F32 => {
-                    self.check_finite(&w, &name)?;
+            None => {
+                let w = self.src.f32(&name)?;
+                self.check_finite(&w, &name)?;
+                if dtype == DType::F32 {
+                    // f32 copies go through the same panel routine as
+                    // weights at rest, so the two precisions sum in the same
+                    // order.
                     MatWeight::Stored(StoredMatrix::copied(&w)?)
-                }
-                MatWeight::Dense(w) => {
-                    self.check_finite(&w, &name)?;
+                } else {
                     MatWeight::Dense(w.t()?.contiguous()?.to_dtype(dtype)?)
                 }
-                q => q,
-            },
+            }
         };
 
         let bias = if bias {
@@ -173,12 +176,12 @@ impl Loader<'_> {
     }
 }
 
-/// `y = x Wᵀ + b`, with W dense f32, quantised, or at rest.
+/// `y = x Wᵀ + b`, with W dense, at rest, or at rest in 8 bits.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// The weight's tensor name, for messages.
     name: String,
-    /// Dense: `[in, out]` (transposed at load); quantised and at rest: `[out, in]`.
+    /// Dense: `[in, out]` (transposed at load); at rest: `[out, in]`.
     weight: MatWeight,
     /// `[out]`.
     bias: Option<Tensor>,
@@ -186,20 +189,22 @@ pub struct Linear {
 
 impl Linear {
     /// Up to how many rows this projection gives each row the numbers it
-    /// gives that row alone; `None` when not known (candle's quantized and
-    /// f64 matmuls), so its sequences go one at a time.
+    /// gives that row alone; `None` when not known (the f64 matmul), so its
+    /// sequences go one at a time. The 8-bit product's arithmetic is fixed
+    /// per output, at any row count.
     pub(crate) fn row_independent(&self) -> Option<usize> {
         match self.weight {
             MatWeight::Stored(_) => super::weights::row_independent_rows(),
-            _ => None,
+            MatWeight::Int8(_) => Some(usize::MAX),
+            MatWeight::Dense(_) => None,
         }
     }
 
     /// The weight at rest, if it is.
     fn stored(&self) -> Option<&StoredMatrix> {
         match &self.weight {
-            MatWeight::Stored(m) => Some(m),
-            _ => None,
+            MatWeight::Stored(m) | MatWeight::Int8(m) => Some(m),
+            MatWeight::Dense(_) => None,
         }
     }
 
@@ -207,8 +212,8 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             MatWeight::Dense(w) => x.matmul(w)?,
-            MatWeight::Quant(q) => q.forward(x)?,
             MatWeight::Stored(m) => m.matmul_t(x)?,
+            MatWeight::Int8(m) => m.matmul_t_int8(x)?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,

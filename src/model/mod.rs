@@ -19,6 +19,7 @@ pub mod safetensors;
 pub mod config;
 pub mod dequant;
 pub mod hf;
+pub(crate) mod int8;
 pub mod weights;
 
 pub mod arch;
@@ -174,7 +175,7 @@ impl Model {
         };
         let (v, d) = (cfg.sizes.vocab_size, cfg.sizes.d_model);
         let table = |part| -> Result<StoredMatrix> {
-            if precision == Precision::Rest {
+            if precision.at_rest() {
                 if let Some(m) = ld.stored(part, None, &[v, d])? {
                     return Ok(m);
                 }

@@ -5,12 +5,14 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use super::dequant::dequantize_blocks;
+use super::int8;
 use crate::kernels::f32dot::Isa;
+use crate::kernels::i8dot;
 use crate::{Error, Result};
 
 /// How matmul weights are held.
@@ -37,19 +39,21 @@ pub enum Precision {
     /// and runs the f32 gemm on it. Same numbers as `F32` up to summation
     /// order, at about the file's size in memory.
     Rest,
-    /// Keep quantised matmul weights quantised (less memory, llama.cpp-like
-    /// arithmetic with q8 activations). Norms, embeddings and the unembedding
-    /// are still f32, because the lens reads them at every row.
+    /// llama.cpp's arithmetic, opt-in: weights at rest as for `Rest`, but a
+    /// projection whose weights are stored in 32-wide blocks (Q4_0, Q4_1,
+    /// Q5_0, Q5_1, Q8_0, Q4_K, Q5_K) rounds its input to 8 bits per block of
+    /// 32 and multiplies integers (`kernels::i8dot`). Other weights, norms,
+    /// attention, the embedding and the lens's unembedding stay exact f32.
+    /// Faster, and the entropies move (by about 0.02 nats at the median on
+    /// SmolLM2).
     Quant,
 }
 
 impl Precision {
-    /// Whether a tensor of this type stays quantised under this precision.
-    pub(crate) fn keep_quantized(self, dtype: GgmlDType) -> bool {
-        match self {
-            Precision::Auto | Precision::F32 | Precision::F64 | Precision::Rest => false,
-            Precision::Quant => !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16),
-        }
+    /// Whether matmul weights, the embedding and the head stay in the
+    /// mapped file.
+    pub(crate) fn at_rest(self) -> bool {
+        matches!(self, Precision::Rest | Precision::Quant)
     }
 
     /// The dtype activations flow in.
@@ -87,13 +91,13 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// A matmul weight `[out, in]`: a dense copy, candle's quantised form, or
-/// at rest in the mapped file.
+/// A matmul weight `[out, in]`: a dense copy, at rest in the mapped file,
+/// or at rest and multiplied in 8 bits (`--precision quant`).
 #[derive(Debug, Clone)]
 pub enum MatWeight {
     Dense(Tensor),
-    Quant(QMatMul),
     Stored(StoredMatrix),
+    Int8(StoredMatrix),
 }
 
 /// A source of named tensors: one checkpoint.
@@ -104,11 +108,6 @@ pub trait WeightSource: Send + Sync {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The tensor in f32.
     fn f32(&self, name: &str) -> Result<Tensor>;
-    /// A matmul weight, kept quantised where `precision` says so.
-    fn mat(&self, name: &str, precision: Precision) -> Result<MatWeight> {
-        let _ = precision;
-        Ok(MatWeight::Dense(self.f32(name)?))
-    }
     /// A 2-D tensor `[rows, cols]` at rest in the mapped file, or `None`
     /// when its storage type cannot be read in place (then callers copy it).
     fn stored(&self, name: &str) -> Result<Option<StoredMatrix>> {
@@ -412,26 +411,7 @@ impl StoredMatrix {
                             // k0 is a multiple of KC, itself a multiple of
                             // the block size, and so is k.
                             let (b0, b1) = (self.file_bytes(k0), self.file_bytes(k0 + kc));
-                            // The chunk reads `rows` short runs of the file
-                            // (one per row), too short for the hardware
-                            // prefetcher: ask for this chunk's runs at the
-                            // panel's start, and for the next chunk's while
-                            // this one decodes and multiplies.
-                            let ahead = |c0: usize| {
-                                let c1 = (c0 + KC).min(k);
-                                for r in r0..r1 {
-                                    let at = self.start + r * row_bytes;
-                                    prefetch_l2(
-                                        &map[at + self.file_bytes(c0)..at + self.file_bytes(c1)],
-                                    );
-                                }
-                            };
-                            if k0 == 0 {
-                                ahead(0);
-                            }
-                            if k0 + kc < k {
-                                ahead(k0 + kc);
-                            }
+                            self.prefetch_chunks(map, r0..r1, k0);
                             for (r, out) in (r0..r1).zip(buf.chunks_exact_mut(kc)) {
                                 let at = self.start + r * row_bytes;
                                 dequantize_blocks(self.dtype, &map[at + b0..at + b1], out)?;
@@ -462,6 +442,92 @@ impl StoredMatrix {
                 Ok(())
             },
         )
+    }
+
+    /// Before decoding columns `k0..k0 + KC` of rows `rows`: a chunk reads
+    /// one short run of the file per row, too short for the hardware
+    /// prefetcher, so ask for this chunk's runs at the panel's start
+    /// (`k0 == 0`), and for the next chunk's while this one decodes and
+    /// multiplies.
+    fn prefetch_chunks(&self, map: &memmap2::Mmap, rows: std::ops::Range<usize>, k0: usize) {
+        use crate::kernels::f32dot::KC;
+        let k = self.cols;
+        let row_bytes = self.file_bytes(k);
+        let ahead = |c0: usize| {
+            let (b0, b1) = (self.file_bytes(c0), self.file_bytes((c0 + KC).min(k)));
+            for r in rows.clone() {
+                let at = self.start + r * row_bytes;
+                prefetch_l2(&map[at + b0..at + b1]);
+            }
+        };
+        if k0 == 0 {
+            ahead(0);
+        }
+        if k0 + KC < k {
+            ahead(k0 + KC);
+        }
+    }
+
+    /// Whether [`Self::matmul_t_int8`] can multiply this matrix: mapped, in
+    /// a type with an 8-bit form.
+    pub(crate) fn has_int8_form(&self) -> bool {
+        self.is_mapped() && int8::form(self.dtype).is_some()
+    }
+
+    /// `x · Wᵀ` in llama.cpp's arithmetic (`--precision quant`): `x` rounded
+    /// to 8 bits per block of 32, times the weights' own integers
+    /// (`kernels::i8dot`). Each panel of rows is decoded a `KC` chunk of
+    /// columns at a time into a small per-thread buffer. Each output's
+    /// arithmetic is fixed by `k` alone, so rows stay independent at any `t`.
+    pub(crate) fn matmul_t_int8(&self, x: &Tensor) -> Result<Tensor> {
+        use crate::kernels::f32dot::KC;
+        let (t, k) = x.dims2()?;
+        let (n, dtype) = (self.rows, self.dtype);
+        let (Backing::Mapped(map), Some((zero, has_min))) = (&self.backing, int8::form(dtype))
+        else {
+            return Err(Error::Config(format!("{self:?} has no 8-bit form")));
+        };
+        if k != self.cols {
+            return Err(Error::Config(format!(
+                "matmul of `[{t}, {k}]` by a {self:?}"
+            )));
+        }
+        let xq = with_f32_slice(&x.to_dtype(candle_core::DType::F32)?, |x| {
+            i8dot::quantize_rows(x, t, k, zero)
+        })?;
+        let isa = i8dot::Isa::detect();
+        let mut y = vec![0f32; t * n];
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        let p = DOT_PANEL_ROWS;
+        let row_bytes = self.file_bytes(k);
+        (0..n.div_ceil(p))
+            .into_par_iter()
+            .for_each_init(i8dot::Int8Panel::default, |panel, i| {
+                let (r0, r1) = (i * p, ((i + 1) * p).min(n));
+                for k0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - k0);
+                    // KC is a multiple of every block size, and so is k.
+                    let (b0, b1) = (self.file_bytes(k0), self.file_bytes(k0 + kc));
+                    panel.reset(r1 - r0, kc / i8dot::BLOCK, zero, has_min);
+                    self.prefetch_chunks(map, r0..r1, k0);
+                    for r in r0..r1 {
+                        let at = self.start + r * row_bytes;
+                        int8::decode_row(dtype, &map[at + b0..at + b1], panel, r - r0);
+                    }
+                    panel.pack();
+                    // SAFETY: panels write disjoint columns r0..r1 of y
+                    // ([t, n]); the chunk's blocks lie inside x's rows.
+                    unsafe {
+                        let out = i8dot::Dest {
+                            y: y_ptr.get().add(r0),
+                            ldy: n,
+                            first: k0 == 0,
+                        };
+                        i8dot::panel_matmul(isa, &xq, k0 / i8dot::BLOCK, panel, r1 - r0, out)
+                    };
+                }
+            });
+        Ok(Tensor::from_vec(y, (t, n), &Device::Cpu)?)
     }
 
     /// Ask the kernel to read the matrix ahead (the next block while this

@@ -1,0 +1,195 @@
+//! GGUF quant blocks in the 8-bit form `kernels::i8dot` multiplies
+//! (`--precision quant`): per block of 32 weights, unsigned bytes `u`, a
+//! scale `s`, an offset `m` and a zero point `z`, with weight
+//! `s · (u − z) + m`. Types whose scales cover 16 weights (Q2_K, Q3_K, Q6_K)
+//! and float types have no such form; `--precision quant` multiplies them
+//! in f32 at rest instead.
+//!
+//! The block layouts are GGML's (`ggml-quants.c`, candle's `k_quants.rs`).
+//! `s` and `m` are computed as candle's dequantisation computes them (`d ·
+//! sc` and `dmin · m` in f32), so `s · (u − z) + m` is candle's weight up to
+//! the one rounding its own formula adds.
+
+use candle_core::quantized::GgmlDType;
+use half::f16;
+
+use crate::kernels::i8dot::{Int8Panel, BLOCK};
+
+/// The zero point and whether blocks carry an offset, for a type with an
+/// 8-bit form; `None` for the others.
+pub(crate) fn form(dtype: GgmlDType) -> Option<(i32, bool)> {
+    match dtype {
+        GgmlDType::Q8_0 => Some((128, false)),
+        GgmlDType::Q4_0 => Some((8, false)),
+        GgmlDType::Q5_0 => Some((16, false)),
+        GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K => Some((0, true)),
+        _ => None,
+    }
+}
+
+fn half(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// Row `r` of `panel`, blocks `0..` from `src`: the row's bytes for the
+/// panel's columns (a whole number of the type's blocks). `dtype` has a
+/// [`form`].
+pub(crate) fn decode_row(dtype: GgmlDType, src: &[u8], panel: &mut Int8Panel, r: usize) {
+    // Compiled for the CPU's vector unit: the byte loops vectorise.
+    crate::kernels::dispatch!(decode_row_inline(dtype, src, panel, r))
+}
+
+#[inline(always)]
+fn decode_row_inline(dtype: GgmlDType, src: &[u8], panel: &mut Int8Panel, r: usize) {
+    let (us, ss, ms) = panel.row_mut(r);
+    let size = dtype.type_size();
+    let per = dtype.block_size() / BLOCK;
+    let blocks = src
+        .chunks_exact(size)
+        .zip(us.chunks_exact_mut(per * BLOCK))
+        .zip(ss.chunks_exact_mut(per).zip(ms.chunks_exact_mut(per)));
+    for ((blk, u), (s, m)) in blocks {
+        match dtype {
+            GgmlDType::Q8_0 => {
+                // q + 128: the sign bit flipped, eight bytes at a time (the
+                // byte loop stayed scalar).
+                for (v, q) in u.chunks_exact_mut(8).zip(blk[2..34].chunks_exact(8)) {
+                    let q = u64::from_le_bytes(q.try_into().unwrap());
+                    v.copy_from_slice(&(q ^ 0x8080_8080_8080_8080).to_le_bytes());
+                }
+                s[0] = half(blk);
+            }
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
+                nibbles(&blk[size - 16..], u);
+                s[0] = half(blk);
+                if dtype == GgmlDType::Q4_1 {
+                    m[0] = half(&blk[2..]);
+                }
+            }
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+                let hoff = if dtype == GgmlDType::Q5_1 { 4 } else { 2 };
+                let qh = u32::from_le_bytes(blk[hoff..hoff + 4].try_into().unwrap());
+                nibbles(&blk[hoff + 4..hoff + 20], u);
+                for (j, v) in u.iter_mut().enumerate() {
+                    *v |= (((qh >> j) & 1) << 4) as u8;
+                }
+                s[0] = half(blk);
+                if dtype == GgmlDType::Q5_1 {
+                    m[0] = half(&blk[2..]);
+                }
+            }
+            GgmlDType::Q4K | GgmlDType::Q5K => {
+                let (d, dmin) = (half(blk), half(&blk[2..]));
+                let scales = &blk[4..16];
+                let (qh, ql) = if dtype == GgmlDType::Q5K {
+                    (Some(&blk[16..48]), &blk[48..176])
+                } else {
+                    (None, &blk[16..144])
+                };
+                // Four chunks of 64: low nibbles are sub-block 2j, high 2j + 1.
+                for (sub, u) in u.chunks_exact_mut(BLOCK).enumerate() {
+                    let (q, shift) = (&ql[sub / 2 * 32..sub / 2 * 32 + 32], 4 * (sub % 2) as u8);
+                    for (l, v) in u.iter_mut().enumerate() {
+                        *v = (q[l] >> shift) & 0xF;
+                        if let Some(qh) = qh {
+                            *v |= ((qh[l] >> sub) & 1) << 4;
+                        }
+                    }
+                    let (sc, mn) = scale_min_k4(sub, scales);
+                    s[sub] = d * sc as f32;
+                    m[sub] = -(dmin * mn as f32);
+                }
+            }
+            _ => unreachable!("{dtype:?} has no 8-bit form"),
+        }
+    }
+}
+
+/// 16 bytes of nibbles: the low ones are elements 0–15, the high 16–31.
+#[inline(always)]
+fn nibbles(qs: &[u8], u: &mut [u8]) {
+    let qs: &[u8; 16] = qs.try_into().unwrap();
+    let (lo, hi) = u.split_at_mut(16);
+    for ((l, h), &q) in lo.iter_mut().zip(hi).zip(qs) {
+        *l = q & 0xF;
+        *h = q >> 4;
+    }
+}
+
+/// GGML's `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::i8dot::{panel_matmul, quantize_rows, Dest, Isa};
+    use crate::model::dequant::dequantize_blocks;
+    use crate::synth::{fill_random_blocks, Rng};
+
+    /// For every type with a form: multiplying one-hot rows of `x` through
+    /// the decoded panel gives back candle's dequantised weights, up to the
+    /// roundings `s · (u − z) + m` adds (about 4e-9 for weights near 0.05).
+    #[test]
+    fn decoded_blocks_are_candles_weights() {
+        let (rows, k) = (3, 512);
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+        ] {
+            let (zero, has_min) = form(dtype).unwrap();
+            let row_bytes = k / dtype.block_size() * dtype.type_size();
+            let mut bytes = vec![0u8; rows * row_bytes];
+            fill_random_blocks(dtype, &mut bytes, 0.05, &mut Rng::new(11));
+            let mut want = vec![0f32; rows * k];
+            dequantize_blocks(dtype, &bytes, &mut want).unwrap();
+            let mut panel = Int8Panel::default();
+            panel.reset(rows, k / BLOCK, zero, has_min);
+            for r in 0..rows {
+                decode_row(
+                    dtype,
+                    &bytes[r * row_bytes..(r + 1) * row_bytes],
+                    &mut panel,
+                    r,
+                );
+            }
+            panel.pack();
+            // x = 127 · e_c quantises to d = 1, q = 127 at c: y = 127 · w_c.
+            for c in 0..k {
+                let mut x = vec![0f32; k];
+                x[c] = 127.0;
+                let xq = quantize_rows(&x, 1, k, zero);
+                let mut y = vec![0f32; rows];
+                unsafe {
+                    let out = Dest {
+                        y: y.as_mut_ptr(),
+                        ldy: rows,
+                        first: true,
+                    };
+                    panel_matmul(Isa::Portable, &xq, 0, &panel, rows, out)
+                };
+                for r in 0..rows {
+                    let (got, w) = (y[r] / 127.0, want[r * k + c]);
+                    assert!(
+                        // A wrong byte moves it by a step, ≥ 1e-4 here.
+                        (got - w).abs() <= 1e-6 * w.abs() + 1e-8,
+                        "{dtype:?} row {r} col {c}: {got} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -51,12 +51,8 @@ fn decode_row_inline(dtype: GgmlDType, src: &[u8], panel: &mut Int8Panel, r: usi
     for ((blk, u), (s, m)) in blocks {
         match dtype {
             GgmlDType::Q8_0 => {
-                // q + 128: the sign bit flipped, eight bytes at a time (the
-                // byte loop stayed scalar).
-                for (v, q) in u.chunks_exact_mut(8).zip(blk[2..34].chunks_exact(8)) {
-                    let q = u64::from_le_bytes(q.try_into().unwrap());
-                    v.copy_from_slice(&(q ^ 0x8080_8080_8080_8080).to_le_bytes());
-                }
+                // q + 128: the sign bit flipped.
+                map_words(u, &blk[2..34], |w, _| w ^ (ONES << 7));
                 s[0] = half(blk);
             }
             GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
@@ -88,12 +84,12 @@ fn decode_row_inline(dtype: GgmlDType, src: &[u8], panel: &mut Int8Panel, r: usi
                 };
                 // Four chunks of 64: low nibbles are sub-block 2j, high 2j + 1.
                 for (sub, u) in u.chunks_exact_mut(BLOCK).enumerate() {
-                    let (q, shift) = (&ql[sub / 2 * 32..sub / 2 * 32 + 32], 4 * (sub % 2) as u8);
-                    for (l, v) in u.iter_mut().enumerate() {
-                        *v = (q[l] >> shift) & 0xF;
-                        if let Some(qh) = qh {
-                            *v |= ((qh[l] >> sub) & 1) << 4;
-                        }
+                    let q = &ql[sub / 2 * 32..sub / 2 * 32 + 32];
+                    let shift = 4 * (sub % 2) as u32;
+                    map_words(u, q, |w, _| (w >> shift) & LOW_NIBBLES);
+                    if let Some(qh) = qh {
+                        // Bit `sub` of each high byte is the fifth bit.
+                        map_words(u, qh, |w, v| v | ((w >> sub) & ONES) << 4);
                     }
                     let (sc, mn) = scale_min_k4(sub, scales);
                     s[sub] = d * sc as f32;
@@ -105,15 +101,26 @@ fn decode_row_inline(dtype: GgmlDType, src: &[u8], panel: &mut Int8Panel, r: usi
     }
 }
 
+const LOW_NIBBLES: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// `u[i..i + 8] = f(src word, u word)` for each 8-byte word: bytewise
+/// work eight bytes at a time, since the byte loops stayed scalar.
+#[inline(always)]
+fn map_words(u: &mut [u8], src: &[u8], f: impl Fn(u64, u64) -> u64) {
+    for (v, w) in u.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        let w = u64::from_le_bytes(w.try_into().unwrap());
+        let old = u64::from_le_bytes((&*v).try_into().unwrap());
+        v.copy_from_slice(&f(w, old).to_le_bytes());
+    }
+}
+
 /// 16 bytes of nibbles: the low ones are elements 0–15, the high 16–31.
 #[inline(always)]
 fn nibbles(qs: &[u8], u: &mut [u8]) {
-    let qs: &[u8; 16] = qs.try_into().unwrap();
     let (lo, hi) = u.split_at_mut(16);
-    for ((l, h), &q) in lo.iter_mut().zip(hi).zip(qs) {
-        *l = q & 0xF;
-        *h = q >> 4;
-    }
+    map_words(lo, qs, |w, _| w & LOW_NIBBLES);
+    map_words(hi, qs, |w, _| (w >> 4) & LOW_NIBBLES);
 }
 
 /// GGML's `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min.

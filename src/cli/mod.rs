@@ -68,7 +68,8 @@ pub struct ModelArgs {
 pub struct HoldArgs {
     /// `auto` (`rest` on a CPU with AVX2 or AVX-512, else f32 copies while they
     /// fit the memory budget), `f32`, `rest` (weights stay in the mapped
-    /// file; the same numbers), `f64`, or `quant`
+    /// file; the same numbers), `f64`, or `quant` (at rest with llama.cpp's
+    /// 8-bit products: faster, and the numbers move)
     #[arg(long, default_value = "auto", help_heading = "Model")]
     pub precision: Precision,
     /// Memory the model may hold, e.g. `6G` or `512M` (default: what is

@@ -227,6 +227,8 @@ impl Isa {
 
 /// Rows of `x` per tile of the VNNI kernel.
 const MR: usize = 4;
+/// Up to this many rows of `x`, [`panel_matmul`] reads the panel once.
+pub const TILE_ROWS: usize = MR;
 
 /// Where [`panel_matmul`] writes: `y[i·ldy + j]` for row `i` of `x` and
 /// panel row `j`; stores on the `first` chunk of `k`, continues the chain

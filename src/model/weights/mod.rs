@@ -500,16 +500,29 @@ impl StoredMatrix {
         let y_ptr = SendPtr(y.as_mut_ptr());
         let p = DOT_PANEL_ROWS;
         let row_bytes = self.file_bytes(k);
+        // Rows of x that one kernel tile takes read the decoded panel once,
+        // so decode whole rows of W: each is one sequential read of the
+        // file. Generation (t = 1) on the 1B Q8_0 file: 8 tokens in 1.30 s
+        // instead of 1.47 s with `KC` chunks.
+        let width = if t <= i8dot::TILE_ROWS { k } else { KC };
         (0..n.div_ceil(p))
             .into_par_iter()
             .for_each_init(i8dot::Int8Panel::default, |panel, i| {
                 let (r0, r1) = (i * p, ((i + 1) * p).min(n));
-                for k0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - k0);
+                for k0 in (0..k).step_by(width) {
+                    let kc = width.min(k - k0);
                     // KC is a multiple of every block size, and so is k.
                     let (b0, b1) = (self.file_bytes(k0), self.file_bytes(k0 + kc));
                     panel.reset(r1 - r0, kc / i8dot::BLOCK, zero, has_min);
-                    self.prefetch_chunks(map, r0..r1, k0);
+                    if width == k {
+                        // Whole rows: the next panel's, while this one runs.
+                        for r in r1..(r1 + p).min(n) {
+                            let at = self.start + r * row_bytes;
+                            prefetch_l2(&map[at..at + row_bytes]);
+                        }
+                    } else {
+                        self.prefetch_chunks(map, r0..r1, k0);
+                    }
                     for r in r0..r1 {
                         let at = self.start + r * row_bytes;
                         int8::decode_row(dtype, &map[at + b0..at + b1], panel, r - r0);

@@ -257,11 +257,10 @@ pub unsafe fn panel_matmul(
     out: Dest,
 ) {
     debug_assert!(b0 + panel.blocks <= x.k / BLOCK && rows <= panel.groups * GROUP);
-    let Dest { y, ldy, first } = out;
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Vnni512 => vnni::panel(x, b0, panel, rows, y, ldy, first),
-        _ => portable(x, b0, panel, rows, y, ldy, first),
+        Isa::Vnni512 => vnni::panel(x, b0, panel, rows, out),
+        _ => portable(x, b0, panel, rows, out),
     }
 }
 
@@ -269,15 +268,8 @@ pub unsafe fn panel_matmul(
 ///
 /// # Safety
 /// As [`panel_matmul`].
-unsafe fn portable(
-    x: &Int8Rows,
-    b0: usize,
-    p: &Int8Panel,
-    rows: usize,
-    y: *mut f32,
-    ldy: usize,
-    first: bool,
-) {
+unsafe fn portable(x: &Int8Rows, b0: usize, p: &Int8Panel, rows: usize, out: Dest) {
+    let Dest { y, ldy, first } = out;
     let kb = x.k / BLOCK;
     for i in 0..x.t {
         for j in 0..rows {
@@ -362,15 +354,8 @@ mod vnni {
     /// Tiles of [`MR`] rows of `x` by two groups (32 weight rows), then the
     /// row and group tails.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn panel(
-        x: &Int8Rows,
-        b0: usize,
-        p: &Int8Panel,
-        rows: usize,
-        y: *mut f32,
-        ldy: usize,
-        first: bool,
-    ) {
+    pub(super) unsafe fn panel(x: &Int8Rows, b0: usize, p: &Int8Panel, rows: usize, out: Dest) {
+        let Dest { y, ldy, first } = out;
         let groups = rows.div_ceil(GROUP);
         let mut g = 0;
         while g < groups {

@@ -3,18 +3,20 @@
 //! blocks of 32 signed bytes with one f32 scale per block ([`quantize_rows`]:
 //! `d = max|x| / 127`, `q = round(x / d)`), and the weights arrive decoded
 //! into an [`Int8Panel`]: unsigned bytes `u` with a scale `s`, an optional
-//! offset `m` and an integer zero point `z` per block of 32, so that a weight
-//! is `s · (u − z) + m`. Every GGUF type whose blocks are 32 wide has that
-//! form (`model::int8` decodes them).
+//! offset `m` and an integer zero point `z` per block of 32 weights (16 for
+//! types whose scales cover 16), so that a weight is `s · (u − z) + m`.
+//! Every GGUF type with 32- or 16-wide scales has that form (`model::int8`
+//! decodes them).
 //!
 //! The arithmetic, which fixes every bit of the result:
 //! ```text
 //! acc = 0
-//! for each block b, in order:
+//! for each weight block b (32 or 16 wide), in order:
 //!     isum = Σ_i u[i] · q[i] − z · Σ_i q[i]          (exact, in i32)
-//!     acc  = fma(isum, d_b · s_b, acc)
-//!     acc  = fma(Σ_i q[i], d_b · m_b, acc)            (types with an offset)
+//!     acc  = fma(isum, d · s_b, acc)
+//!     acc  = fma(Σ_i q[i], d · m_b, acc)              (types with an offset)
 //! ```
+//! where `d` is the scale of the input's 32-block holding block b.
 //! The integer sums are exact, so the order inside a block cannot change a
 //! bit: the AVX-512 VNNI kernel (`vpdpbusd`, 64 byte products per
 //! instruction, about four f32 FMAs' worth) and the portable loop give the
@@ -28,15 +30,25 @@
 
 /// Weight rows per group: the 16 i32 lanes of one AVX-512 vector.
 pub const GROUP: usize = 16;
-/// Columns per block: one scale (and offset) per row and block.
+/// Columns per block of the input (one scale each), and of the weights of
+/// most types.
 pub const BLOCK: usize = 32;
-/// Bytes of one group's block: `[8 steps][16 rows][4 bytes]`, the order
-/// `vpdpbusd` reads (each lane takes 4 adjacent bytes of its row).
-const GROUP_BLOCK_BYTES: usize = GROUP * BLOCK;
+/// The weights' blocks for types whose scales cover 16 (Q6_K).
+pub const HALF_BLOCK: usize = 16;
 
-/// `x` rounded to 8 bits per block of [`BLOCK`]: `[t, k]` bytes, and per row
-/// and block the scale `d`, `z · Σq` (for the zero point of the weights it
-/// will meet) and `Σq` as f32 (for their offsets).
+/// How a weight type's blocks decode: `s · (u − zero) + m` over blocks of
+/// `width` (32 or 16), `m` only if `has_min`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Form {
+    pub zero: i32,
+    pub has_min: bool,
+    pub width: usize,
+}
+
+/// `x` rounded to 8 bits per block of [`BLOCK`]: `[t, k]` bytes, the scale
+/// `d` per row and block, and per row and half block (16) `z · Σq` (for the
+/// zero point of the weights it will meet) and `Σq` as f32 (for their
+/// offsets).
 #[derive(Debug, Default, Clone)]
 pub struct Int8Rows {
     q: Vec<i8>,
@@ -45,6 +57,23 @@ pub struct Int8Rows {
     sum: Vec<f32>,
     t: usize,
     k: usize,
+}
+
+impl Int8Rows {
+    /// `z · Σq` and `Σq` over columns `c..c + width` of row `i` (`c` a
+    /// multiple of `width`, 32 or 16), exact.
+    #[inline(always)]
+    fn sums(&self, i: usize, c: usize, width: usize) -> (i32, f32) {
+        let h = (i * self.k + c) / HALF_BLOCK;
+        if width == HALF_BLOCK {
+            (self.zsum[h], self.sum[h])
+        } else {
+            (
+                self.zsum[h] + self.zsum[h + 1],
+                self.sum[h] + self.sum[h + 1],
+            )
+        }
+    }
 }
 
 /// Adding and subtracting 1.5·2²³ rounds an f32 of magnitude below 2²² to
@@ -61,8 +90,8 @@ pub fn quantize_rows(x: &[f32], t: usize, k: usize, zero: i32) -> Int8Rows {
     let mut r = Int8Rows {
         q: vec![0; t * k],
         d: vec![0.0; nb],
-        zsum: vec![0; nb],
-        sum: vec![0.0; nb],
+        zsum: vec![0; 2 * nb],
+        sum: vec![0.0; 2 * nb],
         t,
         k,
     };
@@ -74,58 +103,61 @@ pub fn quantize_rows(x: &[f32], t: usize, k: usize, zero: i32) -> Int8Rows {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut s = 0i32;
-        for (q, &v) in qb.iter_mut().zip(xb) {
+        let mut s = [0i32; 2];
+        for (c, (q, &v)) in qb.iter_mut().zip(xb).enumerate() {
             // Ties to even by the 1.5·2²³ trick (std's `round_ties_even`
             // is a libm call here, 8 % of a forward pass); |v · id| ≤ 127
             // up to rounding, and the clamp keeps it a byte.
             let v = ((v * id + ROUND) - ROUND).clamp(-127.0, 127.0) as i8;
             *q = v;
-            s += v as i32;
+            s[c / HALF_BLOCK] += v as i32;
         }
         r.d[i] = d;
-        r.zsum[i] = zero * s;
-        r.sum[i] = s as f32;
+        for (h, s) in s.into_iter().enumerate() {
+            r.zsum[2 * i + h] = zero * s;
+            r.sum[2 * i + h] = s as f32;
+        }
     }
     r
 }
 
 /// Weight rows decoded for the kernel: groups of [`GROUP`] rows, blocks of
-/// [`BLOCK`] columns. A decoder writes each row as it lies
+/// the form's width. A decoder writes each row as it lies
 /// ([`Int8Panel::row_mut`]); [`Int8Panel::pack`] then interleaves the rows
 /// of each group for `vpdpbusd`. Rows past the matrix's end are zero (scale
 /// 0), and their outputs are never stored.
 #[derive(Debug, Default, Clone)]
 pub struct Int8Panel {
-    /// Row-major as decoded: `[rows][blocks · 32]`, `[rows][blocks]` twice.
+    /// Row-major as decoded: `[rows][blocks · width]`, `[rows][blocks]` twice.
     rows_u: Vec<u8>,
     rows_s: Vec<f32>,
     rows_m: Vec<f32>,
-    /// Packed: `[groups][blocks]` of [`GROUP_BLOCK_BYTES`], of 16 scales,
-    /// of 16 offsets.
+    /// Packed: `[groups][blocks]` of `[width / 4 steps][16 rows][4 bytes]`
+    /// (the order `vpdpbusd` reads: each lane takes 4 adjacent bytes of its
+    /// row), of 16 scales, of 16 offsets.
     q: Vec<u8>,
     scale: Vec<f32>,
     min: Vec<f32>,
     rows: usize,
     groups: usize,
     blocks: usize,
-    zero: i32,
-    has_min: bool,
+    form: Option<Form>,
 }
 
 impl Int8Panel {
-    /// Reshape for `rows` weight rows by `blocks` blocks, with zero point
-    /// `zero` and offsets if `has_min`; reuses the allocations. Write every
+    /// Reshape for `rows` weight rows by `cols` columns (a multiple of
+    /// [`BLOCK`]) of weights of `form`; reuses the allocations. Write every
     /// row with [`Int8Panel::row_mut`], then [`Int8Panel::pack`].
-    pub fn reset(&mut self, rows: usize, blocks: usize, zero: i32, has_min: bool) {
+    pub fn reset(&mut self, rows: usize, cols: usize, form: Form) {
+        debug_assert!(cols.is_multiple_of(BLOCK) && BLOCK.is_multiple_of(form.width));
+        let blocks = cols / form.width;
         self.rows = rows;
         self.groups = rows.div_ceil(GROUP);
         self.blocks = blocks;
-        self.zero = zero;
-        self.has_min = has_min;
+        self.form = Some(form);
         // Real rows are all overwritten; padding rows are zero bytes with
         // scale and offset 0.
-        let (padded, k) = (self.groups * GROUP, blocks * BLOCK);
+        let (padded, k) = (self.groups * GROUP, cols);
         self.rows_u.resize(padded * k, 0);
         self.rows_s.resize(padded * blocks, 0.0);
         self.rows_m.resize(padded * blocks, 0.0);
@@ -137,12 +169,12 @@ impl Int8Panel {
         self.min.resize(padded * blocks, 0.0);
     }
 
-    /// Row `r`'s bytes (`blocks · 32`), scales and offsets (`blocks` each;
-    /// offsets are read only if the panel has them). The caller writes the
-    /// bytes and scales, and the offsets if the panel has them.
+    /// Row `r`'s bytes (`cols`), and its scales and offsets (one per block
+    /// of the form's width). The caller writes the bytes and scales, and
+    /// the offsets if the form has them.
     #[inline]
     pub fn row_mut(&mut self, r: usize) -> (&mut [u8], &mut [f32], &mut [f32]) {
-        let (k, nb) = (self.blocks * BLOCK, self.blocks);
+        let (k, nb) = (self.blocks * self.width(), self.blocks);
         (
             &mut self.rows_u[r * k..(r + 1) * k],
             &mut self.rows_s[r * nb..(r + 1) * nb],
@@ -152,12 +184,13 @@ impl Int8Panel {
 
     /// Interleave the decoded rows into the kernel's layout.
     pub fn pack(&mut self) {
-        let (nb, k) = (self.blocks, self.blocks * BLOCK);
+        let (nb, width) = (self.blocks, self.width());
+        let (k, bytes) = (nb * width, GROUP * width);
         for g in 0..self.groups {
             for b in 0..nb {
                 let at = g * nb + b;
-                let out = &mut self.q[at * GROUP_BLOCK_BYTES..(at + 1) * GROUP_BLOCK_BYTES];
-                let src = &self.rows_u[g * GROUP * k + b * BLOCK..];
+                let out = &mut self.q[at * bytes..(at + 1) * bytes];
+                let src = &self.rows_u[g * GROUP * k + b * width..];
                 transpose_group(src, k, out);
                 for lane in 0..GROUP {
                     let r = g * GROUP + lane;
@@ -168,21 +201,32 @@ impl Int8Panel {
         }
     }
 
-    /// The zero point the rows of `x` need in [`quantize_rows`].
-    pub fn zero(&self) -> i32 {
-        self.zero
+    /// The form given to [`Int8Panel::reset`].
+    fn form(&self) -> Form {
+        self.form.expect("Int8Panel::reset first")
+    }
+
+    fn width(&self) -> usize {
+        self.form().width
     }
 }
 
-/// One group's block: 16 rows of 32 bytes, `ld` apart in `src`, into
-/// `[8 steps][16 rows][4 bytes]`: a 16 × 8 transpose of 4-byte words.
+/// One group's block: 16 rows of `width` bytes (`out.len() / 16`), `ld`
+/// apart in `src`, into `[width / 4 steps][16 rows][4 bytes]`: a transpose
+/// of 4-byte words.
 #[inline]
 fn transpose_group(src: &[u8], ld: usize, out: &mut [u8]) {
-    assert!(src.len() >= (GROUP - 1) * ld + BLOCK && out.len() == GROUP_BLOCK_BYTES);
+    let width = out.len() / GROUP;
+    assert!(src.len() >= (GROUP - 1) * ld + width);
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() == Isa::Vnni512 {
         // SAFETY: AVX-512 was detected; the assert bounds every access.
-        return unsafe { vnni::transpose_group(src.as_ptr(), ld, out.as_mut_ptr()) };
+        return unsafe {
+            match width {
+                BLOCK => vnni::transpose_group(src.as_ptr(), ld, out.as_mut_ptr()),
+                _ => vnni::transpose_half_group(src.as_ptr(), ld, out.as_mut_ptr()),
+            }
+        };
     }
     for (step, words) in out.chunks_exact_mut(GROUP * 4).enumerate() {
         for (lane, w) in words.chunks_exact_mut(4).enumerate() {
@@ -270,27 +314,28 @@ pub unsafe fn panel_matmul(
 /// As [`panel_matmul`].
 unsafe fn portable(x: &Int8Rows, b0: usize, p: &Int8Panel, rows: usize, out: Dest) {
     let Dest { y, ldy, first } = out;
-    let kb = x.k / BLOCK;
+    let Form { has_min, width, .. } = p.form();
     for i in 0..x.t {
         for j in 0..rows {
             let (g, lane) = (j / GROUP, j % GROUP);
             let out = y.add(i * ldy + j);
             let mut acc = if first { 0.0 } else { *out };
             for b in 0..p.blocks {
-                let xb = i * kb + b0 + b;
-                let q = &x.q[xb * BLOCK..(xb + 1) * BLOCK];
+                let c0 = b0 * BLOCK + b * width;
+                let q = &x.q[i * x.k + c0..i * x.k + c0 + width];
                 let at = g * p.blocks + b;
-                let w = &p.q[at * GROUP_BLOCK_BYTES..(at + 1) * GROUP_BLOCK_BYTES];
+                let w = &p.q[at * GROUP * width..(at + 1) * GROUP * width];
                 let mut isum = 0i32;
                 for (c, &qc) in q.iter().enumerate() {
                     let u = w[(c / 4) * GROUP * 4 + lane * 4 + c % 4];
                     isum += u as i32 * qc as i32;
                 }
-                isum -= x.zsum[xb];
-                let d = x.d[xb];
+                let (zsum, sum) = x.sums(i, c0, width);
+                isum -= zsum;
+                let d = x.d[(i * x.k + c0) / BLOCK];
                 acc = (isum as f32).mul_add(d * p.scale[at * GROUP + lane], acc);
-                if p.has_min {
-                    acc = x.sum[xb].mul_add(d * p.min[at * GROUP + lane], acc);
+                if has_min {
+                    acc = sum.mul_add(d * p.min[at * GROUP + lane], acc);
                 }
             }
             *out = acc;
@@ -351,6 +396,42 @@ mod vnni {
         }
     }
 
+    /// [`super::transpose_group`] for 16-byte rows: rows `r`, `r + 4`,
+    /// `r + 8`, `r + 12` share a vector (one per 128-bit quarter), and a
+    /// 4 × 4 transpose in each quarter (unpack 32, unpack 64) leaves step
+    /// `s` as rows 0–15 in order.
+    ///
+    /// # Safety
+    /// AVX-512F; `src` readable for 16 rows of 16 bytes `ld` apart, `out`
+    /// writable for 256 bytes.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_half_group(src: *const u8, ld: usize, out: *mut u8) {
+        let row = |r: usize| _mm_loadu_si128(src.add(r * ld).cast());
+        let a: [__m512i; 4] = std::array::from_fn(|j| {
+            let v = _mm512_castsi128_si512(row(j));
+            let v = _mm512_inserti32x4::<1>(v, row(j + 4));
+            let v = _mm512_inserti32x4::<2>(v, row(j + 8));
+            _mm512_inserti32x4::<3>(v, row(j + 12))
+        });
+        let (t0, t1) = (
+            _mm512_unpacklo_epi32(a[0], a[1]),
+            _mm512_unpackhi_epi32(a[0], a[1]),
+        );
+        let (t2, t3) = (
+            _mm512_unpacklo_epi32(a[2], a[3]),
+            _mm512_unpackhi_epi32(a[2], a[3]),
+        );
+        let steps = [
+            _mm512_unpacklo_epi64(t0, t2),
+            _mm512_unpackhi_epi64(t0, t2),
+            _mm512_unpacklo_epi64(t1, t3),
+            _mm512_unpackhi_epi64(t1, t3),
+        ];
+        for (s, v) in steps.into_iter().enumerate() {
+            _mm512_storeu_si512(out.add(s * 64).cast(), v);
+        }
+    }
+
     /// Tiles of [`MR`] rows of `x` by two groups (32 weight rows), then the
     /// row and group tails.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -363,12 +444,22 @@ mod vnni {
             let mut i = 0;
             while i < x.t {
                 let mr = MR.min(x.t - i);
+                let Form { has_min, width, .. } = p.form();
                 macro_rules! go {
                     ($m:literal, $n:literal) => {
-                        if p.has_min {
-                            tile::<$m, $n, true>(x, i, b0, p, g, rows, y, ldy, first)
-                        } else {
-                            tile::<$m, $n, false>(x, i, b0, p, g, rows, y, ldy, first)
+                        match (has_min, width) {
+                            (true, BLOCK) => {
+                                tile::<$m, $n, true, BLOCK>(x, i, b0, p, g, rows, y, ldy, first)
+                            }
+                            (false, BLOCK) => {
+                                tile::<$m, $n, false, BLOCK>(x, i, b0, p, g, rows, y, ldy, first)
+                            }
+                            (true, _) => tile::<$m, $n, true, HALF_BLOCK>(
+                                x, i, b0, p, g, rows, y, ldy, first,
+                            ),
+                            (false, _) => tile::<$m, $n, false, HALF_BLOCK>(
+                                x, i, b0, p, g, rows, y, ldy, first,
+                            ),
                         }
                     };
                 }
@@ -391,7 +482,7 @@ mod vnni {
     /// Rows `i0..i0 + M` of `x` by groups `g0..g0 + N`.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const M: usize, const N: usize, const MIN: bool>(
+    unsafe fn tile<const M: usize, const N: usize, const MIN: bool, const W: usize>(
         x: &Int8Rows,
         i0: usize,
         b0: usize,
@@ -402,7 +493,6 @@ mod vnni {
         ldy: usize,
         first: bool,
     ) {
-        let kb = x.k / BLOCK;
         // Lanes of each group that hold real rows.
         let mut mask = [0u16; N];
         for (n, m) in mask.iter_mut().enumerate() {
@@ -424,12 +514,10 @@ mod vnni {
         }
         for b in 0..p.blocks {
             let mut iacc = [[_mm512_setzero_si512(); N]; M];
-            let w = |n: usize| {
-                p.q.as_ptr()
-                    .add(((g0 + n) * p.blocks + b) * GROUP_BLOCK_BYTES)
-            };
-            let xq = |m: usize| x.q.as_ptr().add(((i0 + m) * kb + b0 + b) * BLOCK);
-            for step in 0..BLOCK / 4 {
+            let c0 = b0 * BLOCK + b * W;
+            let w = |n: usize| p.q.as_ptr().add(((g0 + n) * p.blocks + b) * GROUP * W);
+            let xq = |m: usize| x.q.as_ptr().add((i0 + m) * x.k + c0);
+            for step in 0..W / 4 {
                 let mut wv = [_mm512_setzero_si512(); N];
                 for (n, v) in wv.iter_mut().enumerate() {
                     *v = _mm512_loadu_si512(w(n).add(step * 64).cast());
@@ -443,9 +531,9 @@ mod vnni {
                 }
             }
             for m in 0..M {
-                let xb = (i0 + m) * kb + b0 + b;
-                let d = _mm512_set1_ps(x.d[xb]);
-                let zs = _mm512_set1_epi32(x.zsum[xb]);
+                let d = _mm512_set1_ps(x.d[((i0 + m) * x.k + c0) / BLOCK]);
+                let (zsum, sum) = x.sums(i0 + m, c0, W);
+                let zs = _mm512_set1_epi32(zsum);
                 for n in 0..N {
                     let at = ((g0 + n) * p.blocks + b) * GROUP;
                     let s = _mm512_mul_ps(_mm512_loadu_ps(p.scale.as_ptr().add(at)), d);
@@ -453,7 +541,7 @@ mod vnni {
                     acc[m][n] = _mm512_fmadd_ps(isum, s, acc[m][n]);
                     if MIN {
                         let o = _mm512_mul_ps(_mm512_loadu_ps(p.min.as_ptr().add(at)), d);
-                        acc[m][n] = _mm512_fmadd_ps(_mm512_set1_ps(x.sum[xb]), o, acc[m][n]);
+                        acc[m][n] = _mm512_fmadd_ps(_mm512_set1_ps(sum), o, acc[m][n]);
                     }
                 }
             }
@@ -471,18 +559,19 @@ mod vnni {
 mod tests {
     use super::*;
 
-    /// Random decoded rows: bytes `[rows][blocks·32]`, scales and offsets
-    /// `[rows][blocks]`.
+    /// Random decoded rows of `form`: bytes `[rows][k]`, scales and offsets
+    /// `[rows][k / width]`.
     struct Rows {
         u: Vec<u8>,
         s: Vec<f32>,
         m: Vec<f32>,
         rows: usize,
-        blocks: usize,
+        k: usize,
+        form: Form,
     }
 
     impl Rows {
-        fn random(rows: usize, blocks: usize, has_min: bool, seed: u64) -> Rows {
+        fn random(rows: usize, k: usize, form: Form, seed: u64) -> Rows {
             let mut st = seed;
             let mut next = move || {
                 st = st
@@ -490,13 +579,12 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 (st >> 33) as u32
             };
-            let u = (0..rows * blocks * BLOCK).map(|_| next() as u8).collect();
-            let s = (0..rows * blocks)
-                .map(|_| (next() % 1000) as f32 * 1e-5)
-                .collect();
-            let m = (0..rows * blocks)
+            let nb = rows * k / form.width;
+            let u = (0..rows * k).map(|_| next() as u8).collect();
+            let s = (0..nb).map(|_| (next() % 1000) as f32 * 1e-5).collect();
+            let m = (0..nb)
                 .map(|_| {
-                    if has_min {
+                    if form.has_min {
                         (next() % 1000) as f32 * -1e-4
                     } else {
                         0.0
@@ -508,46 +596,57 @@ mod tests {
                 s,
                 m,
                 rows,
-                blocks,
+                k,
+                form,
             }
         }
 
-        /// The panel of blocks `b0..b0 + nb`.
-        fn panel(&self, b0: usize, nb: usize, zero: i32, has_min: bool) -> Int8Panel {
+        /// The panel of columns `c0..c0 + cols`.
+        fn panel(&self, c0: usize, cols: usize) -> Int8Panel {
+            let w = self.form.width;
             let mut p = Int8Panel::default();
-            p.reset(self.rows, nb, zero, has_min);
-            let k = self.blocks * BLOCK;
+            p.reset(self.rows, cols, self.form);
             for r in 0..self.rows {
                 let (u, s, m) = p.row_mut(r);
-                u.copy_from_slice(&self.u[r * k + b0 * BLOCK..r * k + (b0 + nb) * BLOCK]);
-                let at = r * self.blocks + b0;
-                s.copy_from_slice(&self.s[at..at + nb]);
-                m.copy_from_slice(&self.m[at..at + nb]);
+                u.copy_from_slice(&self.u[r * self.k + c0..r * self.k + c0 + cols]);
+                let at = (r * self.k + c0) / w;
+                s.copy_from_slice(&self.s[at..at + cols / w]);
+                m.copy_from_slice(&self.m[at..at + cols / w]);
             }
             p.pack();
             p
         }
 
         /// Weight `(r, c)` in f64.
-        fn weight(&self, r: usize, c: usize, zero: i32) -> f64 {
-            let b = r * self.blocks + c / BLOCK;
-            let u = self.u[r * self.blocks * BLOCK + c] as i32;
-            self.s[b] as f64 * (u - zero) as f64 + self.m[b] as f64
+        fn weight(&self, r: usize, c: usize) -> f64 {
+            let b = (r * self.k + c) / self.form.width;
+            let u = self.u[r * self.k + c] as i32;
+            self.s[b] as f64 * (u - self.form.zero) as f64 + self.m[b] as f64
         }
     }
 
     /// The VNNI kernel gives the portable loop's bits, for every tile shape
     /// (row tails 1–3, a lone last group, a part-filled group), with and
-    /// without offsets, in one chunk and in two; and the result equals an
-    /// f64 product of the quantised rows up to f32 rounding (which also
-    /// checks the interleaving `pack` does).
+    /// without offsets, 32- and 16-wide blocks, in one chunk and in two; and
+    /// the result equals an f64 product of the quantised rows up to f32
+    /// rounding (which also checks the interleaving `pack` does).
     #[test]
     fn vnni_equals_portable_and_f64() {
-        let (blocks, n) = (6, 16 * 3 + 5);
-        let k = blocks * BLOCK;
-        for (zero, has_min) in [(128, false), (8, false), (0, true)] {
-            let w = Rows::random(n, blocks, has_min, 7 + zero as u64);
-            let whole = w.panel(0, blocks, zero, has_min);
+        let (k, n) = (6 * BLOCK, 16 * 3 + 5);
+        for (zero, has_min, width) in [
+            (128, false, BLOCK),
+            (8, false, BLOCK),
+            (0, true, BLOCK),
+            (32, false, HALF_BLOCK),
+            (0, true, HALF_BLOCK),
+        ] {
+            let form = Form {
+                zero,
+                has_min,
+                width,
+            };
+            let w = Rows::random(n, k, form, 7 + zero as u64 + width as u64);
+            let whole = w.panel(0, k);
             for t in [1, 2, 3, 4, 5, 11] {
                 let x: Vec<f32> = (0..t * k)
                     .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
@@ -572,11 +671,11 @@ mod tests {
                         .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()))
                 };
                 let want = run(Isa::Portable);
-                assert!(same(&run(Isa::detect()), &want), "t {t} zero {zero}");
-                // Two chunks of 3 blocks continue the same chain.
+                assert!(same(&run(Isa::detect()), &want), "t {t} {form:?}");
+                // Two chunks of 3 input blocks continue the same chain.
                 let mut y2 = vec![f32::NAN; t * ld];
                 for (h, b0) in [0, 3].into_iter().enumerate() {
-                    let half = w.panel(b0, 3, zero, has_min);
+                    let half = w.panel(b0 * BLOCK, 3 * BLOCK);
                     let first = h == 0;
                     let out = Dest {
                         y: y2.as_mut_ptr(),
@@ -585,19 +684,19 @@ mod tests {
                     };
                     unsafe { panel_matmul(Isa::detect(), &xq, b0, &half, n, out) };
                 }
-                assert!(same(&y2, &want), "t {t} zero {zero}: in two chunks");
+                assert!(same(&y2, &want), "t {t} {form:?}: in two chunks");
                 for i in 0..t {
                     for j in 0..n {
                         let (mut exact, mut scale) = (0f64, 0f64);
                         for c in 0..k {
                             let xv = xq.q[i * k + c] as f64 * xq.d[(i * k + c) / BLOCK] as f64;
-                            exact += xv * w.weight(j, c, zero);
-                            scale += (xv * w.weight(j, c, zero)).abs();
+                            exact += xv * w.weight(j, c);
+                            scale += (xv * w.weight(j, c)).abs();
                         }
                         let got = want[i * ld + j] as f64;
                         assert!(
                             (got - exact).abs() <= 2e-6 * scale + 1e-12,
-                            "zero {zero} t {t} ({i}, {j}): {got} vs {exact}"
+                            "{form:?} t {t} ({i}, {j}): {got} vs {exact}"
                         );
                     }
                     // Outputs past the panel's rows are never written.
@@ -619,6 +718,8 @@ mod tests {
         let r = quantize_rows(&x, 1, 64, 8);
         assert_eq!(r.d[0], 1.0);
         assert_eq!(&r.q[..4], &[127, 0, 2, 2]);
-        assert_eq!((r.d[1], r.sum[1], r.zsum[0]), (0.0, 0.0, 8 * 131));
+        assert_eq!((r.d[1], r.sums(0, 32, 32)), (0.0, (0, 0.0)));
+        assert_eq!(r.sums(0, 0, 32), (8 * 131, 131.0));
+        assert_eq!(r.sums(0, 16, 16), (0, 0.0));
     }
 }

@@ -1,9 +1,9 @@
 //! GGUF quant blocks in the 8-bit form `kernels::i8dot` multiplies
-//! (`--precision quant`): per block of 32 weights, unsigned bytes `u`, a
-//! scale `s`, an offset `m` and a zero point `z`, with weight
-//! `s · (u − z) + m`. Types whose scales cover 16 weights (Q2_K, Q3_K, Q6_K)
-//! and float types have no such form; `--precision quant` multiplies them
-//! in f32 at rest instead.
+//! (`--precision quant`): per block of 32 weights (16 for Q6_K), unsigned
+//! bytes `u`, a scale `s`, an offset `m` and a zero point `z`, with weight
+//! `s · (u − z) + m`. Q2_K, Q3_K (not decoded here yet), Q8_1/Q8_K and
+//! float types have no form; `--precision quant` multiplies them in f32 at
+//! rest instead.
 //!
 //! The block layouts are GGML's (`ggml-quants.c`, candle's `k_quants.rs`).
 //! `s` and `m` are computed as candle's dequantisation computes them (`d ·
@@ -12,18 +12,23 @@
 
 use candle_core::quantized::GgmlDType;
 
-use crate::kernels::i8dot::{Int8Panel, BLOCK};
+use crate::kernels::i8dot::{Form, Int8Panel, BLOCK, HALF_BLOCK};
 
-/// The zero point and whether blocks carry an offset, for a type with an
-/// 8-bit form; `None` for the others.
-pub(crate) fn form(dtype: GgmlDType) -> Option<(i32, bool)> {
-    match dtype {
-        GgmlDType::Q8_0 => Some((128, false)),
-        GgmlDType::Q4_0 => Some((8, false)),
-        GgmlDType::Q5_0 => Some((16, false)),
-        GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K => Some((0, true)),
-        _ => None,
-    }
+/// A type's 8-bit form; `None` for the types without one.
+pub(crate) fn form(dtype: GgmlDType) -> Option<Form> {
+    let (zero, has_min, width) = match dtype {
+        GgmlDType::Q8_0 => (128, false, BLOCK),
+        GgmlDType::Q4_0 => (8, false, BLOCK),
+        GgmlDType::Q5_0 => (16, false, BLOCK),
+        GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K => (0, true, BLOCK),
+        GgmlDType::Q6K => (32, false, HALF_BLOCK),
+        _ => return None,
+    };
+    Some(Form {
+        zero,
+        has_min,
+        width,
+    })
 }
 
 /// The little-endian f16 at `b` in f32, exactly. Written out because
@@ -53,10 +58,11 @@ pub(crate) fn decode_row(dtype: GgmlDType, src: &[u8], panel: &mut Int8Panel, r:
 fn decode_row_inline(dtype: GgmlDType, src: &[u8], panel: &mut Int8Panel, r: usize) {
     let (us, ss, ms) = panel.row_mut(r);
     let size = dtype.type_size();
-    let per = dtype.block_size() / BLOCK;
+    let width = form(dtype).map_or(BLOCK, |f| f.width);
+    let per = dtype.block_size() / width;
     let blocks = src
         .chunks_exact(size)
-        .zip(us.chunks_exact_mut(per * BLOCK))
+        .zip(us.chunks_exact_mut(per * width))
         .zip(ss.chunks_exact_mut(per).zip(ms.chunks_exact_mut(per)));
     for ((blk, u), (s, m)) in blocks {
         match dtype {
@@ -104,6 +110,25 @@ fn decode_row_inline(dtype: GgmlDType, src: &[u8], panel: &mut Int8Panel, r: usi
                     let (sc, mn) = scale_min_k4(sub, scales);
                     s[sub] = d * sc as f32;
                     m[sub] = -(dmin * mn as f32);
+                }
+            }
+            GgmlDType::Q6K => {
+                let (ql, qh) = (&blk[..128], &blk[128..192]);
+                let d = half(&blk[208..]);
+                // Two halves of 128; in each, part p of 32 takes nibble
+                // p / 2 of ql[32 · (p % 2)..] and bits 2p, 2p + 1 of qh.
+                for (n, u) in u.chunks_exact_mut(128).enumerate() {
+                    let (ql, qh) = (&ql[64 * n..64 * n + 64], &qh[32 * n..32 * n + 32]);
+                    for (part, u) in u.chunks_exact_mut(32).enumerate() {
+                        let shift = 4 * (part / 2) as u32;
+                        let lo = &ql[32 * (part % 2)..32 * (part % 2) + 32];
+                        map_words(u, lo, |w, _| (w >> shift) & LOW_NIBBLES);
+                        let hs = 2 * part as u32;
+                        map_words(u, qh, |w, v| v | ((w >> hs) & (3 * ONES)) << 4);
+                    }
+                }
+                for (j, s) in s.iter_mut().enumerate() {
+                    *s = d * blk[192 + j] as i8 as f32;
                 }
             }
             _ => unreachable!("{dtype:?} has no 8-bit form"),
@@ -179,15 +204,16 @@ mod tests {
             GgmlDType::Q5_1,
             GgmlDType::Q4K,
             GgmlDType::Q5K,
+            GgmlDType::Q6K,
         ] {
-            let (zero, has_min) = form(dtype).unwrap();
+            let f = form(dtype).unwrap();
             let row_bytes = k / dtype.block_size() * dtype.type_size();
             let mut bytes = vec![0u8; rows * row_bytes];
             fill_random_blocks(dtype, &mut bytes, 0.05, &mut Rng::new(11));
             let mut want = vec![0f32; rows * k];
             dequantize_blocks(dtype, &bytes, &mut want).unwrap();
             let mut panel = Int8Panel::default();
-            panel.reset(rows, k / BLOCK, zero, has_min);
+            panel.reset(rows, k, f);
             for r in 0..rows {
                 decode_row(
                     dtype,
@@ -201,7 +227,7 @@ mod tests {
             for c in 0..k {
                 let mut x = vec![0f32; k];
                 x[c] = 127.0;
-                let xq = quantize_rows(&x, 1, k, zero);
+                let xq = quantize_rows(&x, 1, k, f.zero);
                 let mut y = vec![0f32; rows];
                 unsafe {
                     let out = Dest {

@@ -46,32 +46,27 @@ pub struct Form {
 }
 
 /// `x` rounded to 8 bits per block of [`BLOCK`]: `[t, k]` bytes, the scale
-/// `d` per row and block, and per row and half block (16) `z · Σq` (for the
-/// zero point of the weights it will meet) and `Σq` as f32 (for their
-/// offsets).
+/// `d` per row and block, and `Σq` per row and half block (16), which the
+/// weights' zero points and offsets need.
 #[derive(Debug, Default, Clone)]
 pub struct Int8Rows {
     q: Vec<i8>,
     d: Vec<f32>,
-    zsum: Vec<i32>,
-    sum: Vec<f32>,
+    sum: Vec<i32>,
     t: usize,
     k: usize,
 }
 
 impl Int8Rows {
-    /// `z · Σq` and `Σq` over columns `c..c + width` of row `i` (`c` a
-    /// multiple of `width`, 32 or 16), exact.
+    /// `Σq` over columns `c..c + width` of row `i` (`c` a multiple of
+    /// `width`, 32 or 16).
     #[inline(always)]
-    fn sums(&self, i: usize, c: usize, width: usize) -> (i32, f32) {
+    fn sum(&self, i: usize, c: usize, width: usize) -> i32 {
         let h = (i * self.k + c) / HALF_BLOCK;
         if width == HALF_BLOCK {
-            (self.zsum[h], self.sum[h])
+            self.sum[h]
         } else {
-            (
-                self.zsum[h] + self.zsum[h + 1],
-                self.sum[h] + self.sum[h + 1],
-            )
+            self.sum[h] + self.sum[h + 1]
         }
     }
 }
@@ -82,16 +77,14 @@ const ROUND: f32 = 12_582_912.0;
 
 /// Round each row of `x` (`[t, k]`, `k` a multiple of [`BLOCK`]) to 8 bits
 /// per block: `d = max|x| / 127`, `q = round-to-even(x / d)` (llama.cpp's
-/// `quantize_row_q8_0`, with `d` kept in f32). `zero` is the zero point of
-/// the weights these rows will multiply.
-pub fn quantize_rows(x: &[f32], t: usize, k: usize, zero: i32) -> Int8Rows {
+/// `quantize_row_q8_0`, with `d` kept in f32).
+pub fn quantize_rows(x: &[f32], t: usize, k: usize) -> Int8Rows {
     assert!(k.is_multiple_of(BLOCK) && x.len() == t * k);
     let nb = t * k / BLOCK;
     let mut r = Int8Rows {
         q: vec![0; t * k],
         d: vec![0.0; nb],
-        zsum: vec![0; 2 * nb],
-        sum: vec![0.0; 2 * nb],
+        sum: vec![0; 2 * nb],
         t,
         k,
     };
@@ -103,7 +96,7 @@ pub fn quantize_rows(x: &[f32], t: usize, k: usize, zero: i32) -> Int8Rows {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut s = [0i32; 2];
+        let s = &mut r.sum[2 * i..2 * i + 2];
         for (c, (q, &v)) in qb.iter_mut().zip(xb).enumerate() {
             // Ties to even by the 1.5·2²³ trick (std's `round_ties_even`
             // is a libm call here, 8 % of a forward pass); |v · id| ≤ 127
@@ -113,10 +106,6 @@ pub fn quantize_rows(x: &[f32], t: usize, k: usize, zero: i32) -> Int8Rows {
             s[c / HALF_BLOCK] += v as i32;
         }
         r.d[i] = d;
-        for (h, s) in s.into_iter().enumerate() {
-            r.zsum[2 * i + h] = zero * s;
-            r.sum[2 * i + h] = s as f32;
-        }
     }
     r
 }
@@ -138,7 +127,6 @@ pub struct Int8Panel {
     q: Vec<u8>,
     scale: Vec<f32>,
     min: Vec<f32>,
-    rows: usize,
     groups: usize,
     blocks: usize,
     form: Option<Form>,
@@ -151,7 +139,6 @@ impl Int8Panel {
     pub fn reset(&mut self, rows: usize, cols: usize, form: Form) {
         debug_assert!(cols.is_multiple_of(BLOCK) && BLOCK.is_multiple_of(form.width));
         let blocks = cols / form.width;
-        self.rows = rows;
         self.groups = rows.div_ceil(GROUP);
         self.blocks = blocks;
         self.form = Some(form);
@@ -314,7 +301,11 @@ pub unsafe fn panel_matmul(
 /// As [`panel_matmul`].
 unsafe fn portable(x: &Int8Rows, b0: usize, p: &Int8Panel, rows: usize, out: Dest) {
     let Dest { y, ldy, first } = out;
-    let Form { has_min, width, .. } = p.form();
+    let Form {
+        zero,
+        has_min,
+        width,
+    } = p.form();
     for i in 0..x.t {
         for j in 0..rows {
             let (g, lane) = (j / GROUP, j % GROUP);
@@ -330,12 +321,12 @@ unsafe fn portable(x: &Int8Rows, b0: usize, p: &Int8Panel, rows: usize, out: Des
                     let u = w[(c / 4) * GROUP * 4 + lane * 4 + c % 4];
                     isum += u as i32 * qc as i32;
                 }
-                let (zsum, sum) = x.sums(i, c0, width);
-                isum -= zsum;
+                let sum = x.sum(i, c0, width);
+                isum -= zero * sum;
                 let d = x.d[(i * x.k + c0) / BLOCK];
                 acc = (isum as f32).mul_add(d * p.scale[at * GROUP + lane], acc);
                 if has_min {
-                    acc = sum.mul_add(d * p.min[at * GROUP + lane], acc);
+                    acc = (sum as f32).mul_add(d * p.min[at * GROUP + lane], acc);
                 }
             }
             *out = acc;
@@ -493,6 +484,7 @@ mod vnni {
         ldy: usize,
         first: bool,
     ) {
+        let zero = p.form().zero;
         // Lanes of each group that hold real rows.
         let mut mask = [0u16; N];
         for (n, m) in mask.iter_mut().enumerate() {
@@ -532,8 +524,8 @@ mod vnni {
             }
             for m in 0..M {
                 let d = _mm512_set1_ps(x.d[((i0 + m) * x.k + c0) / BLOCK]);
-                let (zsum, sum) = x.sums(i0 + m, c0, W);
-                let zs = _mm512_set1_epi32(zsum);
+                let sum = x.sum(i0 + m, c0, W);
+                let zs = _mm512_set1_epi32(zero * sum);
                 for n in 0..N {
                     let at = ((g0 + n) * p.blocks + b) * GROUP;
                     let s = _mm512_mul_ps(_mm512_loadu_ps(p.scale.as_ptr().add(at)), d);
@@ -541,7 +533,7 @@ mod vnni {
                     acc[m][n] = _mm512_fmadd_ps(isum, s, acc[m][n]);
                     if MIN {
                         let o = _mm512_mul_ps(_mm512_loadu_ps(p.min.as_ptr().add(at)), d);
-                        acc[m][n] = _mm512_fmadd_ps(_mm512_set1_ps(sum), o, acc[m][n]);
+                        acc[m][n] = _mm512_fmadd_ps(_mm512_set1_ps(sum as f32), o, acc[m][n]);
                     }
                 }
             }
@@ -651,7 +643,7 @@ mod tests {
                 let x: Vec<f32> = (0..t * k)
                     .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
                     .collect();
-                let xq = quantize_rows(&x, t, k, zero);
+                let xq = quantize_rows(&x, t, k);
                 let ld = n + 3;
                 let run = |isa: Isa| {
                     let mut y = vec![f32::NAN; t * ld];
@@ -715,11 +707,13 @@ mod tests {
         x[1] = -0.5; // a tie: to even, 0
         x[2] = 1.5; // 2
         x[3] = 2.5; // 2
-        let r = quantize_rows(&x, 1, 64, 8);
+        let r = quantize_rows(&x, 1, 64);
         assert_eq!(r.d[0], 1.0);
         assert_eq!(&r.q[..4], &[127, 0, 2, 2]);
-        assert_eq!((r.d[1], r.sums(0, 32, 32)), (0.0, (0, 0.0)));
-        assert_eq!(r.sums(0, 0, 32), (8 * 131, 131.0));
-        assert_eq!(r.sums(0, 16, 16), (0, 0.0));
+        assert_eq!((r.d[1], r.sum(0, 32, 32)), (0.0, 0));
+        assert_eq!(
+            (r.sum(0, 0, 32), r.sum(0, 0, 16), r.sum(0, 16, 16)),
+            (131, 131, 0)
+        );
     }
 }

@@ -227,7 +227,7 @@ mod tests {
             for c in 0..k {
                 let mut x = vec![0f32; k];
                 x[c] = 127.0;
-                let xq = quantize_rows(&x, 1, k, f.zero);
+                let xq = quantize_rows(&x, 1, k);
                 let mut y = vec![0f32; rows];
                 unsafe {
                     let out = Dest {

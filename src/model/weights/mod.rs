@@ -492,7 +492,7 @@ impl StoredMatrix {
             )));
         }
         let xq = with_f32_slice(&x.to_dtype(candle_core::DType::F32)?, |x| {
-            i8dot::quantize_rows(x, t, k, form.zero)
+            i8dot::quantize_rows(x, t, k)
         })?;
         let isa = i8dot::Isa::detect();
         let mut y = vec![0f32; t * n];
